@@ -1,0 +1,3 @@
+from solstice.cli.main import main
+
+raise SystemExit(main())

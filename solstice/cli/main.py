@@ -1,0 +1,77 @@
+"""``solstice``: argument parsing, dispatch to one module per verb, and friendly errors at the edge."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import types
+from collections.abc import Callable, Sequence
+from importlib import import_module
+
+from solstice import __version__
+from solstice.errors import SolsticeError
+
+#: verb -> module under solstice.cli with ``add_arguments(parser)`` and ``main(args) -> int``.
+VERBS: dict[str, str] = {
+    "run": "run",
+    "plan": "plan",
+}
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+def _sigterm_to_exit(signum: int, frame: types.FrameType | None) -> None:
+    # So that every ``finally`` and ExitStack runs on ``systemctl stop`` as on Ctrl-C.
+    raise KeyboardInterrupt
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    parser = argparse.ArgumentParser(
+        prog="solstice",
+        description="Run GitHub/Forgejo Actions jobs in a fresh QEMU virtual machine per job.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"solstice {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="configuration file (default /etc/solstice/solstice.toml)")
+    parser.add_argument("--debug", action="store_true", help="log every command and show tracebacks")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
+    for verb, modname in VERBS.items():
+        mod = import_module(f"solstice.cli.{modname}")
+        p = sub.add_parser(verb, help=mod.__doc__.splitlines()[0] if mod.__doc__ else None, allow_abbrev=False)
+        mod.add_arguments(p)
+        handlers[verb] = mod.main
+    return parser, handlers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verb:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    signal.signal(signal.SIGTERM, _sigterm_to_exit)
+    try:
+        return handlers[args.verb](args)
+    except SolsticeError as exc:
+        if args.debug:
+            raise
+        print(f"solstice: error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"  ({exc.hint})", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("solstice: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,268 @@
+"""Configuration: TOML (``/etc/solstice/solstice.toml`` or ``--config``) plus ``SOLSTICE_*`` overrides,
+loaded into frozen dataclasses. Every error names the key and where it came from.
+
+An override is ``SOLSTICE_<SECTION>_<KEY>``, e.g. ``SOLSTICE_VM_ACCEL=tcg`` sets ``[vm] accel``.
+Images are tables under ``[images.<label>]`` (see docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from solstice.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/solstice/solstice.toml")
+ENV_PREFIX = "SOLSTICE_"
+
+
+def _default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/solstice")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    return Path(base) / "solstice"
+
+
+def _default_runtime_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/solstice")
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/solstice-{os.geteuid()}"
+    return Path(base) / "solstice"
+
+
+def parse_size_mib(text: str | int) -> int:
+    """'2G', '512M', '2048' (MiB) -> MiB."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    s = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    if s and s[-1] in "KMGT":
+        mult = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[s[-1]]
+        s = s[:-1]
+    try:
+        value = float(s)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (use e.g. 2048, 512M or 2G)") from None
+    mib = int(value * mult)
+    if mib <= 0:
+        raise ValueError(f"{text!r} is not a positive size")
+    return mib
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    #: "kvm" on real hosts; "tcg" where nested virtualisation hangs (see docs/configuration.md).
+    accel: str = "kvm"
+    cpus: int = 2
+    memory: str = "2G"
+    boot_timeout: float = 300.0
+    shutdown_timeout: float = 30.0
+    qemu: str = "qemu-system-x86_64"
+    qemu_img: str = "qemu-img"
+    ovmf_code: str = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    ovmf_vars: str = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+    def validate(self, where: str) -> None:
+        if self.accel not in ("kvm", "tcg"):
+            raise ConfigError(f"{where}: [vm] accel = {self.accel!r}: must be \"kvm\" or \"tcg\"")
+        if self.cpus < 1:
+            raise ConfigError(f"{where}: [vm] cpus must be at least 1")
+        try:
+            parse_size_mib(self.memory)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: [vm] memory: {exc}") from None
+        if self.boot_timeout <= 0 or self.shutdown_timeout <= 0:
+            raise ConfigError(f"{where}: [vm] timeouts must be positive")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    #: Images, caches and registrations live here.
+    state_dir: str = field(default_factory=lambda: str(_default_state_dir()))
+    #: Per-job directories (overlay, seed, sockets, port locks).
+    runtime_dir: str = field(default_factory=lambda: str(_default_runtime_dir()))
+
+    @property
+    def images_dir(self) -> Path:
+        return Path(self.state_dir) / "images"
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """One ``runs-on`` label: which disk to boot, how, and which guest profile it has."""
+
+    label: str
+    path: str  # base disk (qcow2 or raw); relative paths are under <state_dir>/images
+    profile: str = "debian"
+    boot: str = "bios"  # bios | uefi | kernel
+    kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
+    format: str = "qcow2"
+    cpus: int | None = None
+    memory: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    def validate(self, where: str) -> None:
+        key = f"[images.{self.label}]"
+        if self.boot not in ("bios", "uefi", "kernel"):
+            raise ConfigError(f"{where}: {key} boot = {self.boot!r}: must be bios, uefi or kernel")
+        if self.boot == "kernel" and not self.kernel:
+            raise ConfigError(f"{where}: {key} boot = \"kernel\" needs kernel = \"<path>\"")
+        if self.format not in ("qcow2", "raw"):
+            raise ConfigError(f"{where}: {key} format = {self.format!r}: must be qcow2 or raw")
+        if not self.path:
+            raise ConfigError(f"{where}: {key} path is required")
+
+
+@dataclass(frozen=True)
+class Config:
+    vm: VMConfig = field(default_factory=VMConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    images: Mapping[str, ImageConfig] = field(default_factory=dict)
+    source: str = "built-in defaults"  # where it was loaded from, for messages
+
+
+_SECTIONS: dict[str, type[Any]] = {"vm": VMConfig, "paths": PathsConfig}
+
+
+def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
+    """Check (and for env overrides, convert from text) a value against a field type."""
+    from_env = isinstance(value, str) and where.startswith("environment")
+    tp_args = typing.get_args(tp)
+    if type(None) in tp_args:
+        if value is None:
+            return None
+        tp = next(a for a in tp_args if a is not type(None))
+    try:
+        if tp is bool:
+            if from_env:
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+            if isinstance(value, bool):
+                return value
+            raise ValueError("expected true or false")
+        if tp is int:
+            if from_env:
+                return int(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            raise ValueError("expected an integer")
+        if tp is float:
+            if from_env:
+                return float(value)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            raise ValueError("expected a number")
+        if tp is str:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return str(value)  # sizes like memory = 2048
+            if isinstance(value, str):
+                return value
+            raise ValueError("expected a string")
+        if typing.get_origin(tp) is tuple:
+            if from_env:
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise ValueError("expected a list of strings")
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {key} = {value!r}: {exc}") from None
+    raise ConfigError(f"{where}: {key}: unsupported type")
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], prefix: str, where: str, **extra: Any) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - set(extra)
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {prefix}{unknown[0]}",
+            hint=f"known keys in this table: {', '.join(sorted(names))}",
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}", where) for k, v in data.items()}
+    try:
+        return cls(**kwargs, **extra)
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(f"{where}: {prefix.rstrip('.')}: {exc}") from None
+
+
+def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the configuration file (``path``, else the default if it exists) and the environment."""
+    environ = os.environ if environ is None else environ
+    explicit = path is not None or "SOLSTICE_CONFIG" in environ
+    if path is None:
+        path = Path(environ.get("SOLSTICE_CONFIG", DEFAULT_PATH))
+    raw: dict[str, Any] = {}
+    where = str(path)
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    elif explicit:
+        raise ConfigError(f"{path}: no such configuration file")
+    else:
+        where = "built-in defaults"
+
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"images"})
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown table [{unknown[0]}]",
+            hint=f"known tables: {', '.join(sorted([*_SECTIONS, 'images']))}",
+        )
+    sections: dict[str, dict[str, Any]] = {}
+    for name in _SECTIONS:
+        value = raw.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table")
+        sections[name] = dict(value)
+
+    # Environment overrides: SOLSTICE_<SECTION>_<KEY>, one per scalar key.
+    overridden: dict[str, str] = {}
+    for var, text in environ.items():
+        if not var.startswith(ENV_PREFIX) or var == "SOLSTICE_CONFIG":
+            continue
+        rest = var[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section in _SECTIONS and key:
+            sections[section][key] = text
+            overridden[f"{section}.{key}"] = var
+
+    built: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        data = sections[name]
+        env_keys = {k for k in data if f"{name}.{k}" in overridden}
+        file_part = {k: v for k, v in data.items() if k not in env_keys}
+        obj = _build(cls, file_part, f"[{name}] ", where)
+        for k in env_keys:
+            obj = _build(
+                cls,
+                {**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)}, k: data[k]},
+                f"[{name}] ",
+                f"environment variable {overridden[f'{name}.{k}']}",
+            )
+        built[name] = obj
+    built["vm"].validate(where)
+
+    images: dict[str, ImageConfig] = {}
+    raw_images = raw.get("images", {})
+    if not isinstance(raw_images, dict):
+        raise ConfigError(f"{where}: [images] must hold tables like [images.debian-12]")
+    for label, table in raw_images.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [images.{label}] must be a table")
+        img = _build(ImageConfig, table, f"[images.{label}] ", where, label=label)
+        img.validate(where)
+        images[label] = img
+    return Config(vm=built["vm"], paths=built["paths"], images=images, source=where)
