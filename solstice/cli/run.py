@@ -1,0 +1,203 @@
+"""Run a workflow's jobs locally, each in a fresh VM (no forge, broker or database needed)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import os
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+from solstice import config as configmod
+from solstice import expr
+from solstice.config import parse_size_mib
+from solstice.errors import ConfigError, ImageError
+from solstice.images import Catalog, Image
+from solstice.images.catalog import image_from_directory, image_from_file
+from solstice.job import checkout
+from solstice.job.runner import JobSettings, run_job
+from solstice.model import JobRequest, JobSpec, Result, Size, Source
+from solstice.vm.machine import Guest
+from solstice.workflow import load_workflow
+
+from .render import JobSummary, TerminalSink, summary_table
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workflow", nargs="?", help="workflow file (default: the built-in example)")
+    p.add_argument("--job", metavar="ID", help="run only this job (by its key under jobs:)")
+    p.add_argument(
+        "--image",
+        metavar="LABEL|PATH",
+        help="boot this image instead of the one runs-on names: a catalog label, a directory made by "
+        "scripts/build-test-image, or a disk image file (BIOS boot)",
+    )
+    p.add_argument("--profile", metavar="NAME", help="guest profile for --image PATH (default debian/ubuntu)")
+    p.add_argument("--accel", choices=("kvm", "tcg"), help="QEMU accelerator (default from [vm] accel)")
+    p.add_argument("--cpus", type=int, metavar="N", help="virtual CPUs per VM")
+    p.add_argument("--memory", metavar="SIZE", help="memory per VM, e.g. 2G or 1024M")
+    p.add_argument("--boot-timeout", type=float, metavar="SECONDS", help="give up on a guest that is not up by then")
+    p.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="a secret for ${{ secrets.NAME }}; with no =VALUE it is read from the environment variable NAME "
+        "(which keeps it out of your shell history and the process list)",
+    )
+    p.add_argument(
+        "--keep-on-failure",
+        action="store_true",
+        help="keep a failed job's VM running and print how to SSH into it; Enter or Ctrl-C ends it",
+    )
+
+
+def _builtin_example() -> Path:
+    ref = importlib.resources.files("solstice") / "data" / "example.yml"
+    return Path(str(ref))
+
+
+def _parse_secrets(items: list[str]) -> dict[str, str]:
+    secrets: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not name:
+            raise ConfigError(f"--secret {item!r}: expected NAME or NAME=VALUE")
+        if not sep:
+            if name not in os.environ:
+                raise ConfigError(f"--secret {name}: the environment variable {name} is not set")
+            value = os.environ[name]
+        secrets[name] = value
+    return secrets
+
+
+def _image_for(args: argparse.Namespace, catalog: Catalog, job: JobSpec) -> Image:
+    if args.image:
+        path = Path(args.image)
+        if path.is_dir():
+            return catalog.build(image_from_directory(path, args.profile or "debian"))
+        if path.is_file():
+            return catalog.build(image_from_file(path, args.profile or "ubuntu"))
+        if catalog.canonical(args.image) is None and ("/" in args.image or "." in args.image):
+            raise ImageError(f"--image {args.image}: no such file or directory, and not a catalog label")
+        return catalog.get(args.image)
+    return catalog.get(catalog.resolve(job.runs_on))
+
+
+def _keep_guest(guest: Guest, workdir: Path) -> None:
+    keyfile = workdir / "debug_ed25519"
+    fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(guest.private_key_openssh())
+    print(
+        "\nThe job failed; its VM is kept for debugging. Connect with:\n"
+        f"  ssh -i {keyfile} -p {guest.port} -o StrictHostKeyChecking=no "
+        f"-o UserKnownHostsFile=/dev/null {guest.user}@127.0.0.1\n"
+        "Press Enter (or Ctrl-C) to stop the VM and clean up.",
+        flush=True,
+    )
+    try:
+        if sys.stdin.isatty():
+            sys.stdin.readline()
+        else:
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+
+
+def _order(jobs: tuple[JobSpec, ...]) -> list[JobSpec]:
+    """Jobs in an order that runs every job after the jobs it needs (file order otherwise)."""
+    done: set[str] = set()
+    ordered: list[JobSpec] = []
+    pending = list(jobs)
+    while pending:
+        progressed = False
+        for job in list(pending):
+            if all(n in done for n in job.needs):
+                ordered.append(job)
+                pending.remove(job)
+                progressed = True
+        done.update(j.key for j in ordered if all(o.key != j.key for o in pending))
+        if not progressed:
+            ordered.extend(pending)  # a cycle: the workflow translation reports it
+            break
+    return ordered
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = configmod.load(Path(args.config) if args.config else None)
+    workflow_path = Path(args.workflow) if args.workflow else _builtin_example()
+    workflow = load_workflow(workflow_path, job=args.job)
+    catalog = Catalog.from_config(cfg)
+    secrets = _parse_secrets(args.secret)
+
+    vm = cfg.vm
+    memory = parse_size_mib(args.memory) if args.memory else parse_size_mib(vm.memory)
+    settings = JobSettings(
+        accel=args.accel or vm.accel,
+        cpus=args.cpus or vm.cpus,
+        memory_mib=memory,
+        boot_timeout=args.boot_timeout or vm.boot_timeout,
+        shutdown_timeout=vm.shutdown_timeout,
+        qemu=vm.qemu,
+        qemu_img=vm.qemu_img,
+        ovmf_code=vm.ovmf_code,
+        ovmf_vars=vm.ovmf_vars,
+        runtime_dir=Path(cfg.paths.runtime_dir),
+        keep_on_failure=_keep_guest if args.keep_on_failure else None,
+    )
+    # The checkout is the work tree the workflow lives in (the built-in example checks out the cwd).
+    base = workflow_path.resolve().parent if args.workflow else Path.cwd()
+    root = checkout.find_repo_root(base)
+    commit = checkout.head_commit(root)
+
+    # Resolve every image first, so a bad label fails before any VM boots.
+    jobs = _order(workflow.jobs)
+    images = {job.name: _image_for(args, catalog, job) for job in jobs}
+
+    summaries: list[JobSummary] = []
+    results: dict[str, list[Result]] = {}
+    cancelled = False
+    for job in jobs:
+        image = images[job.name]
+        summary = JobSummary(name=job.name, label=image.label)
+        summaries.append(summary)
+        needs_ok = all(r is Result.SUCCESS for n in job.needs for r in results.get(n, [Result.FAILURE]))
+        ctx = expr.Context(
+            values={"github": {}, "needs": {n: {"result": _needs_result(results.get(n, []))} for n in job.needs}},
+            job_status="success" if needs_ok else "failure",
+        )
+        if cancelled or not expr.evaluate_condition(job.if_ or "", ctx):
+            summary.message = "skipped" + (" (cancelled)" if cancelled else "")
+            continue
+        request = JobRequest(
+            job_id=str(uuid.uuid4()),
+            job=job,
+            label=image.label,
+            source=Source.LOCAL,
+            repository=root.name,
+            commit=commit,
+            checkout_source=str(root),
+            secrets=secrets,
+            contexts={"needs": {n: {"result": _needs_result(results.get(n, []))} for n in job.needs}},
+            size=Size(cpus=settings.cpus, memory_mib=settings.memory_mib),
+        )
+        result = run_job(request, image, settings, TerminalSink(summary))
+        results.setdefault(job.key, []).append(result)
+        if result is Result.CANCELLED:
+            cancelled = True
+    summary_table(summaries)
+    ok = all(s.result is Result.SUCCESS or s.message == "skipped" for s in summaries) and not cancelled
+    return 0 if ok and any(s.result is Result.SUCCESS for s in summaries) else (130 if cancelled else 1)
+
+
+def _needs_result(results: list[Result]) -> str:
+    if not results:
+        return "skipped"
+    if all(r is Result.SUCCESS for r in results):
+        return "success"
+    if any(r is Result.CANCELLED for r in results):
+        return "cancelled"
+    return "failure"

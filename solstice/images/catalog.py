@@ -1,0 +1,153 @@
+"""``runs-on`` labels -> bootable images.
+
+The built-in ``debian-12`` entry is the test image that ``scripts/build-test-image`` makes; operators
+add their own images as ``[images.<label>]`` tables (docs/images.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from solstice.config import Config, ImageConfig, parse_size_mib
+from solstice.errors import ImageError
+from solstice.vm.machine import BootMode
+from solstice.vm.profiles import GuestProfile, get_profile
+
+#: Labels that say nothing about the image (GitHub's defaults); ignored when choosing one.
+GENERIC_LABELS = frozenset({"self-hosted", "solstice", "x64", "amd64", "x86_64", "linux", "illumos", "freebsd"})
+
+TEST_IMAGE_LABEL = "debian-12"
+TEST_IMAGE_CMDLINE = "root=/dev/vda rw console=ttyS0"
+BUILD_HINT = "build it with: sudo scripts/build-test-image"
+
+
+@dataclass(frozen=True)
+class Image:
+    label: str
+    base_image: Path
+    image_format: str
+    boot: BootMode
+    kernel: Path | None
+    initrd: Path | None
+    cmdline: str
+    profile: GuestProfile
+    cpus: int | None
+    memory_mib: int | None
+
+    def check(self) -> None:
+        """Raise ImageError when a file the image needs is missing."""
+        for what, path in (("disk", self.base_image), ("kernel", self.kernel), ("initrd", self.initrd)):
+            if path is not None and not path.is_file():
+                hint = BUILD_HINT if self.label == TEST_IMAGE_LABEL else "check [images] in the configuration"
+                raise ImageError(f"image {self.label!r}: {what} {path} does not exist", hint=hint)
+
+
+def test_image_config(images_dir: Path) -> ImageConfig:
+    root = images_dir / TEST_IMAGE_LABEL
+    cmdline_file = root / "cmdline"
+    cmdline = cmdline_file.read_text().strip() if cmdline_file.is_file() else TEST_IMAGE_CMDLINE
+    return ImageConfig(
+        label=TEST_IMAGE_LABEL,
+        path=str(root / "base.qcow2"),
+        profile="debian",
+        boot="kernel",
+        kernel=str(root / "vmlinuz"),
+        initrd=str(root / "initrd.img"),
+        cmdline=cmdline,
+    )
+
+
+def image_from_directory(path: Path, profile: str = "debian") -> ImageConfig:
+    """A directory laid out like build-test-image's output (base.qcow2, vmlinuz, initrd.img, cmdline)."""
+    cfg = test_image_config(path.parent)
+    cmdline_file = path / "cmdline"
+    return ImageConfig(
+        label=str(path),
+        path=str(path / "base.qcow2"),
+        profile=profile,
+        boot="kernel",
+        kernel=str(path / "vmlinuz"),
+        initrd=str(path / "initrd.img"),
+        cmdline=cmdline_file.read_text().strip() if cmdline_file.is_file() else cfg.cmdline,
+    )
+
+
+def image_from_file(path: Path, profile: str = "ubuntu") -> ImageConfig:
+    """A bare disk image that boots with BIOS firmware."""
+    fmt = "raw" if path.suffix in (".raw", ".img") else "qcow2"
+    return ImageConfig(label=str(path), path=str(path), profile=profile, boot="bios", format=fmt)
+
+
+class Catalog:
+    def __init__(self, images: Mapping[str, ImageConfig], images_dir: Path) -> None:
+        self._images_dir = images_dir
+        self._configs: dict[str, ImageConfig] = {TEST_IMAGE_LABEL: test_image_config(images_dir)}
+        self._configs.update(images)
+        self._aliases: dict[str, str] = {}
+        for label, cfg in self._configs.items():
+            for alias in cfg.aliases:
+                self._aliases[alias] = label
+
+    @classmethod
+    def from_config(cls, config: Config) -> Catalog:
+        return cls(config.images, config.paths.images_dir)
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted([*self._configs, *self._aliases])
+
+    def canonical(self, label: str) -> str | None:
+        if label in self._configs:
+            return label
+        return self._aliases.get(label)
+
+    def resolve(self, runs_on: Iterable[str]) -> str:
+        """Pick the image for a job's ``runs-on``: every label must be an image label or a generic one,
+        and they must name exactly one image."""
+        labels = list(runs_on)
+        chosen: list[str] = []
+        unknown: list[str] = []
+        for label in labels:
+            canon = self.canonical(label)
+            if canon is not None:
+                if canon not in chosen:
+                    chosen.append(canon)
+            elif label.lower() not in GENERIC_LABELS:
+                unknown.append(label)
+        known = ", ".join(self.labels)
+        if unknown:
+            raise ImageError(
+                f"runs-on: unknown label {', '.join(repr(u) for u in unknown)}; this host has images for: {known}",
+                hint="add an [images.<label>] table to the configuration, or use one of those labels",
+            )
+        if not chosen:
+            raise ImageError(f"runs-on {labels!r} names no image; this host has images for: {known}")
+        if len(chosen) > 1:
+            raise ImageError(f"runs-on {labels!r} names several images ({', '.join(chosen)}); name one")
+        return chosen[0]
+
+    def get(self, label: str) -> Image:
+        canon = self.canonical(label)
+        if canon is None:
+            raise ImageError(f"no image for label {label!r}; this host has images for: {', '.join(self.labels)}")
+        return self.build(self._configs[canon])
+
+    def build(self, cfg: ImageConfig) -> Image:
+        def path(p: str) -> Path:
+            q = Path(p).expanduser()
+            return q if q.is_absolute() else self._images_dir / q
+
+        return Image(
+            label=cfg.label,
+            base_image=path(cfg.path),
+            image_format=cfg.format,
+            boot=BootMode(cfg.boot),
+            kernel=path(cfg.kernel) if cfg.kernel else None,
+            initrd=path(cfg.initrd) if cfg.initrd else None,
+            cmdline=cfg.cmdline,
+            profile=get_profile(cfg.profile),
+            cpus=cfg.cpus,
+            memory_mib=parse_size_mib(cfg.memory) if cfg.memory else None,
+        )

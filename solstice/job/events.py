@@ -1,0 +1,94 @@
+"""The job's event emitter: numbers events gap-free, stamps them, masks text, hands them to a sink."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+from solstice.job.mask import Masker
+from solstice.model import EventKind, EventSink, JobEvent, Outcome, Phase, Result, Stream
+
+
+class Emitter:
+    def __init__(self, job_id: str, sink: EventSink, masker: Masker) -> None:
+        self.job_id = job_id
+        self.sink = sink
+        self.masker = masker
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def _emit(self, kind: EventKind, **fields: object) -> JobEvent:
+        # One lock around numbering AND delivery, so the sink sees seq in order.
+        with self._lock:
+            self._seq += 1
+            event = JobEvent(job_id=self.job_id, seq=self._seq, time=time.time(), kind=kind, **fields)  # type: ignore[arg-type]
+            self.sink.emit(event)
+            return event
+
+    def job_started(self, name: str) -> None:
+        self._emit(EventKind.JOB_STARTED, text=self.masker.apply(name))
+
+    def phase(self, phase: Phase, message: str = "") -> None:
+        self._emit(EventKind.PHASE, text=phase.value, message=self.masker.apply(message))
+
+    def step_started(self, step: int, name: str) -> None:
+        self._emit(EventKind.STEP_STARTED, step=step, text=self.masker.apply(name))
+
+    def log(self, text: str, *, step: int | None, stream: Stream = Stream.SYSTEM) -> None:
+        self._emit(EventKind.LOG, step=step, stream=stream, text=self.masker.apply(text))
+
+    def step_finished(
+        self,
+        step: int,
+        outcome: Outcome,
+        conclusion: Outcome,
+        *,
+        exit_code: int | None = None,
+        message: str = "",
+        outputs: Mapping[str, str] | None = None,
+    ) -> None:
+        self._emit(
+            EventKind.STEP_FINISHED,
+            step=step,
+            outcome=outcome,
+            conclusion=conclusion,
+            exit_code=exit_code,
+            message=self.masker.apply(message),
+            outputs={k: self.masker.apply(v) for k, v in (outputs or {}).items()},
+        )
+
+    def job_finished(self, result: Result, message: str = "", outputs: Mapping[str, str] | None = None) -> None:
+        self._emit(
+            EventKind.JOB_FINISHED,
+            result=result,
+            message=self.masker.apply(message),
+            outputs={k: self.masker.apply(v) for k, v in (outputs or {}).items()},
+        )
+
+
+class LineSplitter:
+    """Turns a stream of byte chunks into lines; a line over ``limit`` bytes is cut so memory stays bounded."""
+
+    def __init__(self, limit: int = 64 * 1024) -> None:
+        self._buf = b""
+        self._limit = limit
+
+    def feed(self, chunk: bytes) -> list[str]:
+        self._buf += chunk
+        lines = []
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if len(self._buf) >= self._limit:
+                    lines.append(self._buf[: self._limit])
+                    self._buf = self._buf[self._limit :]
+                    continue
+                break
+            lines.append(self._buf[:nl])
+            self._buf = self._buf[nl + 1 :]
+        return [ln.decode(errors="replace").rstrip("\r") for ln in lines]
+
+    def flush(self) -> list[str]:
+        rest, self._buf = self._buf, b""
+        return [rest.decode(errors="replace").rstrip("\r")] if rest else []

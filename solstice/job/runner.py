@@ -1,0 +1,584 @@
+"""Run one job: boot its VM, run each step over SSH, stream events, clean up whatever happens.
+
+One ExitStack owns every resource of the job (work directory, overlay, seed, port, QEMU); it unwinds
+on success, on a failed step, on an infrastructure error, on cancellation and on SIGTERM alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from solstice import expr
+from solstice.errors import ExpressionError, InfraError, SolsticeError, WorkflowError
+from solstice.images import Image
+from solstice.job import checkout, filecmds, script
+from solstice.job.commands import Command, CommandState
+from solstice.job.events import Emitter, LineSplitter
+from solstice.job.mask import Masker
+from solstice.job.notify import Notifier
+from solstice.model import EventSink, JobRequest, Outcome, Phase, Result, Step, StepKind, Stream
+from solstice.vm.machine import Guest, MachineSpec, start_machine
+
+log = logging.getLogger("solstice.job")
+
+#: How long a killed step gets between SIGTERM and SIGKILL, and then to close its output.
+KILL_GRACE = 3.0
+STOP_GRACE = 3.0
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Host-side settings for one run (from the configuration and the command line)."""
+
+    accel: str = "kvm"
+    cpus: int = 2
+    memory_mib: int = 2048
+    disk_gib: int | None = None
+    boot_timeout: float = 300.0
+    shutdown_timeout: float = 30.0
+    qemu: str = "qemu-system-x86_64"
+    qemu_img: str = "qemu-img"
+    ovmf_code: str = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    ovmf_vars: str = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+    runtime_dir: Path = Path("/run/solstice")
+    #: Called with the guest when the job failed and should be kept for debugging; returns when done.
+    keep_on_failure: Callable[[Guest, Path], None] | None = field(default=None, compare=False)
+
+
+@dataclass
+class StepResult:
+    outcome: Outcome
+    exit_code: int | None = None
+    message: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GuestPaths:
+    home: str
+    workspace: str
+    temp: str
+
+    @property
+    def steps(self) -> str:
+        return f"{self.temp}/_steps"
+
+    @property
+    def files(self) -> str:
+        return f"{self.temp}/_runner_file_commands"
+
+
+class JobRun:
+    def __init__(
+        self,
+        request: JobRequest,
+        image: Image,
+        settings: JobSettings,
+        sink: EventSink,
+        *,
+        cancel: threading.Event | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.request = request
+        self.job = request.job
+        self.image = image
+        self.settings = settings
+        self.cancel = cancel or threading.Event()
+        self.notifier = notifier or Notifier()
+        self.masker = Masker(list(request.secrets.values()))
+        self.emit = Emitter(request.job_id, sink, self.masker)
+        self.commands = CommandState()
+        self.job_status = "success"
+        self.steps_ctx: dict[str, dict[str, Any]] = {}
+        self.env_added: dict[str, str] = {}
+        self.path_added: list[str] = []
+        self.job_env: dict[str, str] = {}
+        self.deadline: float | None = None
+        self.timed_out = False
+
+    # --- the whole job ---------------------------------------------------------------------
+
+    def run(self) -> Result:
+        self.emit.job_started(self.job.name)
+        self.notifier.ready(f"job {self.request.job_id}: starting")
+        self.notifier.start_watchdog()
+        result, message = Result.ERROR, ""
+        try:
+            with contextlib.ExitStack() as stack:
+                try:
+                    result, message = self._run_in_vm(stack)
+                finally:
+                    self.emit.phase(Phase.TEARDOWN)
+                    self.notifier.status("tearing down")
+            self.emit.phase(Phase.DONE)
+        except InfraError as exc:
+            result, message = Result.ERROR, str(exc)
+            self.emit.log(f"Error: {exc}", step=None)
+        except SolsticeError as exc:
+            result, message = Result.FAILURE, str(exc)
+            self.emit.log(f"Error: {exc}", step=None)
+        except KeyboardInterrupt:
+            result, message = Result.CANCELLED, "the job was cancelled"
+        except Exception as exc:  # a bug of ours: still end the job with a clear result
+            log.error("internal error in job %s:\n%s", self.request.job_id, traceback.format_exc())
+            result, message = Result.ERROR, f"internal error: {type(exc).__name__}: {exc}"
+        self.emit.job_finished(result, message)
+        self.notifier.status(f"finished: {result.value}")
+        self.notifier.close()
+        return result
+
+    def _workdir(self, stack: contextlib.ExitStack) -> Path:
+        root = Path(self.settings.runtime_dir)
+        workdir = root / "jobs" / self.request.job_id
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "jobs").mkdir(mode=0o755, exist_ok=True)
+        workdir.mkdir(mode=0o700)
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        return workdir
+
+    def _machine_spec(self) -> MachineSpec:
+        size = self.request.size
+        img = self.image
+        return MachineSpec(
+            base_image=img.base_image,
+            image_format=img.image_format,
+            boot=img.boot,
+            kernel=img.kernel,
+            initrd=img.initrd,
+            cmdline=img.cmdline,
+            profile=img.profile,
+            accel=self.settings.accel,
+            cpus=size.cpus or img.cpus or self.settings.cpus,
+            memory_mib=size.memory_mib or img.memory_mib or self.settings.memory_mib,
+            disk_gib=size.disk_gib or self.settings.disk_gib,
+            boot_timeout=self.settings.boot_timeout,
+            shutdown_timeout=self.settings.shutdown_timeout,
+            qemu=self.settings.qemu,
+            qemu_img=self.settings.qemu_img,
+            ovmf_code=self.settings.ovmf_code,
+            ovmf_vars=self.settings.ovmf_vars,
+            instance_id=self.request.job_id,
+            hostname="solstice-" + self.request.job_id[:8],
+        )
+
+    def _phase(self, phase: Phase) -> None:
+        self.emit.phase(phase)
+        self.notifier.status(f"job {self.request.job_id}: {phase.value}")
+
+    def _run_in_vm(self, stack: contextlib.ExitStack) -> tuple[Result, str]:
+        self.image.check()
+        workdir = self._workdir(stack)
+        self.emit.log(f"Booting {self.image.label} ({self.settings.accel})", step=None)
+        guest = start_machine(
+            self._machine_spec(), workdir, Path(self.settings.runtime_dir) / "ports", stack, on_phase=self._phase
+        )
+        if self.cancel.is_set():
+            return Result.CANCELLED, "the job was cancelled"
+        paths = self._prepare_guest(guest)
+        result, message = self._run_steps(guest, paths)
+        if result is Result.FAILURE and self.settings.keep_on_failure is not None and not self.cancel.is_set():
+            self.settings.keep_on_failure(guest, workdir)
+        return result, message
+
+    def _prepare_guest(self, guest: Guest) -> GuestPaths:
+        repo = (self.request.repository.rstrip("/").rsplit("/", 1)[-1]) or "workspace"
+        repo = "".join(c if c.isalnum() or c in "._-" else "_" for c in repo)
+        out: list[bytes] = []
+        status = guest.exec(
+            "cd && pwd",
+            on_stdout=out.append,
+            on_stderr=lambda b: None,
+        )
+        home = b"".join(out).decode().strip()
+        if status != 0 or not home.startswith("/"):
+            raise InfraError(f"could not find the home directory of {guest.user} in the guest")
+        paths = GuestPaths(home=home, workspace=f"{home}/work/{repo}/{repo}", temp=f"{home}/work/_temp")
+        mkdir = f"mkdir -p {shlex.quote(paths.workspace)} {shlex.quote(paths.steps)} {shlex.quote(paths.files)}"
+        err: list[bytes] = []
+        if guest.exec(mkdir, on_stdout=lambda b: None, on_stderr=err.append) != 0:
+            raise InfraError(f"could not create the workspace in the guest: {b''.join(err).decode(errors='replace')}")
+        return paths
+
+    # --- contexts -------------------------------------------------------------------------
+
+    def _github_context(self, paths: GuestPaths, action: str = "") -> dict[str, Any]:
+        req = self.request
+        given = dict(req.contexts.get("github", {}) or {})
+        ref = req.ref or given.get("ref", "")
+        base: dict[str, Any] = {
+            "repository": req.repository,
+            "repository_owner": req.repository.split("/")[0] if "/" in req.repository else "",
+            "sha": req.commit,
+            "ref": ref,
+            "ref_name": ref.rsplit("/", 1)[-1] if ref else "",
+            "workspace": paths.workspace,
+            "job": self.job.key,
+            "workflow": self.job.workflow_name,
+            "event_name": "push",
+            "run_id": "1",
+            "run_number": "1",
+            "run_attempt": "1",
+            "actor": "",
+            "server_url": "",
+            "action": action,
+            "event": {},
+        }
+        base.update(given)
+        base["workspace"] = paths.workspace
+        base["action"] = action
+        return base
+
+    def _runner_context(self, paths: GuestPaths) -> dict[str, Any]:
+        return {
+            "os": self.image.profile.runner_os,
+            "arch": "X64",
+            "name": f"solstice-{self.image.label}",
+            "temp": paths.temp,
+            "workspace": paths.workspace.rsplit("/", 1)[0],
+            "tool_cache": f"{paths.home}/work/_tool",
+            "debug": "",
+        }
+
+    def _context(self, paths: GuestPaths, env: Mapping[str, str], action: str = "") -> expr.Context:
+        contexts = self.request.contexts
+        values: dict[str, Any] = {
+            "github": self._github_context(paths, action),
+            "env": dict(env),
+            "matrix": dict(self.job.matrix),
+            "secrets": dict(self.request.secrets),
+            "steps": self.steps_ctx,
+            "job": {"status": self.job_status},
+            "runner": self._runner_context(paths),
+            "vars": dict(contexts.get("vars", {}) or {}),
+            "needs": dict(contexts.get("needs", {}) or {}),
+            "inputs": dict(contexts.get("inputs", {}) or {}),
+            "strategy": dict(contexts.get("strategy", {}) or {}),
+        }
+        return expr.Context(values=values, job_status=self.job_status)
+
+    def _standard_env(self, paths: GuestPaths, action: str, number: int) -> dict[str, str]:
+        gh = self._github_context(paths, action)
+        rn = self._runner_context(paths)
+        files = paths.files
+        env = {
+            "CI": "true",
+            "GITHUB_ACTIONS": "true",
+            "HOME": paths.home,
+            "GITHUB_WORKSPACE": paths.workspace,
+            "GITHUB_SHA": str(gh["sha"]),
+            "GITHUB_REF": str(gh["ref"]),
+            "GITHUB_REF_NAME": str(gh["ref_name"]),
+            "GITHUB_REPOSITORY": str(gh["repository"]),
+            "GITHUB_REPOSITORY_OWNER": str(gh["repository_owner"]),
+            "GITHUB_RUN_ID": str(gh["run_id"]),
+            "GITHUB_RUN_NUMBER": str(gh["run_number"]),
+            "GITHUB_RUN_ATTEMPT": str(gh["run_attempt"]),
+            "GITHUB_JOB": self.job.key,
+            "GITHUB_ACTION": action,
+            "GITHUB_WORKFLOW": self.job.workflow_name,
+            "GITHUB_EVENT_NAME": str(gh["event_name"]),
+            "GITHUB_SERVER_URL": str(gh["server_url"]),
+            "GITHUB_ACTOR": str(gh["actor"]),
+            "GITHUB_ENV": f"{files}/set_env_{number}",
+            "GITHUB_OUTPUT": f"{files}/set_output_{number}",
+            "GITHUB_PATH": f"{files}/add_path_{number}",
+            "GITHUB_STEP_SUMMARY": f"{files}/step_summary_{number}",
+            "GITHUB_STATE": f"{files}/save_state_{number}",
+            "RUNNER_OS": str(rn["os"]),
+            "RUNNER_ARCH": str(rn["arch"]),
+            "RUNNER_NAME": str(rn["name"]),
+            "RUNNER_TEMP": paths.temp,
+            "RUNNER_WORKSPACE": str(rn["workspace"]),
+            "RUNNER_TOOL_CACHE": str(rn["tool_cache"]),
+        }
+        return env
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def _evaluate_job_env(self, paths: GuestPaths) -> None:
+        ctx = self._context(paths, {})
+        for name, value in self.job.env.items():
+            self.job_env[name] = expr.interpolate(str(value), ctx)
+            ctx = self._context(paths, self.job_env)
+
+    def _minutes(self, value: float | str | None, ctx: expr.Context, what: str) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = expr.to_string(expr.evaluate(value.strip().removeprefix("${{").removesuffix("}}"), ctx))
+        try:
+            minutes = float(value)
+        except ValueError:
+            raise WorkflowError(f"{what}: timeout-minutes {value!r} is not a number") from None
+        return minutes if minutes > 0 else None
+
+    def _run_steps(self, guest: Guest, paths: GuestPaths) -> tuple[Result, str]:
+        try:
+            self._evaluate_job_env(paths)
+            job_minutes = self._minutes(self.job.timeout_minutes, self._context(paths, self.job_env), "job")
+        except (ExpressionError, WorkflowError) as exc:
+            return Result.FAILURE, f"job {self.job.key}: {exc}"
+        self.deadline = time.monotonic() + job_minutes * 60 if job_minutes else None
+        for step in self.job.steps:
+            self._run_one(guest, paths, step)
+        if self.cancel.is_set():
+            return Result.CANCELLED, "the job was cancelled"
+        if self.timed_out:
+            return Result.FAILURE, f"the job exceeded its maximum execution time of {job_minutes:g} minutes"
+        if self.job_status == "failure":
+            failed = [k for k, v in self.steps_ctx.items() if v["conclusion"] == Outcome.FAILURE.value]
+            return Result.FAILURE, f"step {failed[0] if failed else '?'} failed"
+        return Result.SUCCESS, ""
+
+    def _step_key(self, step: Step) -> str:
+        return step.id or f"__{step.number}"
+
+    def _record(self, step: Step, outcome: Outcome, conclusion: Outcome, outputs: Mapping[str, str]) -> None:
+        self.steps_ctx[self._step_key(step)] = {
+            "outcome": outcome.value,
+            "conclusion": conclusion.value,
+            "outputs": dict(outputs),
+        }
+
+    def _run_one(self, guest: Guest, paths: GuestPaths, step: Step) -> None:
+        action = self._step_key(step)
+        env_ctx = {**self.job_env, **self.env_added}
+        ctx = self._context(paths, env_ctx, action)
+        if self.cancel.is_set() or self.timed_out:
+            self.job_status = "cancelled"
+            ctx = self._context(paths, env_ctx, action)
+        try:
+            should_run = expr.evaluate_condition(step.if_ or "", ctx)
+        except ExpressionError as exc:
+            self.emit.step_started(step.number, step.name)
+            self.emit.log(f"Error: if: {exc}", step=step.number)
+            self._finish(step, StepResult(Outcome.FAILURE, message=f"if: {exc}"), ctx)
+            return
+        if not should_run or self.cancel.is_set() or self.timed_out:
+            # A cancelled or timed-out job runs no more steps, so the VM is gone promptly.
+            self.emit.step_started(step.number, step.name)
+            self._record(step, Outcome.SKIPPED, Outcome.SKIPPED, {})
+            self.emit.step_finished(step.number, Outcome.SKIPPED, Outcome.SKIPPED)
+            return
+        self.emit.step_started(step.number, step.name)
+        self.notifier.status(f"job {self.request.job_id}: step {step.number} {step.name}")
+        try:
+            if step.kind is StepKind.CHECKOUT:
+                res = self._checkout(guest, paths, step, ctx)
+            else:
+                res = self._run_script(guest, paths, step, ctx)
+        except (ExpressionError, WorkflowError, filecmds.FileCommandError) as exc:
+            self.emit.log(f"Error: {exc}", step=step.number)
+            res = StepResult(Outcome.FAILURE, message=str(exc))
+        except InfraError as exc:
+            self.emit.step_finished(step.number, Outcome.FAILURE, Outcome.FAILURE, message=str(exc))
+            raise
+        self._finish(step, res, ctx)
+
+    def _finish(self, step: Step, res: StepResult, ctx: expr.Context) -> None:
+        conclusion = res.outcome
+        if res.outcome is Outcome.FAILURE:
+            try:
+                coe = step.continue_on_error
+                if isinstance(coe, str):
+                    coe = bool(expr.evaluate_condition(coe, ctx)) if coe.strip() else False
+            except ExpressionError as exc:
+                self.emit.log(f"Error: continue-on-error: {exc}", step=step.number)
+                coe = False
+            if coe:
+                conclusion = Outcome.SUCCESS
+        if conclusion is Outcome.FAILURE:
+            self.job_status = "failure"
+        if res.message and res.outcome is not Outcome.SUCCESS:
+            self.emit.log(f"Error: {res.message}", step=step.number)
+        self._record(step, res.outcome, conclusion, res.outputs)
+        self.emit.step_finished(
+            step.number, res.outcome, conclusion, exit_code=res.exit_code, message=res.message, outputs=res.outputs
+        )
+
+    def _workdir_for(self, paths: GuestPaths, wd: str | None, ctx: expr.Context) -> str:
+        if not wd:
+            return paths.workspace
+        wd = expr.interpolate(wd, ctx)
+        return wd if wd.startswith("/") else f"{paths.workspace}/{wd}"
+
+    def _checkout(self, guest: Guest, paths: GuestPaths, step: Step, ctx: expr.Context) -> StepResult:
+        source = self.request.checkout_source
+        if not source:
+            return StepResult(Outcome.FAILURE, message="checkout: this job has no source tree to check out")
+        dest_rel = expr.interpolate(str(step.with_.get("path", "")), ctx)
+        dest = self._workdir_for(paths, dest_rel or None, ctx)
+        archive = checkout.pack_tree(Path(source))
+        self.emit.log(
+            f"Checking out {self.request.repository or source} {self.request.commit[:12]} into {dest}",
+            step=step.number,
+        )
+        err: list[bytes] = []
+        cmd = f"mkdir -p {shlex.quote(dest)} && cd {shlex.quote(dest)} && {self.image.profile.tar} xf -"
+        status = guest.exec(cmd, stdin=archive.data, on_stdout=lambda b: None, on_stderr=err.append)
+        if status != 0:
+            detail = b"".join(err).decode(errors="replace").strip()
+            return StepResult(Outcome.FAILURE, status, f"checkout: unpacking failed in the guest: {detail}")
+        self.emit.log(f"{archive.files} files, {len(archive.data) // 1024} KiB", step=step.number)
+        return StepResult(Outcome.SUCCESS, 0)
+
+    def _run_script(self, guest: Guest, paths: GuestPaths, step: Step, ctx: expr.Context) -> StepResult:
+        n = step.number
+        action = self._step_key(step)
+        env_ctx = {**self.job_env, **self.env_added}
+        step_env: dict[str, str] = {}
+        for name, value in step.env.items():
+            step_env[name] = expr.interpolate(str(value), self._context(paths, {**env_ctx, **step_env}, action))
+        full_ctx = self._context(paths, {**env_ctx, **step_env}, action)
+        body = expr.interpolate(step.run, full_ctx)
+        shell = script.resolve_shell(step.shell or self.job.shell, self.image.profile.bash)
+        workdir = self._workdir_for(paths, step.working_directory or self.job.working_directory, full_ctx)
+        minutes = self._minutes(step.timeout_minutes, full_ctx, f"step {n}")
+
+        std = self._standard_env(paths, action, n)
+        env = {**std, **env_ctx, **step_env}
+        for name in std:
+            if name.startswith(("GITHUB_", "RUNNER_")) or name in ("CI", "HOME"):
+                env[name] = std[name]  # the runner's own variables cannot be overridden
+        envfile_text, skipped = script.env_file(env, list(reversed(self.path_added)))
+        for name in skipped:
+            self.emit.log(f"Warning: environment variable {name!r} is not a valid name; not set", step=n)
+        script_path = f"{paths.steps}/{n}{shell.extension}"
+        envfile = f"{paths.steps}/{n}.env"
+        pidfile = f"{paths.steps}/{n}.pid"
+        guest.put(script_path, body.encode(), 0o700)
+        guest.put(envfile, envfile_text.encode(), 0o600)
+        files = [std["GITHUB_ENV"], std["GITHUB_OUTPUT"], std["GITHUB_PATH"], std["GITHUB_STEP_SUMMARY"]]
+        command = (
+            " ".join(f": > {shlex.quote(f)};" for f in files)
+            + " "
+            + script.step_command(shell=shell, script=script_path, envfile=envfile, pidfile=pidfile, workdir=workdir)
+        )
+
+        outputs: dict[str, str] = {}
+        status, reason = self._exec_supervised(guest, command, pidfile, n, minutes, outputs)
+
+        # Runner files: read even after a failure, as GitHub does.
+        env_text = guest.get(std["GITHUB_ENV"]).decode(errors="replace")
+        out_text = guest.get(std["GITHUB_OUTPUT"]).decode(errors="replace")
+        path_text = guest.get(std["GITHUB_PATH"]).decode(errors="replace")
+        summary = guest.get(std["GITHUB_STEP_SUMMARY"]).decode(errors="replace")
+        self.env_added.update(filecmds.parse_key_values(env_text, "GITHUB_ENV"))
+        outputs.update(filecmds.parse_key_values(out_text, "GITHUB_OUTPUT"))
+        self.path_added.extend(filecmds.parse_path(path_text))
+        if summary.strip():
+            self.emit.log("Step summary:", step=n)
+            for line in summary.rstrip("\n").split("\n"):
+                self.emit.log(line, step=n)
+
+        if reason == "cancelled":
+            return StepResult(Outcome.CANCELLED, status, "the step was cancelled", outputs)
+        if reason == "step-timeout":
+            return StepResult(Outcome.FAILURE, status, f"the step timed out after {minutes:g} minutes", outputs)
+        if reason == "job-timeout":
+            return StepResult(Outcome.CANCELLED, status, "the job's maximum execution time was reached", outputs)
+        if status == 0:
+            return StepResult(Outcome.SUCCESS, 0, "", outputs)
+        what = "was killed by a signal" if status is None or status < 0 else f"exited with code {status}"
+        return StepResult(Outcome.FAILURE, status, f"the step's process {what}", outputs)
+
+    def _exec_supervised(
+        self,
+        guest: Guest,
+        command: str,
+        pidfile: str,
+        n: int,
+        minutes: float | None,
+        outputs: dict[str, str],
+    ) -> tuple[int | None, str]:
+        """Run the step command, streaming lines; a watcher kills it on timeout or cancellation."""
+        step_deadline = time.monotonic() + minutes * 60 if minutes else None
+        stop = threading.Event()
+        done = threading.Event()
+        reason: list[str] = []
+
+        def watch() -> None:
+            while not done.wait(0.1):
+                now = time.monotonic()
+                if self.cancel.is_set():
+                    reason.append("cancelled")
+                elif step_deadline is not None and now >= step_deadline:
+                    reason.append("step-timeout")
+                elif self.deadline is not None and now >= self.deadline:
+                    reason.append("job-timeout")
+                    self.timed_out = True
+                else:
+                    continue
+                self._kill(guest, pidfile, "TERM")
+                if not done.wait(KILL_GRACE):
+                    self._kill(guest, pidfile, "KILL")
+                stop.set()
+                return
+
+        watcher = threading.Thread(target=watch, name=f"step-{n}-watch", daemon=True)
+        watcher.start()
+        out = LineSplitter()
+        err = LineSplitter()
+
+        def on_stdout(chunk: bytes) -> None:
+            for line in out.feed(chunk):
+                self._stdout_line(line, n, outputs)
+
+        def on_stderr(chunk: bytes) -> None:
+            for line in err.feed(chunk):
+                self.emit.log(line, step=n, stream=Stream.STDERR)
+
+        try:
+            status = guest.exec(command, on_stdout=on_stdout, on_stderr=on_stderr, stop=stop, stop_grace=STOP_GRACE)
+        finally:
+            done.set()
+            watcher.join()
+        for line in out.flush():
+            self._stdout_line(line, n, outputs)
+        for line in err.flush():
+            self.emit.log(line, step=n, stream=Stream.STDERR)
+        return status, (reason[0] if reason else "")
+
+    def _kill(self, guest: Guest, pidfile: str, signal: str) -> None:
+        try:
+            guest.exec(script.kill_command(pidfile, signal), on_stdout=lambda b: None, on_stderr=lambda b: None)
+        except InfraError as exc:
+            log.warning("could not signal step: %s", exc)
+
+    def _stdout_line(self, line: str, n: int, outputs: dict[str, str]) -> None:
+        cmd = self.commands.interpret(line)
+        if cmd is not None:
+            if cmd.command == Command.ADD_MASK:
+                self.masker.add(cmd.value)
+                return  # GitHub does not echo the command that carries the value
+            if cmd.command == Command.SET_OUTPUT and "name" in cmd.params:
+                outputs[cmd.params["name"]] = cmd.value
+                return
+        self.emit.log(line, step=n, stream=Stream.STDOUT)
+
+
+def run_job(
+    request: JobRequest,
+    image: Image,
+    settings: JobSettings,
+    sink: EventSink,
+    *,
+    cancel: threading.Event | None = None,
+) -> Result:
+    """Run ``request`` in a fresh VM of ``image``; every event goes to ``sink``; returns the result."""
+    return JobRun(request, image, settings, sink, cancel=cancel).run()
+
+
+def default_runtime_dir() -> Path:
+    return Path(os.environ.get("RUNTIME_DIRECTORY", "/run/solstice"))
