@@ -1,0 +1,349 @@
+"""The job process end to end in a real guest under TCG.
+
+One VM boot runs a job whose steps cover most behaviours (streaming, checkout, runner files, masking,
+continue-on-error, timeouts, conditions); the tests below each assert on its event stream.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from solstice.config import parse_size_mib
+from solstice.images import Catalog, Image
+from solstice.job.runner import JobSettings, run_job
+from solstice.model import EventKind, JobEvent, JobRequest, Outcome, Result, Size, Stream
+from solstice.workflow import parse_workflow
+
+pytestmark = pytest.mark.vm
+
+SECRET = "s3cr3t-Value-99"
+MASKED = "hunter2-masked-value"
+
+WORKFLOW = textwrap.dedent(
+    r"""
+    name: behaviours
+    on: push
+    env:
+      WF_LEVEL: from-workflow
+    jobs:
+      all:
+        runs-on: debian-12
+        env:
+          JOB_LEVEL: from-job
+        steps:
+          - uses: actions/checkout@v4
+          - name: stream
+            run: |
+              echo first
+              sleep 2
+              echo second
+              echo to-stderr >&2
+          - name: checkout content
+            run: |
+              test "$(cat hello.txt)" = "hello from the host"
+              test -x sub/tool.sh
+              echo checked
+          - name: set runner files
+            id: set
+            run: |
+              echo "FOO=bar" >> "$GITHUB_ENV"
+              echo "val=42" >> "$GITHUB_OUTPUT"
+              { echo "multi<<EOF"; echo "line one"; echo "line two"; echo "EOF"; } >> "$GITHUB_OUTPUT"
+              echo "/opt/solstice-test-bin" >> "$GITHUB_PATH"
+              echo "## summary heading" >> "$GITHUB_STEP_SUMMARY"
+          - name: read runner files
+            env:
+              MULTI: ${{ steps.set.outputs.multi }}
+            run: |
+              test "$FOO" = bar
+              echo "val=${{ steps.set.outputs.val }}"
+              test "$MULTI" = "$(printf 'line one\nline two')"
+              case "$PATH" in /opt/solstice-test-bin:*) echo path-ok ;; *) echo "PATH=$PATH"; exit 1 ;; esac
+              echo "levels: $WF_LEVEL $JOB_LEVEL ${{ env.FOO }}"
+          - name: masking
+            env:
+              MYSECRET: ${{ secrets.MYSECRET }}
+            run: |
+              echo "::add-mask::hunter2-masked-value"
+              echo "masked: hunter2-masked-value"
+              echo "secret via env: $MYSECRET"
+              echo "secret inline: ${{ secrets.MYSECRET }}"
+          - name: standard variables
+            run: |
+              test "$CI" = true
+              test "$GITHUB_ACTIONS" = true
+              test "$GITHUB_WORKSPACE" = "$(pwd)"
+              test "$RUNNER_OS" = Linux
+              test -n "$GITHUB_SHA"
+              echo "job=$GITHUB_JOB"
+          - name: shells
+            shell: sh
+            run: echo "sh says $0"
+          - name: python
+            shell: python
+            run: print("python says", 6 * 7)
+          - name: custom template
+            shell: bash -c "echo custom; . {0}"
+            run: echo from-template
+          - name: working directory
+            working-directory: sub
+            run: pwd
+          - name: allowed to fail
+            id: coe
+            continue-on-error: true
+            run: exit 3
+          - name: sees the outcome
+            if: steps.coe.outcome == 'failure' && steps.coe.conclusion == 'success'
+            run: echo outcome-seen
+          - name: too slow
+            timeout-minutes: 0.1
+            continue-on-error: true
+            run: |
+              echo sleeping
+              sleep 120
+          - name: fails
+            run: |
+              echo about to fail
+              exit 7
+          - name: not run after failure
+            run: echo should-not-run
+          - name: on failure
+            if: failure()
+            run: echo failure-handler-ran
+          - name: always
+            if: always()
+            run: echo always-ran
+    """
+)
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.events: list[JobEvent] = []
+        self.lock = threading.Lock()
+
+    def emit(self, event: JobEvent) -> None:
+        with self.lock:
+            self.events.append(event)
+
+
+def settings(runtime: Path, **kw: object) -> JobSettings:
+    return JobSettings(
+        accel=os.environ.get("SOLSTICE_VM_ACCEL", "tcg"),
+        cpus=2,
+        memory_mib=parse_size_mib("1G"),
+        boot_timeout=float(kw.pop("boot_timeout", 240.0)),  # type: ignore[arg-type]
+        shutdown_timeout=10,
+        runtime_dir=runtime,
+    )
+
+
+@pytest.fixture(scope="module")
+def checkout_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tree")
+    (root / "hello.txt").write_text("hello from the host")
+    (root / "sub").mkdir()
+    (root / "sub" / "tool.sh").write_text("#!/bin/sh\necho tool\n")
+    (root / "sub" / "tool.sh").chmod(0o755)
+    return root
+
+
+@pytest.fixture(scope="module")
+def behaviours(
+    test_image: Path, checkout_tree: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Result, list[JobEvent], Path]]:
+    runtime = tmp_path_factory.mktemp("runtime")
+    wf = parse_workflow(WORKFLOW, "behaviours.yml")
+    (job,) = wf.jobs
+    catalog = Catalog({}, test_image.parent)
+    image = catalog.get(catalog.resolve(job.runs_on))
+    request = JobRequest(
+        job_id=str(uuid.uuid4()),
+        job=job,
+        label=image.label,
+        repository="example/tree",
+        commit="0123456789abcdef0123456789abcdef01234567",
+        checkout_source=str(checkout_tree),
+        secrets={"MYSECRET": SECRET},
+        size=Size(cpus=2, memory_mib=1024),
+    )
+    sink = Collect()
+    result = run_job(request, image, settings(runtime), sink)
+    yield result, sink.events, runtime
+
+
+def step_events(events: list[JobEvent], name: str) -> tuple[JobEvent, list[JobEvent]]:
+    started = [e for e in events if e.kind is EventKind.STEP_STARTED and e.text == name]
+    assert started, f"no step named {name!r}"
+    n = started[0].step
+    finished = [e for e in events if e.kind is EventKind.STEP_FINISHED and e.step == n]
+    logs = [e for e in events if e.kind is EventKind.LOG and e.step == n]
+    return finished[0], logs
+
+
+def texts(logs: list[JobEvent]) -> list[str]:
+    return [e.text for e in logs]
+
+
+def test_job_result_is_failure_because_of_the_failing_step(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
+    result, events, _ = behaviours
+    assert result is Result.FAILURE
+    final = events[-1]
+    assert final.kind is EventKind.JOB_FINISHED and final.result is Result.FAILURE
+    fin, logs = step_events(events, "fails")
+    assert fin.outcome is Outcome.FAILURE and fin.exit_code == 7
+    assert "about to fail" in texts(logs)
+
+
+def test_events_are_numbered_without_gaps(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
+    _, events, _ = behaviours
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[0].kind is EventKind.JOB_STARTED
+
+
+def test_output_streams_while_the_step_runs(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
+    _, events, _ = behaviours
+    fin, logs = step_events(events, "stream")
+    assert fin.outcome is Outcome.SUCCESS
+    by_text = {e.text: e for e in logs}
+    assert by_text["second"].time - by_text["first"].time > 1.5  # first line arrived before the sleep ended
+    assert by_text["to-stderr"].stream is Stream.STDERR
+    assert by_text["first"].stream is Stream.STDOUT
+
+
+def test_checkout_content_is_in_the_guest(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
+    _, events, _ = behaviours
+    fin, _ = step_events(events, "Checkout")
+    assert fin.outcome is Outcome.SUCCESS
+    fin, logs = step_events(events, "checkout content")
+    assert fin.outcome is Outcome.SUCCESS and "checked" in texts(logs)
+
+
+def test_runner_files_carry_across_steps(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
+    _, events, _ = behaviours
+    fin, logs = step_events(events, "set runner files")
+    assert fin.outcome is Outcome.SUCCESS
+    assert fin.outputs["val"] == "42" and fin.outputs["multi"] == "line one\nline two"
+    assert "## summary heading" in texts(logs)
+    fin, logs = step_events(events, "read runner files")
+    assert fin.outcome is Outcome.SUCCESS, texts(logs)
+    assert "val=42" in texts(logs) and "path-ok" in texts(logs)
+    assert "levels: from-workflow from-job bar" in texts(logs)
+
+
+def test_secret_and_add_mask_are_masked_everywhere(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
+    _, events, _ = behaviours
+    fin, logs = step_events(events, "masking")
+    assert fin.outcome is Outcome.SUCCESS
+    assert texts(logs) == ["masked: ***", "secret via env: ***", "secret inline: ***"]
+    for e in events:
+        blob = e.text + e.message + "".join(e.outputs.values())
+        assert SECRET not in blob and MASKED not in blob
+
+
+def test_standard_variables_and_shells(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
+    _, events, _ = behaviours
+    fin, logs = step_events(events, "standard variables")
+    assert fin.outcome is Outcome.SUCCESS, texts(logs)
+    assert "job=all" in texts(logs)
+    fin, logs = step_events(events, "shells")
+    assert fin.outcome is Outcome.SUCCESS and texts(logs)[0].startswith("sh says ")
+    fin, logs = step_events(events, "python")
+    assert fin.outcome is Outcome.SUCCESS and texts(logs) == ["python says 42"]
+    fin, logs = step_events(events, "custom template")
+    assert texts(logs) == ["custom", "from-template"]
+    fin, logs = step_events(events, "working directory")
+    assert texts(logs)[0].endswith("/sub")
+
+
+def test_continue_on_error_and_outcomes(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
+    _, events, _ = behaviours
+    fin, _ = step_events(events, "allowed to fail")
+    assert (fin.outcome, fin.conclusion, fin.exit_code) == (Outcome.FAILURE, Outcome.SUCCESS, 3)
+    fin, logs = step_events(events, "sees the outcome")
+    assert fin.outcome is Outcome.SUCCESS and texts(logs) == ["outcome-seen"]
+
+
+def test_step_timeout_kills_the_step(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
+    _, events, _ = behaviours
+    fin, logs = step_events(events, "too slow")
+    started = next(e for e in events if e.kind is EventKind.STEP_STARTED and e.step == fin.step)
+    assert fin.outcome is Outcome.FAILURE and fin.conclusion is Outcome.SUCCESS
+    assert "timed out" in fin.message
+    assert fin.time - started.time < 6 + 10  # 6 s limit, plus kill grace
+    assert "sleeping" in texts(logs)
+
+
+def test_conditions_after_a_failure(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
+    _, events, _ = behaviours
+    fin, logs = step_events(events, "not run after failure")
+    assert fin.outcome is Outcome.SKIPPED and not logs
+    fin, logs = step_events(events, "on failure")
+    assert fin.outcome is Outcome.SUCCESS and texts(logs) == ["failure-handler-ran"]
+    fin, logs = step_events(events, "always")
+    assert fin.outcome is Outcome.SUCCESS and texts(logs) == ["always-ran"]
+
+
+def _qemu_running(marker: str) -> bool:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return any("qemu-system" in line and marker in line for line in out.splitlines())
+
+
+def test_nothing_left_after_the_job(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
+    _, events, runtime = behaviours
+    assert not _qemu_running(str(runtime))
+    assert list((runtime / "jobs").iterdir()) == []
+    locks = list((runtime / "ports").glob("*")) if (runtime / "ports").exists() else []
+    for lock in locks:  # a leftover lock file is fine only if nobody holds it
+        import fcntl
+
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_guest_that_never_boots_is_an_infrastructure_error(test_image: Path, tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"
+    catalog = Catalog({}, test_image.parent)
+    good = catalog.get("debian-12")
+    broken = Image(**{**good.__dict__, "cmdline": "root=/dev/nonexistent console=ttyS0 panic=0"})
+    wf = parse_workflow("on: push\njobs:\n  j:\n    runs-on: debian-12\n    steps:\n      - run: true\n", "x.yml")
+    request = JobRequest(job_id=str(uuid.uuid4()), job=wf.jobs[0], label="debian-12")
+    sink = Collect()
+    result = run_job(request, broken, settings(runtime, boot_timeout=25.0), sink)
+    assert result is Result.ERROR
+    final = sink.events[-1]
+    assert final.kind is EventKind.JOB_FINISHED and final.result is Result.ERROR
+    assert "25" in final.message and "console" in final.message.lower()
+    elapsed = final.time - sink.events[0].time
+    assert elapsed < 25 + 30
+    assert not _qemu_running(str(runtime))
+    assert list((runtime / "jobs").iterdir()) == []
+
+
+def test_solstice_run_builtin_example(test_image: Path, tmp_path: Path) -> None:
+    """The README's first command, minus the setup: the built-in example in a real VM."""
+    env = {
+        **os.environ,
+        "SOLSTICE_PATHS_STATE_DIR": str(test_image.parent.parent),
+        "SOLSTICE_PATHS_RUNTIME_DIR": str(tmp_path / "rt"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "solstice", "run", "--accel", os.environ.get("SOLSTICE_VM_ACCEL", "tcg")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "the answer is 42" in proc.stdout
+    assert "success" in proc.stdout
