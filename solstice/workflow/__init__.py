@@ -1,0 +1,30 @@
+"""Actions workflow YAML -> ``JobSpec``s (see docs/workflow-syntax.md for what is supported).
+
+``load_workflow``/``parse_workflow`` return a ``Workflow`` whose jobs are matrix-expanded
+``JobSpec``s, or raise ``WorkflowProblems`` (a ``WorkflowError``) listing every problem as
+``file:line: message``.
+"""
+
+from solstice.workflow.translate import (
+    DEFAULT_TIMEOUT_MINUTES,
+    Problem,
+    Workflow,
+    WorkflowProblems,
+    check_shell,
+    checkout_ref,
+    load_workflow,
+    matrix_suffix,
+    parse_workflow,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT_MINUTES",
+    "Problem",
+    "Workflow",
+    "WorkflowProblems",
+    "check_shell",
+    "checkout_ref",
+    "load_workflow",
+    "matrix_suffix",
+    "parse_workflow",
+]
