@@ -450,7 +450,7 @@ def split_template(template: str) -> list[tuple[bool, str]]:
             raise ExpressionError(
                 f"The expression is not closed: missing '}}}}' after '${{{{' in: {template}"
             )
-        pieces.append((True, template[start + 3 : k]))
+        pieces.append((True, template[start + 3 : k].strip()))
         i = k + 2
 
 

@@ -71,6 +71,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
+        if not self.line:
+            return f"{self.file}: {self.message}"
         return f"{self.file}:{self.line}: {self.message}"
 
 
@@ -377,8 +379,7 @@ class _Translator:
         keys = list(jobs)
         if selected is not None and selected not in jobs:
             self.problem(
-                jobs.line,
-                f"no job `{selected}` in this workflow (jobs: {_accepted(keys)})",
+                root.line_of("jobs"), f"no job `{selected}` in this workflow (jobs: {_accepted(keys)})"
             )
             return None
         if selected is None:
