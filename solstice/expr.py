@@ -448,7 +448,7 @@ def split_template(template: str) -> list[tuple[bool, str]]:
             k += 1
         else:
             raise ExpressionError(
-                f"The expression is not closed: missing '}}}}' after '${{{{' in: {template}"
+                f"An expression is not closed: missing '}}}}' after '${{{{' in: {template}"
             )
         pieces.append((True, template[start + 3 : k].strip()))
         i = k + 2

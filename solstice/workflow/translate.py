@@ -443,6 +443,13 @@ class _Translator:
             if node is None:
                 self.problem(line, f"{where} is empty")
             return []
+        if "uses" in j:
+            # A reusable-workflow call has no steps or runs-on of its own: one message says it all.
+            self.problem(
+                j.line_of("uses"),
+                f"{where}: `uses:` calls a reusable workflow, which Solstice does not support",
+            )
+            return []
         for k in j:
             if k in ("container", "services"):
                 self.problem(
@@ -450,7 +457,7 @@ class _Translator:
                     f"{where}: `{k}:` is not supported: Solstice runs each job directly in a virtual "
                     "machine, not in containers",
                 )
-            elif k in ("uses", "with", "secrets"):
+            elif k in ("with", "secrets"):
                 self.problem(
                     j.line_of(k),
                     f"{where}: `{k}:` is for reusable workflows, which Solstice does not support",
@@ -458,7 +465,7 @@ class _Translator:
             elif k not in JOB_KEYS:
                 self.problem(j.line_of(k), f"{where}: unknown key `{k}` (accepted: {_accepted(JOB_KEYS)})")
 
-        parts = _JobParts(key=key, line=line, steps=self.steps(key, j))
+        parts = _JobParts(key=key, line=line, steps=self.steps(key, j, line))
         parts.env = {**wf_env, **self.string_map(j.get("env"), j.line_of("env"), f"{where}: ", "env")}
         parts.defaults = self.defaults(j.get("defaults"), j.line_of("defaults"), f"{where}: ", wf_defaults)
         parts.if_ = self.condition(j.get("if"), j.line_of("if"), where)
@@ -598,6 +605,7 @@ class _Translator:
             self.unknown_keys(raw, ("labels", "group"), where)
             if "group" in raw:
                 self.problem(raw.line_of("group"), f"{where}: runner groups (`group:`) are not supported")
+                return ()
             raw = raw.get("labels")
         items = raw if isinstance(raw, list) else [raw]
         labels: list[str] = []
@@ -622,9 +630,9 @@ class _Translator:
 
     # -- steps --
 
-    def steps(self, key: str, j: LineDict) -> tuple[Step, ...]:
+    def steps(self, key: str, j: LineDict, key_line: int) -> tuple[Step, ...]:
         raw = j.get("steps")
-        line = j.line_of("steps")
+        line = j.line_of("steps") if "steps" in j else key_line
         if raw is None:
             self.problem(line, f"job `{key}` has no steps")
             return ()

@@ -1,0 +1,167 @@
+"""`solstice plan`: the JSON document (solstice.plan.v1), the error document, and the text view."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from solstice.cli.main import main
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "workflows"
+CI = str(FIXTURES / "ci.yml")
+UNSUPPORTED = str(FIXTURES / "unsupported.yml")
+
+JOB_FIELDS = {
+    "key",
+    "name",
+    "line",
+    "runs_on",
+    "matrix",
+    "timeout_minutes",
+    "needs",
+    "if",
+    "continue_on_error",
+    "env",
+    "defaults",
+    "outputs",
+    "steps",
+}
+STEP_FIELDS = {
+    "number",
+    "name",
+    "kind",
+    "id",
+    "line",
+    "shell",
+    "working_directory",
+    "if",
+    "continue_on_error",
+    "timeout_minutes",
+    "env",
+}
+
+
+def plan(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    status = main(["plan", *argv])
+    out, err = capsys.readouterr()
+    return status, json.loads(out) if "--json" in argv else out, err
+
+
+def test_json_document(capsys: pytest.CaptureFixture[str]) -> None:
+    status, doc, err = plan(capsys, CI, "--json")
+    assert status == 0 and err == ""
+    assert doc["schema"] == "solstice.plan.v1"
+    assert doc["file"] == CI and doc["workflow"] == "CI"
+    assert [j["name"] for j in doc["jobs"]] == [
+        "Build (omnios-bloody, 3.11)",
+        "Build (debian-12, 3.11)",
+        "Build (debian-12, 3.12)",
+        "test",
+    ]
+    for j in doc["jobs"]:
+        assert set(j) == JOB_FIELDS
+        for s in j["steps"]:
+            assert set(s) == STEP_FIELDS | ({"with"} if s["kind"] == "checkout" else {"run"})
+
+    build = doc["jobs"][0]
+    assert build["key"] == "build" and build["line"] == 12
+    assert build["runs_on"] == ["omnios-bloody"]
+    assert build["matrix"] == {"os": "omnios-bloody", "python": "3.11"}
+    assert build["timeout_minutes"] == 30 and build["needs"] == []
+    assert build["env"] == {"GLOBAL": "1", "PY": "3.1", "JOB": "job"}
+    assert build["defaults"] == {"shell": "bash", "working_directory": None}
+    checkout, compile_, echo = build["steps"]
+    assert checkout == {
+        "number": 1,
+        "name": "Checkout",
+        "kind": "checkout",
+        "id": None,
+        "line": 26,
+        "with": {"fetch-depth": "0"},
+        "shell": None,
+        "working_directory": None,
+        "if": "",
+        "continue_on_error": False,
+        "timeout_minutes": None,
+        "env": {},
+    }
+    assert compile_["run"] == "make -j2\nmake check\n" and compile_["env"] == {"CFLAGS": "-O2"}
+    assert echo["id"] == "echo" and echo["if"] == "${{ matrix.python == '3.11' }}"
+
+    test = doc["jobs"][3]
+    assert test["needs"] == ["build"] and test["timeout_minutes"] == 360 and test["matrix"] == {}
+    (step,) = test["steps"]
+    assert (step["shell"], step["continue_on_error"], step["timeout_minutes"]) == ("sh", True, 5)
+
+
+def test_json_one_job(capsys: pytest.CaptureFixture[str]) -> None:
+    status, doc, _ = plan(capsys, CI, "--job", "test", "--json")
+    assert status == 0 and [j["key"] for j in doc["jobs"]] == ["test"]
+
+
+def test_json_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    status, doc, err = plan(capsys, UNSUPPORTED, "--json")
+    assert status == 1 and err == ""
+    assert doc == {
+        "schema": "solstice.plan.v1",
+        "errors": [
+            {
+                "file": UNSUPPORTED,
+                "line": 7,
+                "message": "job `build`: `container:` is not supported: Solstice runs each job directly "
+                "in a virtual machine, not in containers",
+            },
+            {
+                "file": UNSUPPORTED,
+                "line": 11,
+                "message": "step 3 (uses: actions/setup-node@v4): Solstice runs only `run:` steps and "
+                "actions/checkout",
+            },
+        ],
+    }
+
+
+def test_json_error_without_a_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.yml")
+    status, doc, _ = plan(capsys, missing, "--json")
+    assert status == 1
+    (error,) = doc["errors"]
+    assert error["file"] == missing and error["line"] is None
+    assert error["message"].startswith("cannot read the workflow")
+
+
+def test_json_unknown_job(capsys: pytest.CaptureFixture[str]) -> None:
+    status, doc, _ = plan(capsys, CI, "--job", "deploy", "--json")
+    assert status == 1
+    assert doc["errors"] == [
+        {"file": CI, "line": 11, "message": "no job `deploy` in this workflow (jobs: build, test)"}
+    ]
+
+
+def test_text_output(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = plan(capsys, CI)
+    assert status == 0 and err == ""
+    assert out.startswith(f"workflow CI ({CI}): 4 job(s)\n")
+    assert "job Build (omnios-bloody, 3.11)  [key build, line 12]" in out
+    assert "  runs-on: omnios-bloody\n" in out
+    assert "  matrix:  os=omnios-bloody, python=3.11\n" in out
+    assert "  timeout: 30 min\n" in out
+    assert "   1. checkout Checkout  (line 26)\n" in out
+    assert '   3. run      Run echo "${{ matrix.os }}"  (line 35)\n' in out
+    assert "id: echo; if: ${{ matrix.python == '3.11' }}" in out
+    assert "shell: sh; continue-on-error: true; timeout: 5 min" in out
+    assert "  needs:   build\n" in out
+
+
+def test_text_errors_go_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = plan(capsys, UNSUPPORTED)
+    assert status == 1 and out == ""
+    assert err.splitlines() == [
+        f"{UNSUPPORTED}:7: job `build`: `container:` is not supported: Solstice runs each job directly in a "
+        "virtual machine, not in containers",
+        f"{UNSUPPORTED}:11: step 3 (uses: actions/setup-node@v4): Solstice runs only `run:` steps and "
+        "actions/checkout",
+    ]
