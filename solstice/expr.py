@@ -552,7 +552,10 @@ def _to_number(v: Any) -> float:
     if k == "bool":
         return 1.0 if v else 0.0
     if k == "number":
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:  # a Python int beyond any double
+            return math.inf if v > 0 else -math.inf
     if k == "string":
         return _string_to_number(str(v))
     return math.nan
@@ -637,14 +640,15 @@ def _compare(op: str, left: Any, right: Any) -> bool:
 
 def _format_number(x: float) -> str:
     """A number as JavaScript's Number#toString prints it."""
+    if isinstance(x, int) and abs(x) < 10**21:
+        return str(x)
+    x = _to_number(x)  # also turns an int too large for a double into +-Infinity
     if math.isnan(x):
         return "NaN"
     if math.isinf(x):
         return "Infinity" if x > 0 else "-Infinity"
     if x == 0:
         return "0"
-    if isinstance(x, int) and abs(x) < 10**21:
-        return str(x)
     sign = "-" if x < 0 else ""
     # repr() gives the shortest digits that round-trip, which is also what JavaScript uses.
     mantissa, _, exp_text = repr(abs(float(x))).partition("e")
@@ -722,7 +726,7 @@ def _get_index(target: Any, index: Any) -> Any:
         return _lookup(target, to_string(index)) if _is_primitive(index) else None
     if _is_array(target):
         n = _to_number(index)
-        if math.isnan(n) or n < 0:
+        if math.isnan(n) or n < 0 or n >= len(target):
             return None
         i = math.floor(n)
         return target[i] if i < len(target) else None
@@ -819,9 +823,12 @@ def _call(name: str, args: list[Any], ctx: Context, expression: str) -> Any:
     if name == "fromjson":
         text = to_string(args[0])
         try:
-            return json.loads(text)
+            # Actions numbers are doubles: integers too long for one become floats.
+            return json.loads(text, parse_int=lambda d: int(d) if len(d.lstrip("-")) <= 15 else float(d))
         except ValueError as exc:
             raise _error(f"fromJSON: {text!r} is not valid JSON ({exc})", expression) from None
+        except RecursionError:
+            raise _error("fromJSON: the JSON nests too deeply", expression) from None
     raise _error(f"Unrecognized function: '{name}'", expression)  # unreachable: checked when parsing
 
 
@@ -857,9 +864,16 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, _Filtered) else value
 
 
+def _too_deep(text: str) -> ExpressionError:
+    return ExpressionError(f"Exceeded max expression depth: {text[:200]}")
+
+
 def evaluate(expression: str, ctx: Context) -> Any:
     """Evaluate ``expression`` (text without ``${{ }}``) to a JSON-like Python value."""
-    return _plain(_eval(_parse(expression), ctx, expression))
+    try:
+        return _plain(_eval(_parse(expression), ctx, expression))
+    except RecursionError:  # e.g. thousands of chained `.a` or `==`: an error, never a traceback
+        raise _too_deep(expression) from None
 
 
 def interpolate(template: str, ctx: Context) -> str:
@@ -867,8 +881,11 @@ def interpolate(template: str, ctx: Context) -> str:
     if "${{" not in template:
         return template
     out = []
-    for is_expr, text, node in _parse_template(template):
-        out.append(to_string(_eval(node, ctx, text)) if is_expr and node is not None else text)
+    try:
+        for is_expr, text, node in _parse_template(template):
+            out.append(to_string(_eval(node, ctx, text)) if is_expr and node is not None else text)
+    except RecursionError:
+        raise _too_deep(template) from None
     return "".join(out)
 
 
@@ -904,7 +921,10 @@ def evaluate_condition(condition: str | bool | None, ctx: Context) -> bool:
         return _status("success", ctx) and condition is not False
     if not condition.strip():
         return _status("success", ctx)
-    node = _parse_condition(condition)
-    if not _calls_status_function(node) and not _status("success", ctx):
-        return False
-    return is_truthy(_eval(node, ctx, condition.strip()))
+    try:
+        node = _parse_condition(condition)
+        if not _calls_status_function(node) and not _status("success", ctx):
+            return False
+        return is_truthy(_eval(node, ctx, condition.strip()))
+    except RecursionError:
+        raise _too_deep(condition) from None

@@ -456,3 +456,51 @@ def test_condition_errors() -> None:
     expr.validate_condition("${{ success() }}")
     with pytest.raises(ExpressionError):
         expr.validate_condition("${{ 1 == }}")
+
+
+# --- robustness ----------------------------------------------------------------------------------
+
+
+def test_huge_numbers_and_deep_json() -> None:
+    ctx = Context({"github": {"n": 10**400, "a": [1, 2]}})
+    assert to_string(ev("github.n", ctx)) == "Infinity"
+    assert ev("github.n > 1", ctx) is True
+    assert ev("github.a[Infinity]", ctx) is None
+    assert ev("fromJSON('1" + "0" * 400 + "')") == math.inf
+    with pytest.raises(ExpressionError, match="nests too deeply"):
+        ev("fromJSON('" + "[" * 20000 + "')")
+    with pytest.raises(ExpressionError, match="depth"):
+        ev("github" + ".a" * 5000)
+    with pytest.raises(ExpressionError, match="depth"):
+        evaluate_condition("1" + " == 1" * 3000, CTX)
+
+
+def test_random_input_raises_only_expression_errors() -> None:
+    import random
+
+    atoms = ["github", "matrix", ".", "*", "[", "]", "(", ")", "'x'", "'{0}'", "'[1]'", "1", "0x1", "1e400"]
+    atoms += [
+        "NaN",
+        "true",
+        "null",
+        "==",
+        "<",
+        "&&",
+        "||",
+        "!",
+        ",",
+        "contains",
+        "format",
+        "fromJSON",
+        "join",
+    ]
+    atoms += ["success", "a", "${{", "}}", "'", " "]
+    rnd = random.Random(7)
+    ctx = Context({"github": {"a": [1, {"b": "x"}]}, "matrix": {"m": "1"}}, "failure")
+    for _ in range(3000):
+        text = "".join(rnd.choice(atoms) for _ in range(rnd.randint(1, 10)))
+        for fn in (evaluate, interpolate, evaluate_condition):
+            try:
+                fn(text, ctx)
+            except ExpressionError:
+                pass

@@ -1118,3 +1118,29 @@ def test_server_expanded_matrix() -> None:
         "os": "ubuntu-20.04",
         "version": 1.17,
     }
+
+
+def test_mangled_workflows_raise_only_workflow_errors() -> None:
+    import random
+
+    base = (FIXTURES / "ci.yml").read_text()
+    pieces = list("-:[]{}'\"!&*#|> \n\t$") + ["${{", "}}", "uses: x", "run:", "matrix:", "  ", "- "]
+    rnd = random.Random(3)
+    translated = 0
+    for _ in range(400):
+        text = list(base)
+        for _ in range(rnd.randint(1, 5)):
+            k = rnd.randrange(len(text))
+            r = rnd.random()
+            if r < 0.4:
+                del text[k]
+            elif r < 0.8:
+                text.insert(k, rnd.choice(pieces))
+            else:
+                text[k] = rnd.choice(pieces)
+        try:
+            parse_workflow("".join(text), FILE)
+            translated += 1
+        except WorkflowError as exc:
+            assert all(p.startswith(f"{FILE}:") for p in exc.problems), exc.problems
+    assert 0 < translated < 400  # both outcomes were exercised
