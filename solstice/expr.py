@@ -36,6 +36,7 @@ __all__ = [
     "contains_expression",
     "evaluate",
     "evaluate_condition",
+    "evaluate_value",
     "interpolate",
     "is_truthy",
     "split_template",
@@ -887,6 +888,19 @@ def interpolate(template: str, ctx: Context) -> str:
     except RecursionError:
         raise _too_deep(template) from None
     return "".join(out)
+
+
+def evaluate_value(text: str, ctx: Context) -> Any:
+    """A YAML value that may hold expressions, as Actions reads typed fields (``timeout-minutes``,
+    ``continue-on-error``, ``strategy.matrix``): exactly one ``${{ }}`` gives that expression's value
+    with its type (a number, a boolean, a list); anything else is interpolated to a string."""
+    try:
+        pieces = split_template(text.strip())
+    except ExpressionError:
+        pieces = []
+    if len(pieces) == 1 and pieces[0][0]:
+        return evaluate(pieces[0][1], ctx)
+    return interpolate(text, ctx)
 
 
 def _calls_status_function(node: _Node) -> bool:

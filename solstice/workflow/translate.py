@@ -564,14 +564,8 @@ class _Translator:
 
     @staticmethod
     def evaluate_whole(value: Any, ctx: expr.Context) -> Any:
-        """A value written as one ``${{ }}`` evaluated (``matrix: ${{ fromJSON(...) }}``); others as is."""
-        if isinstance(value, str):
-            pieces = expr.split_template(value.strip())
-            if len(pieces) == 1 and pieces[0][0]:
-                return expr.evaluate(pieces[0][1], ctx)
-            if expr.contains_expression(value):
-                return expr.interpolate(value, ctx)
-        return value
+        """Strings through ``expr.evaluate_value`` (``matrix: ${{ fromJSON(...) }}``); others as is."""
+        return expr.evaluate_value(value, ctx) if isinstance(value, str) else value
 
     def job_name(self, key: str, j: LineDict, combo: Mapping[str, Any] | None, ctx: expr.Context) -> str:
         raw = j.get("name")

@@ -504,3 +504,13 @@ def test_random_input_raises_only_expression_errors() -> None:
                 fn(text, ctx)
             except ExpressionError:
                 pass
+
+
+def test_evaluate_value_keeps_the_type_of_a_single_expression() -> None:
+    assert expr.evaluate_value("${{ matrix.python }}", CTX) == 3.1
+    assert expr.evaluate_value("  ${{ matrix.flags }} ", CTX) == ["a", "b"]
+    assert expr.evaluate_value("${{ 1 == 1 }}", CTX) is True
+    assert expr.evaluate_value("${{ matrix.os }}-${{ matrix.python }}", CTX) == "omnios-3.1"
+    assert expr.evaluate_value("15", CTX) == "15"
+    with pytest.raises(ExpressionError, match="not closed"):
+        expr.evaluate_value("${{ matrix.os", CTX)
