@@ -41,7 +41,7 @@ def parse_size_mib(text: str | int) -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         return text
     s = str(text).strip().upper().removesuffix("B").removesuffix("I")
-    mult = 1
+    mult: float = 1
     if s and s[-1] in "KMGT":
         mult = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[s[-1]]
         s = s[:-1]
@@ -70,7 +70,7 @@ class VMConfig:
 
     def validate(self, where: str) -> None:
         if self.accel not in ("kvm", "tcg"):
-            raise ConfigError(f"{where}: [vm] accel = {self.accel!r}: must be \"kvm\" or \"tcg\"")
+            raise ConfigError(f'{where}: [vm] accel = {self.accel!r}: must be "kvm" or "tcg"')
         if self.cpus < 1:
             raise ConfigError(f"{where}: [vm] cpus must be at least 1")
         try:
@@ -114,7 +114,7 @@ class ImageConfig:
         if self.boot not in ("bios", "uefi", "kernel"):
             raise ConfigError(f"{where}: {key} boot = {self.boot!r}: must be bios, uefi or kernel")
         if self.boot == "kernel" and not self.kernel:
-            raise ConfigError(f"{where}: {key} boot = \"kernel\" needs kernel = \"<path>\"")
+            raise ConfigError(f'{where}: {key} boot = "kernel" needs kernel = "<path>"')
         if self.format not in ("qcow2", "raw"):
             raise ConfigError(f"{where}: {key} format = {self.format!r}: must be qcow2 or raw")
         if not self.path:

@@ -35,13 +35,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"solstice {__version__}")
-    parser.add_argument("--config", metavar="FILE", help="configuration file (default /etc/solstice/solstice.toml)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="configuration file (default /etc/solstice/solstice.toml)"
+    )
     parser.add_argument("--debug", action="store_true", help="log every command and show tracebacks")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
     for verb, modname in VERBS.items():
         mod = import_module(f"solstice.cli.{modname}")
-        p = sub.add_parser(verb, help=mod.__doc__.splitlines()[0] if mod.__doc__ else None, allow_abbrev=False)
+        p = sub.add_parser(
+            verb, help=mod.__doc__.splitlines()[0] if mod.__doc__ else None, allow_abbrev=False
+        )
         mod.add_arguments(p)
         handlers[verb] = mod.main
     return parser, handlers

@@ -34,18 +34,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="boot this image instead of the one runs-on names: a catalog label, a directory made by "
         "scripts/build-test-image, or a disk image file (BIOS boot)",
     )
-    p.add_argument("--profile", metavar="NAME", help="guest profile for --image PATH (default debian/ubuntu)")
+    p.add_argument(
+        "--profile", metavar="NAME", help="guest profile for --image PATH (default debian/ubuntu)"
+    )
     p.add_argument("--accel", choices=("kvm", "tcg"), help="QEMU accelerator (default from [vm] accel)")
     p.add_argument("--cpus", type=int, metavar="N", help="virtual CPUs per VM")
     p.add_argument("--memory", metavar="SIZE", help="memory per VM, e.g. 2G or 1024M")
-    p.add_argument("--boot-timeout", type=float, metavar="SECONDS", help="give up on a guest that is not up by then")
+    p.add_argument(
+        "--boot-timeout", type=float, metavar="SECONDS", help="give up on a guest that is not up by then"
+    )
     p.add_argument(
         "--secret",
         action="append",
         default=[],
         metavar="NAME[=VALUE]",
-        help="a secret for ${{ secrets.NAME }}; with no =VALUE it is read from the environment variable NAME "
-        "(which keeps it out of your shell history and the process list)",
+        help="a secret for ${{ secrets.NAME }}; with no =VALUE it is read from the environment "
+        "variable NAME (which keeps it out of your shell history and the process list)",
     )
     p.add_argument(
         "--keep-on-failure",
@@ -166,7 +170,10 @@ def main(args: argparse.Namespace) -> int:
         summaries.append(summary)
         needs_ok = all(r is Result.SUCCESS for n in job.needs for r in results.get(n, [Result.FAILURE]))
         ctx = expr.Context(
-            values={"github": {}, "needs": {n: {"result": _needs_result(results.get(n, []))} for n in job.needs}},
+            values={
+                "github": {},
+                "needs": {n: {"result": _needs_result(results.get(n, []))} for n in job.needs},
+            },
             job_status="success" if needs_ok else "failure",
         )
         if cancelled or not expr.evaluate_condition(job.if_ or "", ctx):

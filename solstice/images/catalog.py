@@ -16,7 +16,9 @@ from solstice.vm.machine import BootMode
 from solstice.vm.profiles import GuestProfile, get_profile
 
 #: Labels that say nothing about the image (GitHub's defaults); ignored when choosing one.
-GENERIC_LABELS = frozenset({"self-hosted", "solstice", "x64", "amd64", "x86_64", "linux", "illumos", "freebsd"})
+GENERIC_LABELS = frozenset(
+    {"self-hosted", "solstice", "x64", "amd64", "x86_64", "linux", "illumos", "freebsd"}
+)
 
 TEST_IMAGE_LABEL = "debian-12"
 TEST_IMAGE_CMDLINE = "root=/dev/vda rw console=ttyS0"
@@ -40,7 +42,9 @@ class Image:
         """Raise ImageError when a file the image needs is missing."""
         for what, path in (("disk", self.base_image), ("kernel", self.kernel), ("initrd", self.initrd)):
             if path is not None and not path.is_file():
-                hint = BUILD_HINT if self.label == TEST_IMAGE_LABEL else "check [images] in the configuration"
+                hint = (
+                    BUILD_HINT if self.label == TEST_IMAGE_LABEL else "check [images] in the configuration"
+                )
                 raise ImageError(f"image {self.label!r}: {what} {path} does not exist", hint=hint)
 
 
@@ -119,7 +123,8 @@ class Catalog:
         known = ", ".join(self.labels)
         if unknown:
             raise ImageError(
-                f"runs-on: unknown label {', '.join(repr(u) for u in unknown)}; this host has images for: {known}",
+                f"runs-on: unknown label {', '.join(repr(u) for u in unknown)}; "
+                f"this host has images for: {known}",
                 hint="add an [images.<label>] table to the configuration, or use one of those labels",
             )
         if not chosen:
@@ -131,7 +136,9 @@ class Catalog:
     def get(self, label: str) -> Image:
         canon = self.canonical(label)
         if canon is None:
-            raise ImageError(f"no image for label {label!r}; this host has images for: {', '.join(self.labels)}")
+            raise ImageError(
+                f"no image for label {label!r}; this host has images for: {', '.join(self.labels)}"
+            )
         return self.build(self._configs[canon])
 
     def build(self, cfg: ImageConfig) -> Image:

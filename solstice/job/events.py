@@ -58,7 +58,9 @@ class Emitter:
             outputs={k: self.masker.apply(v) for k, v in (outputs or {}).items()},
         )
 
-    def job_finished(self, result: Result, message: str = "", outputs: Mapping[str, str] | None = None) -> None:
+    def job_finished(
+        self, result: Result, message: str = "", outputs: Mapping[str, str] | None = None
+    ) -> None:
         self._emit(
             EventKind.JOB_FINISHED,
             result=result,
@@ -68,7 +70,7 @@ class Emitter:
 
 
 class LineSplitter:
-    """Turns a stream of byte chunks into lines; a line over ``limit`` bytes is cut so memory stays bounded."""
+    """Turns byte chunks into lines; a line over ``limit`` bytes is cut, so memory stays bounded."""
 
     def __init__(self, limit: int = 64 * 1024) -> None:
         self._buf = b""

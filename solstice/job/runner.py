@@ -181,13 +181,21 @@ class JobRun:
         workdir = self._workdir(stack)
         self.emit.log(f"Booting {self.image.label} ({self.settings.accel})", step=None)
         guest = start_machine(
-            self._machine_spec(), workdir, Path(self.settings.runtime_dir) / "ports", stack, on_phase=self._phase
+            self._machine_spec(),
+            workdir,
+            Path(self.settings.runtime_dir) / "ports",
+            stack,
+            on_phase=self._phase,
         )
         if self.cancel.is_set():
             return Result.CANCELLED, "the job was cancelled"
         paths = self._prepare_guest(guest)
         result, message = self._run_steps(guest, paths)
-        if result is Result.FAILURE and self.settings.keep_on_failure is not None and not self.cancel.is_set():
+        if (
+            result is Result.FAILURE
+            and self.settings.keep_on_failure is not None
+            and not self.cancel.is_set()
+        ):
             self.settings.keep_on_failure(guest, workdir)
         return result, message
 
@@ -204,10 +212,14 @@ class JobRun:
         if status != 0 or not home.startswith("/"):
             raise InfraError(f"could not find the home directory of {guest.user} in the guest")
         paths = GuestPaths(home=home, workspace=f"{home}/work/{repo}/{repo}", temp=f"{home}/work/_temp")
-        mkdir = f"mkdir -p {shlex.quote(paths.workspace)} {shlex.quote(paths.steps)} {shlex.quote(paths.files)}"
+        mkdir = (
+            f"mkdir -p {shlex.quote(paths.workspace)} {shlex.quote(paths.steps)} {shlex.quote(paths.files)}"
+        )
         err: list[bytes] = []
         if guest.exec(mkdir, on_stdout=lambda b: None, on_stderr=err.append) != 0:
-            raise InfraError(f"could not create the workspace in the guest: {b''.join(err).decode(errors='replace')}")
+            raise InfraError(
+                f"could not create the workspace in the guest: {b''.join(err).decode(errors='replace')}"
+            )
         return paths
 
     # --- contexts -------------------------------------------------------------------------
@@ -316,7 +328,7 @@ class JobRun:
         if value is None:
             return None
         if isinstance(value, str):
-            value = expr.to_string(expr.evaluate(value.strip().removeprefix("${{").removesuffix("}}"), ctx))
+            value = expr.to_string(expr.evaluate_value(value, ctx))
         try:
             minutes = float(value)
         except ValueError:
@@ -392,7 +404,8 @@ class JobRun:
             try:
                 coe = step.continue_on_error
                 if isinstance(coe, str):
-                    coe = bool(expr.evaluate_condition(coe, ctx)) if coe.strip() else False
+                    # A value, not a condition: no implicit success() (it is false after a failure).
+                    coe = expr.is_truthy(expr.evaluate_value(coe, ctx)) if coe.strip() else False
             except ExpressionError as exc:
                 self.emit.log(f"Error: continue-on-error: {exc}", step=step.number)
                 coe = False
@@ -404,7 +417,12 @@ class JobRun:
             self.emit.log(f"Error: {res.message}", step=step.number)
         self._record(step, res.outcome, conclusion, res.outputs)
         self.emit.step_finished(
-            step.number, res.outcome, conclusion, exit_code=res.exit_code, message=res.message, outputs=res.outputs
+            step.number,
+            res.outcome,
+            conclusion,
+            exit_code=res.exit_code,
+            message=res.message,
+            outputs=res.outputs,
         )
 
     def _workdir_for(self, paths: GuestPaths, wd: str | None, ctx: expr.Context) -> str:
@@ -439,7 +457,9 @@ class JobRun:
         env_ctx = {**self.job_env, **self.env_added}
         step_env: dict[str, str] = {}
         for name, value in step.env.items():
-            step_env[name] = expr.interpolate(str(value), self._context(paths, {**env_ctx, **step_env}, action))
+            step_env[name] = expr.interpolate(
+                str(value), self._context(paths, {**env_ctx, **step_env}, action)
+            )
         full_ctx = self._context(paths, {**env_ctx, **step_env}, action)
         body = expr.interpolate(step.run, full_ctx)
         shell = script.resolve_shell(step.shell or self.job.shell, self.image.profile.bash)
@@ -463,7 +483,9 @@ class JobRun:
         command = (
             " ".join(f": > {shlex.quote(f)};" for f in files)
             + " "
-            + script.step_command(shell=shell, script=script_path, envfile=envfile, pidfile=pidfile, workdir=workdir)
+            + script.step_command(
+                shell=shell, script=script_path, envfile=envfile, pidfile=pidfile, workdir=workdir
+            )
         )
 
         outputs: dict[str, str] = {}
@@ -485,9 +507,13 @@ class JobRun:
         if reason == "cancelled":
             return StepResult(Outcome.CANCELLED, status, "the step was cancelled", outputs)
         if reason == "step-timeout":
-            return StepResult(Outcome.FAILURE, status, f"the step timed out after {minutes:g} minutes", outputs)
+            return StepResult(
+                Outcome.FAILURE, status, f"the step timed out after {minutes:g} minutes", outputs
+            )
         if reason == "job-timeout":
-            return StepResult(Outcome.CANCELLED, status, "the job's maximum execution time was reached", outputs)
+            return StepResult(
+                Outcome.CANCELLED, status, "the job's maximum execution time was reached", outputs
+            )
         if status == 0:
             return StepResult(Outcome.SUCCESS, 0, "", outputs)
         what = "was killed by a signal" if status is None or status < 0 else f"exited with code {status}"
@@ -540,7 +566,9 @@ class JobRun:
                 self.emit.log(line, step=n, stream=Stream.STDERR)
 
         try:
-            status = guest.exec(command, on_stdout=on_stdout, on_stderr=on_stderr, stop=stop, stop_grace=STOP_GRACE)
+            status = guest.exec(
+                command, on_stdout=on_stdout, on_stderr=on_stderr, stop=stop, stop_grace=STOP_GRACE
+            )
         finally:
             done.set()
             watcher.join()
@@ -552,7 +580,9 @@ class JobRun:
 
     def _kill(self, guest: Guest, pidfile: str, signal: str) -> None:
         try:
-            guest.exec(script.kill_command(pidfile, signal), on_stdout=lambda b: None, on_stderr=lambda b: None)
+            guest.exec(
+                script.kill_command(pidfile, signal), on_stdout=lambda b: None, on_stderr=lambda b: None
+            )
         except InfraError as exc:
             log.warning("could not signal step: %s", exc)
 

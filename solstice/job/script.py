@@ -73,7 +73,7 @@ def step_command(
     argv = shell.template.replace("{0}", shlex.quote(script))
     wd = shlex.quote(workdir)
     return (
-        f"cd {wd} 2>/dev/null || {{ echo \"working-directory {workdir} does not exist\" >&2; exit 2; }}; "
+        f'cd {wd} 2>/dev/null || {{ echo "working-directory {workdir} does not exist" >&2; exit 2; }}; '
         f". {shlex.quote(envfile)} && rm -f {shlex.quote(envfile)} && "
         f"echo $$ > {shlex.quote(pidfile)} && exec {argv}"
     )

@@ -194,7 +194,9 @@ def texts(logs: list[JobEvent]) -> list[str]:
     return [e.text for e in logs]
 
 
-def test_job_result_is_failure_because_of_the_failing_step(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
+def test_job_result_is_failure_because_of_the_failing_step(
+    behaviours: tuple[Result, list[JobEvent], Path],
+) -> None:
     result, events, _ = behaviours
     assert result is Result.FAILURE
     final = events[-1]
@@ -315,7 +317,9 @@ def test_guest_that_never_boots_is_an_infrastructure_error(test_image: Path, tmp
     catalog = Catalog({}, test_image.parent)
     good = catalog.get("debian-12")
     broken = Image(**{**good.__dict__, "cmdline": "root=/dev/nonexistent console=ttyS0 panic=0"})
-    wf = parse_workflow("on: push\njobs:\n  j:\n    runs-on: debian-12\n    steps:\n      - run: true\n", "x.yml")
+    wf = parse_workflow(
+        "on: push\njobs:\n  j:\n    runs-on: debian-12\n    steps:\n      - run: true\n", "x.yml"
+    )
     request = JobRequest(job_id=str(uuid.uuid4()), job=wf.jobs[0], label="debian-12")
     sink = Collect()
     result = run_job(request, broken, settings(runtime, boot_timeout=25.0), sink)
