@@ -1,0 +1,320 @@
+"""The life of one job's VM: prepare, boot, wait for SSH, and leave nothing behind.
+
+``start_machine`` registers every cleanup on the caller's ExitStack as soon as the thing to clean
+exists, so however the job ends (exception, SIGTERM turned into KeyboardInterrupt, timeout), the
+unwind stops QEMU, frees the port and empties the work directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from solstice import proc
+from solstice.errors import BootTimeout, PortForwardError, VMError
+from solstice.model.core import Phase
+from solstice.vm import ssh
+from solstice.vm.argv import BootMode, QemuArgs, qemu_argv
+from solstice.vm.disk import create_overlay
+from solstice.vm.keys import KeyPair, generate_keypair
+from solstice.vm.ports import allocate_port
+from solstice.vm.profiles import GuestProfile
+from solstice.vm.qmp import QMPUnavailable, qmp_command, stop_qemu
+from solstice.vm.seed import meta_data, write_seed
+
+__all__ = ["BootMode", "Guest", "MachineSpec", "start_machine"]
+
+log = logging.getLogger("solstice.vm.machine")
+
+#: How often a new port is tried when QEMU cannot bind the SSH forward.
+PORT_ATTEMPTS = 5
+_HOSTFWD_FAILED = "Could not set up host forwarding rule"
+#: The kernel's limit for a unix socket path (sun_path), less the terminating NUL.
+_SUN_PATH_MAX = 107
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    base_image: Path
+    image_format: str  # "qcow2" or "raw"
+    boot: BootMode
+    kernel: Path | None
+    initrd: Path | None
+    cmdline: str
+    profile: GuestProfile
+    accel: str  # "kvm" or "tcg"
+    cpus: int
+    memory_mib: int
+    disk_gib: int | None  # grow the overlay to this; None keeps the base image's size
+    boot_timeout: float  # QEMU start to SSH login with our key
+    shutdown_timeout: float  # ACPI powerdown grace before QMP quit (see qmp.stop_qemu)
+    qemu: str
+    qemu_img: str
+    ovmf_code: str
+    ovmf_vars: str
+    instance_id: str  # the job id: cloud-init's instance-id, so each job is a first boot
+    hostname: str
+
+
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
+
+
+def read_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
+    """The last ``lines`` lines of a console log, without terminal escape sequences."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return ""
+    text = _ANSI.sub(b"", data).decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Guest:
+    """A booted guest reached over one SSH connection; made by ``start_machine``."""
+
+    def __init__(
+        self,
+        transport: paramiko.Transport,
+        port: int,
+        console_path: Path,
+        profile: GuestProfile,
+        keypair: KeyPair,
+    ) -> None:
+        self._transport = transport
+        self._keypair = keypair
+        self.port = port
+        self.console_path = console_path
+        self.profile = profile
+        self.user = profile.user
+
+    def exec(
+        self,
+        command: str,
+        *,
+        stdin: bytes | None = None,
+        on_stdout: Callable[[bytes], None],
+        on_stderr: Callable[[bytes], None],
+        stop: threading.Event | None = None,
+        stop_grace: float = 10.0,
+    ) -> int | None:
+        """Run ``command`` (no pty), streaming output chunks as they arrive; see ssh.run_command."""
+        return ssh.run_command(
+            self._transport,
+            command,
+            stdin=stdin,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            stop=stop,
+            stop_grace=stop_grace,
+        )
+
+    def put(self, path: str, data: bytes, mode: int) -> None:
+        ssh.put_file(self._transport, path, data, mode)
+
+    def get(self, path: str) -> bytes:
+        return ssh.get_file(self._transport, path)
+
+    def console_tail(self, lines: int = 20) -> str:
+        return read_tail(self.console_path, lines)
+
+    def private_key_openssh(self) -> str:
+        """The job's private key (OpenSSH PEM) for opt-in debug SSH; never log it."""
+        return self._keypair.private_openssh()
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _early_exit_message(what: str, stderr_path: Path, console: Path) -> str:
+    try:
+        stderr = stderr_path.read_text(errors="replace").strip()
+    except OSError:
+        stderr = ""
+    parts = [what]
+    if stderr:
+        parts.append("QEMU said:\n" + stderr)
+    tail = read_tail(console)
+    if tail:
+        parts.append("last console lines:\n" + tail)
+    return "\n".join(parts)
+
+
+def _await_qemu(
+    qemu: subprocess.Popen[bytes], qmp_path: Path, stderr_path: Path, console: Path, deadline: float
+) -> None:
+    """Return once QEMU answers QMP, i.e. has finished setting up, host forward included.
+
+    The QMP socket file appears before the network is set up, so only an answer counts."""
+    while True:
+        if qemu.poll() is not None:
+            msg = _early_exit_message(
+                f"QEMU exited with status {qemu.returncode} at start", stderr_path, console
+            )
+            if _HOSTFWD_FAILED in msg:
+                raise PortForwardError(msg)
+            raise VMError(msg)
+        if time.monotonic() > deadline:
+            raise VMError(_early_exit_message("QEMU did not answer QMP at start", stderr_path, console))
+        try:
+            qmp_command(qmp_path, "query-status", timeout=5.0)
+            return
+        except QMPUnavailable:
+            time.sleep(0.05)
+
+
+def _launch(
+    spec: MachineSpec,
+    workdir: Path,
+    ports_dir: Path,
+    stack: contextlib.ExitStack,
+    qemu_args: Callable[[int], QemuArgs],
+    deadline: float,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start QEMU with a leased port; retry with another port when the host forward fails."""
+    qmp_path = workdir / "qmp.sock"
+    stderr_path = workdir / "qemu.stderr"
+    console = workdir / "console.log"
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        with contextlib.ExitStack() as attempt_stack:
+            lease = attempt_stack.enter_context(allocate_port(ports_dir))
+            attempt_stack.callback(_unlink, stderr_path)
+            attempt_stack.callback(_unlink, qmp_path)
+            argv = qemu_argv(qemu_args(lease.port))
+            with stderr_path.open("wb") as err:
+                qemu = proc.spawn(argv, stderr=err.fileno(), new_session=True)
+            # Own process group: a Ctrl-C on the terminal reaches us, and we stop QEMU in order.
+            attempt_stack.callback(stop_qemu, qemu, qmp_path, spec.shutdown_timeout)
+            try:
+                _await_qemu(qemu, qmp_path, stderr_path, console, deadline)
+            except PortForwardError as exc:
+                log.info("port %d: %s (attempt %d of %d)", lease.port, exc, attempt, PORT_ATTEMPTS)
+                if attempt == PORT_ATTEMPTS:
+                    raise
+                continue
+            stack.push(attempt_stack.pop_all())
+            return qemu, lease.port
+    raise AssertionError("unreachable")
+
+
+def start_machine(
+    spec: MachineSpec,
+    workdir: Path,
+    ports_dir: Path,
+    stack: contextlib.ExitStack,
+    on_phase: Callable[[Phase], None] | None = None,
+) -> Guest:
+    """Boot a fresh VM for one job and return it once SSH with our key works.
+
+    Raises ImageError (overlay), VMError (QEMU failed or died), BootTimeout (no SSH in time).
+    Everything made here is undone when ``stack`` unwinds: SSH closed, QEMU stopped (see
+    qmp.stop_qemu), the port released, and every file in ``workdir`` removed; the console log
+    goes last so the job can still read its tail while the stack unwinds.
+    """
+
+    def phase(p: Phase) -> None:
+        if on_phase is not None:
+            on_phase(p)
+
+    phase(Phase.PREPARE)
+    workdir.mkdir(parents=True, exist_ok=True)
+    qmp_path = workdir / "qmp.sock"
+    if len(str(qmp_path)) > _SUN_PATH_MAX:
+        raise VMError(f"work directory path too long for a unix socket: {workdir}")
+    console = workdir / "console.log"
+    stack.callback(_unlink, console)
+    overlay = workdir / "overlay.qcow2"
+    stack.callback(_unlink, overlay)
+    create_overlay(spec.base_image, overlay, spec.image_format, spec.disk_gib, spec.qemu_img)
+
+    keypair = generate_keypair()
+    seed = workdir / "seed.iso"
+    stack.callback(_unlink, seed)
+    write_seed(
+        seed,
+        spec.profile.user_data(keypair.public_line, spec.hostname),
+        meta_data(spec.instance_id, spec.hostname),
+    )
+    vars_copy: Path | None = None
+    if spec.boot is BootMode.UEFI:
+        vars_copy = workdir / "OVMF_VARS.fd"
+        stack.callback(_unlink, vars_copy)
+        shutil.copyfile(spec.ovmf_vars, vars_copy)
+
+    def qemu_args(port: int) -> QemuArgs:
+        return QemuArgs(
+            qemu=spec.qemu,
+            accel=spec.accel,
+            cpus=spec.cpus,
+            memory_mib=spec.memory_mib,
+            disk=overlay,
+            seed=seed,
+            seed_bus=spec.profile.seed_bus,
+            ssh_port=port,
+            qmp_socket=qmp_path,
+            console_log=console,
+            boot=spec.boot,
+            kernel=spec.kernel,
+            initrd=spec.initrd,
+            cmdline=spec.cmdline,
+            ovmf_code=Path(spec.ovmf_code) if spec.boot is BootMode.UEFI else None,
+            ovmf_vars=vars_copy,
+            name=f"solstice-{spec.instance_id}",
+            machine=spec.profile.machine,
+            nic=spec.profile.nic,
+            extra=spec.profile.qemu_args,
+        )
+
+    phase(Phase.BOOT)
+    started = time.monotonic()
+    deadline = started + spec.boot_timeout
+    qemu, port = _launch(spec, workdir, ports_dir, stack, qemu_args, deadline)
+    try:
+        transport = ssh.wait_ready(
+            port,
+            spec.profile.user,
+            keypair.pkey,
+            timeout=max(deadline - time.monotonic(), 0.0),
+            probes=spec.profile.readiness_probes,
+            alive=lambda: qemu.poll() is None,
+        )
+    except BootTimeout as exc:
+        raise BootTimeout(
+            f"the guest did not answer SSH on 127.0.0.1:{port} as {spec.profile.user!r} within "
+            f"{spec.boot_timeout:.0f} s ({exc}).\nLast console lines:\n{read_tail(console)}",
+            hint=(
+                "check on the console above that the guest booted (kernel, root device, cmdline), "
+                f"that cloud-init found its seed (profile {spec.profile.name!r} puts it on "
+                f"{spec.profile.seed_bus}), and that sshd started; under TCG raise [vm] boot_timeout"
+            ),
+        ) from None
+    except VMError:
+        raise VMError(
+            _early_exit_message(
+                f"QEMU exited with status {qemu.returncode} while the guest was booting",
+                workdir / "qemu.stderr",
+                console,
+            )
+        ) from None
+    guest = Guest(transport, port, console, spec.profile, keypair)
+    stack.callback(guest.close)
+    log.info("guest ready on 127.0.0.1:%d after %.1f s", port, time.monotonic() - started)
+    phase(Phase.READY)
+    return guest

@@ -1,0 +1,89 @@
+"""QEMU control over QMP (``qemu.qmp``), and the shutdown sequence.
+
+Each command runs on a private event loop with the async ``QMPClient``: its API is the same in
+qemu.qmp 0.0.3 and later (the sync ``legacy`` shim renamed ``cmd``/``command`` in between), and a
+private loop works from any thread, including during an ExitStack unwind after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient, QMPError
+
+log = logging.getLogger("solstice.vm.qmp")
+
+
+class QMPUnavailable(Exception):
+    """QMP could not be reached or the command failed (QEMU not up yet, or gone)."""
+
+
+def qmp_command(socket_path: Path, command: str, timeout: float = 5.0) -> Any:
+    """Connect, run one command, disconnect; return its ``return`` value."""
+
+    async def run() -> Any:
+        client = QMPClient("solstice")
+        try:
+            await asyncio.wait_for(client.connect(str(socket_path)), timeout)
+            return await asyncio.wait_for(client.execute(command), timeout)
+        finally:
+            await client.disconnect()
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(run())
+    except (TimeoutError, QMPError, OSError, EOFError) as exc:
+        raise QMPUnavailable(f"QMP {command}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        loop.close()
+
+
+def _wait(qemu: subprocess.Popen[bytes], timeout: float) -> bool:
+    try:
+        qemu.wait(timeout=max(timeout, 0.0))
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def stop_qemu(
+    qemu: subprocess.Popen[bytes],
+    qmp_socket: Path,
+    powerdown_timeout: float,
+    quit_timeout: float = 10.0,
+) -> None:
+    """Stop QEMU for good: ACPI powerdown, then ``quit`` after ``powerdown_timeout``, then SIGKILL.
+
+    The disk is a throwaway overlay, so a clean guest shutdown protects no data; it only lets the
+    guest finish politely. ``powerdown_timeout`` (config ``[vm] shutdown_timeout``) bounds that
+    courtesy: a guest that ignores the power button (under TCG a Debian guest may take over a
+    minute) costs no more than that before QEMU is told to ``quit``. Whatever happens in between,
+    even a KeyboardInterrupt, QEMU is killed and reaped before this returns.
+    """
+    try:
+        if qemu.poll() is not None:
+            return
+        if powerdown_timeout > 0:
+            try:
+                qmp_command(qmp_socket, "system_powerdown")
+                if _wait(qemu, powerdown_timeout):
+                    return
+                log.info("guest ignored the ACPI powerdown for %.0f s; quitting QEMU", powerdown_timeout)
+            except QMPUnavailable as exc:
+                log.debug("%s", exc)
+        try:
+            qmp_command(qmp_socket, "quit")
+        except QMPUnavailable as exc:
+            # "quit" may close the socket before its reply arrives: that is success.
+            log.debug("%s", exc)
+        if _wait(qemu, quit_timeout):
+            return
+        log.warning("QEMU (pid %d) did not quit within %.0f s; killing it", qemu.pid, quit_timeout)
+    finally:
+        if qemu.poll() is None:
+            qemu.kill()
+        qemu.wait()

@@ -1,0 +1,210 @@
+"""SSH to the guest with paramiko: the readiness wait, commands, and SFTP.
+
+Host keys are not checked. The port is on 127.0.0.1 and forwarded by SLIRP of the QEMU child we
+just started with a disk nobody else has seen; the guest makes fresh host keys on each boot, so
+there is nothing to pin, and no other party sits on that path to impersonate it.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import paramiko
+
+from solstice.errors import BootTimeout, GuestConnectionLost, VMError
+from solstice.vm.ports import HOST
+
+log = logging.getLogger("solstice.vm.ssh")
+
+# Failed probes during boot are expected and paramiko logs each at ERROR with a traceback; they
+# go to this logger, which is quiet unless someone lowers its level to debug a boot.
+_PROBE_LOG = "solstice.vm.ssh.probe"
+logging.getLogger(_PROBE_LOG).setLevel(logging.CRITICAL)
+
+#: Pause between probes; short because under KVM sshd can come up in a few seconds.
+PROBE_INTERVAL = 0.25
+_CONNECT_TIMEOUT = 2.0
+#: Until the guest's network is up SLIRP accepts our connection but cannot reach sshd, so a
+#: probe waits for the banner; a slow guest under TCG can take seconds to send it.
+_BANNER_TIMEOUT = 5.0
+_AUTH_TIMEOUT = 15.0
+_KEEPALIVE = 15
+
+
+def connect(port: int, user: str, pkey: paramiko.PKey, timeout: float = 30.0) -> paramiko.Transport:
+    """One authenticated SSH transport to 127.0.0.1:port, or an exception from socket/paramiko."""
+    sock = socket.create_connection((HOST, port), timeout=min(_CONNECT_TIMEOUT, timeout))
+    transport = paramiko.Transport(sock)
+    try:
+        transport.set_log_channel(_PROBE_LOG)
+        transport.banner_timeout = min(_BANNER_TIMEOUT, timeout)
+        transport.auth_timeout = min(_AUTH_TIMEOUT, timeout)
+        transport.start_client(timeout=timeout)
+        transport.auth_publickey(user, pkey)
+        if not transport.is_authenticated():
+            raise paramiko.AuthenticationException("public key not accepted")
+    except BaseException:
+        transport.close()
+        raise
+    transport.set_log_channel("solstice.vm.ssh.transport")
+    transport.set_keepalive(_KEEPALIVE)
+    return transport
+
+
+def wait_ready(
+    port: int,
+    user: str,
+    pkey: paramiko.PKey,
+    *,
+    timeout: float,
+    probes: int = 1,
+    alive: Callable[[], bool] = lambda: True,
+) -> paramiko.Transport:
+    """Probe until ``probes`` consecutive logins with our key succeed; return the last one.
+
+    Raises BootTimeout when ``timeout`` passes first, VMError as soon as ``alive()`` is false.
+    """
+    deadline = time.monotonic() + timeout
+    successes = 0
+    last_error = "no answer yet"
+    kept: paramiko.Transport | None = None
+    try:
+        while True:
+            if not alive():
+                raise VMError("QEMU exited while the guest was booting")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BootTimeout(f"no SSH login within {timeout:.0f} s (last error: {last_error})")
+            try:
+                transport = connect(port, user, pkey, timeout=remaining)
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                # Includes AuthenticationException: sshd may answer before cloud-init has
+                # installed our key.
+                successes = 0
+                last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                successes += 1
+                if kept is not None:
+                    kept.close()
+                kept = transport
+                if successes >= probes:
+                    result, kept = kept, None
+                    return result
+            time.sleep(PROBE_INTERVAL)
+    finally:
+        if kept is not None:
+            kept.close()
+
+
+def _lost(what: str, exc: BaseException | None = None) -> GuestConnectionLost:
+    detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+    return GuestConnectionLost(f"the SSH connection to the guest dropped while {what}{detail}")
+
+
+def run_command(
+    transport: paramiko.Transport,
+    command: str,
+    *,
+    stdin: bytes | None,
+    on_stdout: Callable[[bytes], None],
+    on_stderr: Callable[[bytes], None],
+    stop: threading.Event | None = None,
+    stop_grace: float = 10.0,
+    poll: float = 0.1,
+) -> int | None:
+    """Run ``command`` on a new channel (no pty), passing output chunks on as they arrive.
+
+    Returns the exit status; -1 when the command ended without one (killed by a signal). When
+    ``stop`` is set, waits up to ``stop_grace`` seconds for the end, then closes the channel and
+    returns None. Paramiko transports are thread-safe, so several calls may run at once.
+    """
+    try:
+        chan = transport.open_session(timeout=30)
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        raise _lost("opening a channel", exc) from exc
+    stop_deadline: float | None = None
+    try:
+        try:
+            chan.exec_command(command)
+            if stdin:
+                chan.sendall(stdin)
+            # EOF on stdin, so a command that reads it does not wait forever.
+            chan.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise _lost("starting a command", exc) from exc
+        while True:
+            got = False
+            while chan.recv_ready():
+                data = chan.recv(65536)
+                if data:
+                    on_stdout(data)
+                    got = True
+            while chan.recv_stderr_ready():
+                data = chan.recv_stderr(65536)
+                if data:
+                    on_stderr(data)
+                    got = True
+            if got:
+                continue
+            # Paramiko handles packets in order, so once the exit status is here all output is
+            # already buffered, and it was drained just above.
+            if chan.exit_status_ready():
+                return chan.recv_exit_status()
+            if chan.closed or chan.eof_received:
+                if not transport.is_active():
+                    raise _lost("a command was running")
+                if chan.closed:
+                    return -1
+            if stop is not None and stop.is_set():
+                now = time.monotonic()
+                if stop_deadline is None:
+                    stop_deadline = now + stop_grace
+                elif now >= stop_deadline:
+                    return None
+            elif not transport.is_active():
+                raise _lost("a command was running")
+            select.select([chan], [], [], poll)
+    finally:
+        chan.close()
+
+
+def put_file(transport: paramiko.Transport, path: str, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` over SFTP, then chmod it: the mode of a new file depends on the
+    server's umask, so it is set explicitly."""
+    try:
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        if sftp is None:
+            raise paramiko.SSHException("SFTP subsystem refused")
+        with sftp:
+            with sftp.open(path, "wb") as fh:
+                fh.set_pipelined(True)
+                fh.write(data)
+            sftp.chmod(path, mode)
+    except (EOFError, paramiko.SSHException) as exc:
+        raise _lost(f"uploading {path}", exc) from exc
+    except OSError as exc:
+        if not transport.is_active():
+            raise _lost(f"uploading {path}", exc) from exc
+        raise  # e.g. PermissionError, FileNotFoundError: the caller's path, not the VM
+
+
+def get_file(transport: paramiko.Transport, path: str) -> bytes:
+    try:
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        if sftp is None:
+            raise paramiko.SSHException("SFTP subsystem refused")
+        with sftp:
+            with sftp.open(path, "rb") as fh:
+                fh.prefetch()
+                return fh.read()
+    except (EOFError, paramiko.SSHException) as exc:
+        raise _lost(f"downloading {path}", exc) from exc
+    except OSError as exc:
+        if not transport.is_active():
+            raise _lost(f"downloading {path}", exc) from exc
+        raise  # e.g. FileNotFoundError: the caller decides what a missing file means
