@@ -262,6 +262,13 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     for label, table in raw_images.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: [images.{label}] must be a table")
+        nested = [k for k, v in table.items() if isinstance(v, dict)]
+        if nested:
+            # TOML splits [images.ubuntu-24.04] at the dot; the label must be quoted.
+            raise ConfigError(
+                f"{where}: [images.{label}.{nested[0]}] is not an image table",
+                hint=f'quote labels that contain dots: [images."{label}.{nested[0]}"]',
+            )
         img = _build(ImageConfig, table, f"[images.{label}] ", where, label=label)
         img.validate(where)
         images[label] = img

@@ -59,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.debug:
+        # qemu.qmp logs expected connection retries at ERROR level; our own errors say what matters.
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     if not args.verb:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

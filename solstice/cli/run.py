@@ -196,8 +196,10 @@ def main(args: argparse.Namespace) -> int:
         if result is Result.CANCELLED:
             cancelled = True
     summary_table(summaries)
-    ok = all(s.result is Result.SUCCESS or s.message == "skipped" for s in summaries) and not cancelled
-    return 0 if ok and any(s.result is Result.SUCCESS for s in summaries) else (130 if cancelled else 1)
+    if cancelled:
+        return 130
+    # Jobs skipped by their `if:` neither pass nor fail; every job that ran must have succeeded.
+    return 0 if all(s.result in (None, Result.SUCCESS) for s in summaries) else 1
 
 
 def _needs_result(results: list[Result]) -> str:
