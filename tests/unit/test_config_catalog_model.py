@@ -48,8 +48,8 @@ def test_file_and_environment_override(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ('[vm]\naccel = "xen"\n', 'accel = \'xen\': must be "kvm" or "tcg"'),
-        ("[vm]\ncpus = \"two\"\n", "[vm] cpus = 'two': expected an integer"),
-        ("[vm]\nmemory = \"lots\"\n", "[vm] memory: 'lots' is not a size"),
+        ('[vm]\ncpus = "two"\n', "[vm] cpus = 'two': expected an integer"),
+        ('[vm]\nmemory = "lots"\n', "[vm] memory: 'lots' is not a size"),
         ("[vm]\nspeed = 3\n", "unknown key [vm] speed"),
         ("[database]\nurl = 1\n", "unknown table [database]"),
         ("[vm\n", "not valid TOML"),
@@ -77,7 +77,9 @@ def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
         load(tmp_path / "nope.toml", environ={})
 
 
-@pytest.mark.parametrize(("text", "mib"), [("2G", 2048), ("512M", 512), ("1024", 1024), (768, 768), ("1.5GiB", 1536)])
+@pytest.mark.parametrize(
+    ("text", "mib"), [("2G", 2048), ("512M", 512), ("1024", 1024), (768, 768), ("1.5GiB", 1536)]
+)
 def test_sizes(text: str | int, mib: int) -> None:
     assert parse_size_mib(text) == mib
 
@@ -86,7 +88,8 @@ def catalog(tmp_path: Path) -> Catalog:
     p = write(
         tmp_path,
         '[images.omnios-r151058]\npath = "omnios.qcow2"\nprofile = "omnios"\naliases = ["omnios"]\n'
-        '[images."ubuntu-24.04"]\npath = "/abs/noble.img"\nformat = "raw"\nprofile = "ubuntu"\nmemory = "4G"\n',
+        '[images."ubuntu-24.04"]\npath = "/abs/noble.img"\nformat = "raw"\n'
+        'profile = "ubuntu"\nmemory = "4G"\n',
     )
     cfg = load(p, environ={"SOLSTICE_PATHS_STATE_DIR": str(tmp_path)})
     return Catalog.from_config(cfg)
@@ -121,7 +124,11 @@ def test_catalog_builds_images(tmp_path: Path) -> None:
     assert omnios.base_image == tmp_path / "images" / "omnios.qcow2"
     assert omnios.boot is BootMode.BIOS and omnios.profile.name == "omnios"
     ubuntu = cat.get("ubuntu-24.04")
-    assert ubuntu.base_image == Path("/abs/noble.img") and ubuntu.memory_mib == 4096 and ubuntu.image_format == "raw"
+    assert (
+        ubuntu.base_image == Path("/abs/noble.img")
+        and ubuntu.memory_mib == 4096
+        and ubuntu.image_format == "raw"
+    )
     deb = cat.get("debian-12")
     assert deb.boot is BootMode.KERNEL and deb.kernel == tmp_path / "images" / "debian-12" / "vmlinuz"
     with pytest.raises(ImageError, match="does not exist") as info:
@@ -130,8 +137,12 @@ def test_catalog_builds_images(tmp_path: Path) -> None:
 
 
 def test_model_json_round_trip() -> None:
-    step = Step(number=1, name="x", kind=StepKind.CHECKOUT, with_={"path": "src"}, timeout_minutes="${{ 3 }}")
-    job = JobSpec(key="b", name="b (1)", runs_on=("debian-12",), steps=(step,), matrix={"v": [1, {"a": None}]})
+    step = Step(
+        number=1, name="x", kind=StepKind.CHECKOUT, with_={"path": "src"}, timeout_minutes="${{ 3 }}"
+    )
+    job = JobSpec(
+        key="b", name="b (1)", runs_on=("debian-12",), steps=(step,), matrix={"v": [1, {"a": None}]}
+    )
     req = JobRequest(job_id="u", job=job, label="debian-12", secrets={"S": "v"}, size=Size(4, 4096, 20))
     assert from_dict(JobRequest, json.loads(json.dumps(to_dict(req)))) == req
     ev = JobEvent(job_id="u", seq=3, time=1.5, kind=EventKind.STEP_FINISHED, step=1, outcome=Outcome.FAILURE)

@@ -63,7 +63,9 @@ def test_line_splitter_handles_partial_lines_crlf_and_long_lines() -> None:
 def test_parse_workflow_commands() -> None:
     cmd = parse("::error file=a.c,line=3::bad%0Athing")
     assert cmd is not None
-    assert cmd.command == "error" and cmd.params == {"file": "a.c", "line": "3"} and cmd.value == "bad\nthing"
+    assert (
+        cmd.command == "error" and cmd.params == {"file": "a.c", "line": "3"} and cmd.value == "bad\nthing"
+    )
     add = parse("::add-mask::v")
     assert add is not None and add.value == "v"
     assert parse("plain line") is None
