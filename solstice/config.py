@@ -94,6 +94,28 @@ class PathsConfig:
 
 
 @dataclass(frozen=True)
+class BrokerConfig:
+    """RabbitMQ. Names are configurable so several installations can share one broker."""
+
+    url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    jobs_exchange: str = "solstice.jobs"
+    events_exchange: str = "solstice.events"
+    control_exchange: str = "solstice.control"
+    dead_letter_exchange: str = "solstice.dlx"
+    dead_letter_queue: str = "solstice.dead-letter"
+    queue_prefix: str = "solstice.jobs."  # + label
+    #: "quorum" where the broker supports it (RabbitMQ >= 3.8), else "classic".
+    queue_type: str = "quorum"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """PostgreSQL, as a libpq connection string or URL."""
+
+    url: str = "postgresql://postgres@127.0.0.1:5432/solstice"
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     """One ``runs-on`` label: which disk to boot, how, and which guest profile it has."""
 
@@ -125,11 +147,18 @@ class ImageConfig:
 class Config:
     vm: VMConfig = field(default_factory=VMConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
     source: str = "built-in defaults"  # where it was loaded from, for messages
 
 
-_SECTIONS: dict[str, type[Any]] = {"vm": VMConfig, "paths": PathsConfig}
+_SECTIONS: dict[str, type[Any]] = {
+    "vm": VMConfig,
+    "paths": PathsConfig,
+    "broker": BrokerConfig,
+    "database": DatabaseConfig,
+}
 
 
 def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
@@ -272,4 +301,11 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         img = _build(ImageConfig, table, f"[images.{label}] ", where, label=label)
         img.validate(where)
         images[label] = img
-    return Config(vm=built["vm"], paths=built["paths"], images=images, source=where)
+    return Config(
+        vm=built["vm"],
+        paths=built["paths"],
+        broker=built["broker"],
+        database=built["database"],
+        images=images,
+        source=where,
+    )

@@ -51,7 +51,7 @@ def test_file_and_environment_override(tmp_path: Path) -> None:
         ('[vm]\ncpus = "two"\n', "[vm] cpus = 'two': expected an integer"),
         ('[vm]\nmemory = "lots"\n', "[vm] memory: 'lots' is not a size"),
         ("[vm]\nspeed = 3\n", "unknown key [vm] speed"),
-        ("[database]\nurl = 1\n", "unknown table [database]"),
+        ("[databse]\nurl = 1\n", "unknown table [databse]"),
         ("[vm\n", "not valid TOML"),
         ('[images.x]\nboot = "bios"\n', "[images.x]"),
         ('[images.x]\npath = "a"\nboot = "floppy"\n', "boot = 'floppy'"),
