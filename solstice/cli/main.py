@@ -17,6 +17,8 @@ from solstice.errors import SolsticeError
 VERBS: dict[str, str] = {
     "run": "run",
     "plan": "plan",
+    "db": "db",
+    "status": "status",
 }
 
 EXIT_USAGE = 2
