@@ -87,7 +87,7 @@ def _detail(job: JobRecord) -> list[str]:
     name = str(spec.get("name", ""))
     workflow = ", ".join(str(v) for v in (spec.get("workflow_name"), spec.get("workflow_file")) if v)
     steps = spec.get("steps")
-    ids = ", ".join(f"{k}={v}" for k, v in job.source_ids.items())
+    ids = ", ".join(f"{k}={v}" for k, v in sorted(job.source_ids.items()))
     where = job.repository + (f" @ {job.commit}" if job.commit else "")
     now = datetime.now(UTC)
     lines = [
