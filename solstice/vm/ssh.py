@@ -137,7 +137,7 @@ def run_command(
             chan.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise _lost("starting a command", exc) from exc
-        while True:
+        def drain() -> bool:
             got = False
             while chan.recv_ready():
                 data = chan.recv(65536)
@@ -149,11 +149,16 @@ def run_command(
                 if data:
                     on_stderr(data)
                     got = True
-            if got:
+            return got
+
+        while True:
+            if drain():
                 continue
             # Paramiko handles packets in order, so once the exit status is here all output is
-            # already buffered, and it was drained just above.
+            # buffered; but it may have arrived together with the status just after the drain
+            # above, so drain once more before returning (else the last lines are lost).
             if chan.exit_status_ready():
+                drain()
                 return chan.recv_exit_status()
             if chan.closed or chan.eof_received:
                 if not transport.is_active():
