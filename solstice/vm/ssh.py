@@ -164,6 +164,7 @@ def run_command(
                 if not transport.is_active():
                     raise _lost("a command was running")
                 if chan.closed:
+                    drain()
                     return -1
             if stop is not None and stop.is_set():
                 now = time.monotonic()
