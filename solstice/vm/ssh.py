@@ -137,6 +137,7 @@ def run_command(
             chan.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise _lost("starting a command", exc) from exc
+
         def drain() -> bool:
             got = False
             while chan.recv_ready():

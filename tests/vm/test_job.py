@@ -246,7 +246,9 @@ def test_secret_and_add_mask_are_masked_everywhere(behaviours: tuple[Result, lis
     _, events, _ = behaviours
     fin, logs = step_events(events, "masking")
     assert fin.outcome is Outcome.SUCCESS
-    assert texts(logs) == ["masked: ***", "secret via env: ***", "secret inline: ***"]
+    assert texts(logs) == ["masked: ***", "secret via env: ***", "secret inline: ***"], [
+        (e.kind, e.step, e.text, e.message) for e in events if e.step == fin.step
+    ]
     for e in events:
         blob = e.text + e.message + "".join(e.outputs.values())
         assert SECRET not in blob and MASKED not in blob
