@@ -7,8 +7,10 @@ continue-on-error, timeouts, conditions); the tests below each assert on its eve
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import uuid
@@ -147,6 +149,18 @@ def settings(runtime: Path, **kw: object) -> JobSettings:
     )
 
 
+def short_dir() -> Path:
+    """A runtime directory short enough for unix socket paths (pytest's tmp paths are too long)."""
+    return Path(tempfile.mkdtemp(prefix="sol-", dir="/tmp"))
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[Path]:
+    path = short_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def checkout_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tree")
@@ -161,7 +175,7 @@ def checkout_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def behaviours(
     test_image: Path, checkout_tree: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Result, list[JobEvent], Path]]:
-    runtime = tmp_path_factory.mktemp("runtime")
+    runtime = short_dir()
     wf = parse_workflow(WORKFLOW, "behaviours.yml")
     (job,) = wf.jobs
     catalog = Catalog({}, test_image.parent)
@@ -179,6 +193,7 @@ def behaviours(
     sink = Collect()
     result = run_job(request, image, settings(runtime), sink)
     yield result, sink.events, runtime
+    shutil.rmtree(runtime, ignore_errors=True)
 
 
 def step_events(events: list[JobEvent], name: str) -> tuple[JobEvent, list[JobEvent]]:
@@ -314,8 +329,8 @@ def test_nothing_left_after_the_job(behaviours: tuple[Result, list[JobEvent], Pa
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def test_guest_that_never_boots_is_an_infrastructure_error(test_image: Path, tmp_path: Path) -> None:
-    runtime = tmp_path / "runtime"
+def test_guest_that_never_boots_is_an_infrastructure_error(test_image: Path, runtime_dir: Path) -> None:
+    runtime = runtime_dir
     catalog = Catalog({}, test_image.parent)
     good = catalog.get("debian-12")
     broken = Image(**{**good.__dict__, "cmdline": "root=/dev/nonexistent console=ttyS0 panic=0"})
@@ -335,12 +350,12 @@ def test_guest_that_never_boots_is_an_infrastructure_error(test_image: Path, tmp
     assert list((runtime / "jobs").iterdir()) == []
 
 
-def test_solstice_run_builtin_example(test_image: Path, tmp_path: Path) -> None:
+def test_solstice_run_builtin_example(test_image: Path, tmp_path: Path, runtime_dir: Path) -> None:
     """The README's first command, minus the setup: the built-in example in a real VM."""
     env = {
         **os.environ,
         "SOLSTICE_PATHS_STATE_DIR": str(test_image.parent.parent),
-        "SOLSTICE_PATHS_RUNTIME_DIR": str(tmp_path / "rt"),
+        "SOLSTICE_PATHS_RUNTIME_DIR": str(runtime_dir),
     }
     proc = subprocess.run(
         [sys.executable, "-m", "solstice", "run", "--accel", os.environ.get("SOLSTICE_VM_ACCEL", "tcg")],
