@@ -239,8 +239,12 @@ def start_machine(
     if len(str(qmp_path)) > _SUN_PATH_MAX:
         raise VMError(f"work directory path too long for a unix socket: {workdir}")
     console = workdir / "console.log"
-    stack.callback(_unlink, console)
     overlay = workdir / "overlay.qcow2"
+    # Refuse a directory another VM may be using: our cleanup would delete its files.
+    busy = [p.name for p in (console, overlay, qmp_path) if p.exists() or p.is_symlink()]
+    if busy:
+        raise VMError(f"work directory {workdir} is in use (has {', '.join(busy)})")
+    stack.callback(_unlink, console)
     stack.callback(_unlink, overlay)
     create_overlay(spec.base_image, overlay, spec.image_format, spec.disk_gib, spec.qemu_img)
 
@@ -295,10 +299,11 @@ def start_machine(
             probes=spec.profile.readiness_probes,
             alive=lambda: qemu.poll() is None,
         )
-    except BootTimeout as exc:
+    except ssh.SSHNotReady as exc:
         raise BootTimeout(
             f"the guest did not answer SSH on 127.0.0.1:{port} as {spec.profile.user!r} within "
-            f"{spec.boot_timeout:.0f} s ({exc}).\nLast console lines:\n{read_tail(console)}",
+            f"{spec.boot_timeout:.0f} s (last error: {exc.last_error}).\n"
+            f"Last console lines:\n{read_tail(console)}",
             hint=(
                 "check on the console above that the guest booted (kernel, root device, cmdline), "
                 f"that cloud-init found its seed (profile {spec.profile.name!r} puts it on "

@@ -24,6 +24,9 @@ class QMPUnavailable(Exception):
 
 def qmp_command(socket_path: Path, command: str, timeout: float = 5.0) -> Any:
     """Connect, run one command, disconnect; return its ``return`` value."""
+    if not socket_path.exists():
+        # Checked first: qemu.qmp logs every failed connection attempt as an error.
+        raise QMPUnavailable(f"QMP {command}: no socket {socket_path} yet")
 
     async def run() -> Any:
         client = QMPClient("solstice")

@@ -36,6 +36,14 @@ _AUTH_TIMEOUT = 15.0
 _KEEPALIVE = 15
 
 
+class SSHNotReady(BootTimeout):
+    """No SSH login within the timeout; ``last_error`` says what the last probe met."""
+
+    def __init__(self, timeout: float, last_error: str) -> None:
+        super().__init__(f"no SSH login within {timeout:.0f} s (last error: {last_error})")
+        self.last_error = last_error
+
+
 def connect(port: int, user: str, pkey: paramiko.PKey, timeout: float = 30.0) -> paramiko.Transport:
     """One authenticated SSH transport to 127.0.0.1:port, or an exception from socket/paramiko."""
     sock = socket.create_connection((HOST, port), timeout=min(_CONNECT_TIMEOUT, timeout))
@@ -67,7 +75,8 @@ def wait_ready(
 ) -> paramiko.Transport:
     """Probe until ``probes`` consecutive logins with our key succeed; return the last one.
 
-    Raises BootTimeout when ``timeout`` passes first, VMError as soon as ``alive()`` is false.
+    Raises SSHNotReady (a BootTimeout) when ``timeout`` passes first, VMError as soon as
+    ``alive()`` is false.
     """
     deadline = time.monotonic() + timeout
     successes = 0
@@ -79,7 +88,7 @@ def wait_ready(
                 raise VMError("QEMU exited while the guest was booting")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise BootTimeout(f"no SSH login within {timeout:.0f} s (last error: {last_error})")
+                raise SSHNotReady(timeout, last_error)
             try:
                 transport = connect(port, user, pkey, timeout=remaining)
             except (OSError, EOFError, paramiko.SSHException) as exc:

@@ -1,0 +1,235 @@
+"""The VM lifecycle with a real Debian guest under TCG.
+
+One boot is shared by the tests of this module (``guest`` fixture); a second one never boots. The
+last test checks that unwinding the shared boot's ExitStack left nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from solstice.errors import BootTimeout
+from solstice.model.core import Phase
+from solstice.vm import BootMode, Guest, MachineSpec, get_profile, start_machine
+from solstice.vm.ports import try_lease
+
+pytestmark = pytest.mark.vm
+
+BOOT_TIMEOUT = 240.0
+
+
+def spec_for(image: Path, **kw: object) -> MachineSpec:
+    spec = MachineSpec(
+        base_image=image / "base.qcow2",
+        image_format="qcow2",
+        boot=BootMode.KERNEL,
+        kernel=image / "vmlinuz",
+        initrd=image / "initrd.img",
+        cmdline=(image / "cmdline").read_text().strip(),
+        profile=get_profile("debian"),
+        accel="tcg",
+        cpus=2,
+        memory_mib=1024,
+        disk_gib=None,
+        boot_timeout=BOOT_TIMEOUT,
+        shutdown_timeout=5.0,
+        qemu="qemu-system-x86_64",
+        qemu_img="qemu-img",
+        ovmf_code="/usr/share/OVMF/OVMF_CODE_4M.fd",
+        ovmf_vars="/usr/share/OVMF/OVMF_VARS_4M.fd",
+        instance_id="test-machine",
+        hostname="solstice-test",
+    )
+    return replace(spec, **kw)  # type: ignore[arg-type]
+
+
+def qemu_pids(name: str) -> list[int]:
+    """QEMU processes whose command line carries ``-name <name>``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-name" in argv and name.encode() in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+@dataclass
+class Booted:
+    guest: Guest
+    workdir: Path
+    ports_dir: Path
+    phases: list[Phase]
+    boot_seconds: float
+    stack: contextlib.ExitStack
+
+
+@pytest.fixture(scope="module")
+def booted(test_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
+    root = tmp_path_factory.mktemp("machine")
+    workdir, ports_dir = root / "work", root / "ports"
+    phases: list[Phase] = []
+    with contextlib.ExitStack() as stack:
+        start = time.monotonic()
+        guest = start_machine(spec_for(test_image), workdir, ports_dir, stack, on_phase=phases.append)
+        yield Booted(guest, workdir, ports_dir, phases, time.monotonic() - start, stack)
+
+
+def run(guest: Guest, command: str, stdin: bytes | None = None) -> tuple[int | None, bytes, bytes]:
+    out: list[bytes] = []
+    err: list[bytes] = []
+    status = guest.exec(command, stdin=stdin, on_stdout=out.append, on_stderr=err.append)
+    return status, b"".join(out), b"".join(err)
+
+
+def test_boot_phases_and_guest(booted: Booted) -> None:
+    print(f"boot to SSH: {booted.boot_seconds:.1f} s")
+    assert booted.phases == [Phase.PREPARE, Phase.BOOT, Phase.READY]
+    assert booted.guest.user == "solstice"
+    assert booted.boot_seconds < BOOT_TIMEOUT
+    assert sorted(p.name for p in booted.workdir.iterdir()) == [
+        "console.log",
+        "overlay.qcow2",
+        "qemu.stderr",
+        "qmp.sock",
+        "seed.iso",
+    ]
+    assert "solstice-test" in run(booted.guest, "hostname")[1].decode()
+    assert booted.guest.console_tail(5)
+
+
+def test_exit_status_and_stderr(booted: Booted) -> None:
+    status, out, err = run(booted.guest, "echo out; echo err >&2; exit 3")
+    assert (status, out, err) == (3, b"out\n", b"err\n")
+    assert run(booted.guest, "true")[0] == 0
+
+
+def test_output_streams_while_the_command_runs(booted: Booted) -> None:
+    chunks: list[tuple[float, bytes]] = []
+    start = time.monotonic()
+    status = booted.guest.exec(
+        "echo first; sleep 2; echo second",
+        on_stdout=lambda b: chunks.append((time.monotonic() - start, b)),
+        on_stderr=lambda b: None,
+    )
+    end = time.monotonic() - start
+    assert status == 0
+    assert b"".join(c for _, c in chunks) == b"first\nsecond\n"
+    first_at = next(t for t, c in chunks if b"first" in c)
+    assert first_at < end - 1.5, (first_at, end)
+
+
+def test_stdin(booted: Booted) -> None:
+    data = bytes(range(256)) * 1000
+    status, out, _ = run(booted.guest, "sha256sum", stdin=data)
+    import hashlib
+
+    assert status == 0
+    assert out.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    # No stdin at all: a command reading it sees EOF at once.
+    assert run(booted.guest, "cat")[:2] == (0, b"")
+
+
+def test_put_and_get_with_modes(booted: Booted) -> None:
+    g = booted.guest
+    g.put("/tmp/script.sh", b"#!/bin/sh\necho ran $1\n", 0o700)
+    g.put("/tmp/secret.env", b"A=1\n", 0o600)
+    assert run(g, "/tmp/script.sh x")[:2] == (0, b"ran x\n")
+    assert run(g, "stat -c %a /tmp/script.sh /tmp/secret.env")[1] == b"700\n600\n"
+    payload = os.urandom(300_000)
+    g.put("/tmp/blob", payload, 0o644)
+    assert g.get("/tmp/blob") == payload
+    with pytest.raises(FileNotFoundError):
+        g.get("/tmp/does-not-exist")
+
+
+def test_sudo_without_password(booted: Booted) -> None:
+    assert run(booted.guest, "sudo -n true")[0] == 0
+    assert run(booted.guest, "sudo -n id -u")[1] == b"0\n"
+
+
+def test_stop_event_ends_a_long_command_and_a_second_channel_works(booted: Booted) -> None:
+    g = booted.guest
+    stop = threading.Event()
+    result: list[int | None] = []
+    out: list[bytes] = []
+
+    def long() -> None:
+        result.append(
+            g.exec(
+                "echo $$ > /tmp/long.pid; echo started; exec sleep 600",
+                on_stdout=out.append,
+                on_stderr=lambda b: None,
+                stop=stop,
+                stop_grace=3.0,
+            )
+        )
+
+    t = threading.Thread(target=long)
+    t.start()
+    deadline = time.monotonic() + 30
+    while b"started" not in b"".join(out) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # A second channel while the first one streams: the job's kill path.
+    assert run(g, "test -s /tmp/long.pid && echo yes")[1] == b"yes\n"
+    start = time.monotonic()
+    stop.set()
+    t.join(30)
+    assert not t.is_alive()
+    assert result == [None]
+    assert 2.5 < time.monotonic() - start < 10
+    run(g, "kill $(cat /tmp/long.pid) 2>/dev/null || true")
+
+
+def test_nothing_left_after_unwind(booted: Booted) -> None:
+    port = booted.guest.port
+    assert qemu_pids("solstice-test-machine")
+    assert try_lease(booted.ports_dir, port) is None  # held while the VM runs
+    start = time.monotonic()
+    booted.stack.close()
+    print(f"teardown: {time.monotonic() - start:.1f} s")
+    assert qemu_pids("solstice-test-machine") == []
+    assert list(booted.workdir.iterdir()) == []
+    assert list(booted.ports_dir.iterdir()) == []
+    lease = try_lease(booted.ports_dir, port)
+    assert lease is not None
+    lease.release()
+
+
+def test_guest_that_never_boots(test_image: Path, tmp_path: Path) -> None:
+    # The initramfs finds no root file system and drops to a shell: SSH never answers.
+    spec = spec_for(
+        test_image,
+        cmdline="root=/dev/nonexistent console=ttyS0",
+        boot_timeout=25.0,
+        instance_id="test-noboot",
+    )
+    workdir, ports_dir = tmp_path / "work", tmp_path / "ports"
+    start = time.monotonic()
+    with pytest.raises(BootTimeout) as exc:
+        with contextlib.ExitStack() as stack:
+            start_machine(spec, workdir, ports_dir, stack)
+    elapsed = time.monotonic() - start
+    assert elapsed < 25.0 + 20.0, elapsed
+    message = str(exc.value)
+    assert "within 25 s" in message
+    assert "Last console lines:" in message
+    tail = message.split("Last console lines:\n", 1)[1]
+    assert len(tail.splitlines()) >= 5, message
+    assert "root file system" in tail or "nonexistent" in tail, message
+    assert exc.value.hint and "console" in exc.value.hint
+    assert qemu_pids("solstice-test-noboot") == []
+    assert list(workdir.iterdir()) == []
+    assert list(ports_dir.iterdir()) == []
