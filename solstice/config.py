@@ -116,6 +116,13 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class SecretsConfig:
+    #: The Fernet key that seals JobRequest secrets (solstice.secrets); a systemd credential
+    #: ``secrets-key`` takes precedence.
+    key_file: str = "/etc/solstice/secrets.key"
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     """One ``runs-on`` label: which disk to boot, how, and which guest profile it has."""
 
@@ -149,6 +156,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
     source: str = "built-in defaults"  # where it was loaded from, for messages
 
@@ -158,6 +166,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "paths": PathsConfig,
     "broker": BrokerConfig,
     "database": DatabaseConfig,
+    "secrets": SecretsConfig,
 }
 
 
@@ -306,6 +315,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         paths=built["paths"],
         broker=built["broker"],
         database=built["database"],
+        secrets=built["secrets"],
         images=images,
         source=where,
     )

@@ -133,7 +133,11 @@ class JobRequest:
     ref: str = ""
     #: Where checkout takes the tree from: a local directory (local mode) or a clone URL.
     checkout_source: str = ""
+    #: Plaintext secrets: only inside one process (local mode, or the job process after unsealing).
     secrets: Mapping[str, str] = field(default_factory=dict)
+    #: The secrets as they travel and rest (queue, request files): encrypted with the installation's
+    #: secrets key (solstice.secrets); ``secrets`` is empty whenever this is set.
+    sealed_secrets: str = ""
     #: Extra contexts for expressions: github, vars, needs, inputs (JSON values).
     contexts: Mapping[str, Any] = field(default_factory=dict)
     size: Size = field(default_factory=Size)

@@ -63,6 +63,7 @@ def request_document(request: JobRequest) -> dict[str, Any]:
     """The JSON-able document stored in ``jobs.request``: the request without any secret."""
     doc: dict[str, Any] = to_dict(request)
     doc.pop("secrets", None)
+    doc.pop("sealed_secrets", None)  # encrypted, but the database still holds no secrets at all
     contexts = doc.get("contexts")
     if isinstance(contexts, dict):
         contexts.pop("secrets", None)
