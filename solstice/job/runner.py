@@ -143,7 +143,10 @@ class JobRun:
         workdir = root / "jobs" / self.request.job_id
         root.mkdir(parents=True, exist_ok=True)
         (root / "jobs").mkdir(mode=0o755, exist_ok=True)
-        workdir.mkdir(mode=0o700)
+        # Under systemd the unit's RuntimeDirectory= already made it (empty, 0700).
+        workdir.mkdir(mode=0o700, exist_ok=True)
+        if any(workdir.iterdir()):
+            raise InfraError(f"job work directory {workdir} is not empty: is this job already running?")
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         return workdir
 
