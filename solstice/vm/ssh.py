@@ -184,7 +184,12 @@ def run_command(
                     return None
             elif not transport.is_active():
                 raise _lost("a command was running")
-            select.select([chan], [], [], poll)
+            if chan.eof_received:
+                # After EOF the channel's fd stays readable; a command that closed its output
+                # but still runs must not turn this loop into a busy wait.
+                chan.status_event.wait(poll)
+            else:
+                select.select([chan], [], [], poll)
     finally:
         chan.close()
 

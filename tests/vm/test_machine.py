@@ -7,7 +7,10 @@ last test checks that unwinding the shared boot's ExitStack left nothing behind.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +21,8 @@ import pytest
 
 from solstice.errors import BootTimeout
 from solstice.model.core import Phase
-from solstice.vm import BootMode, Guest, MachineSpec, get_profile, start_machine
-from solstice.vm.ports import try_lease
+from solstice.vm import BootMode, Guest, MachineSpec, get_profile, machine, start_machine
+from solstice.vm.ports import PortLease, allocate_port, try_lease
 
 pytestmark = pytest.mark.vm
 
@@ -33,7 +36,7 @@ def spec_for(image: Path, **kw: object) -> MachineSpec:
         boot=BootMode.KERNEL,
         kernel=image / "vmlinuz",
         initrd=image / "initrd.img",
-        cmdline=(image / "cmdline").read_text().strip(),
+        cmdline=(image / "cmdline").read_text().strip() if (image / "cmdline").exists() else "",
         profile=get_profile("debian"),
         accel="tcg",
         cpus=2,
@@ -129,6 +132,13 @@ def test_output_streams_while_the_command_runs(booted: Booted) -> None:
     assert b"".join(c for _, c in chunks) == b"first\nsecond\n"
     first_at = next(t for t, c in chunks if b"first" in c)
     assert first_at < end - 1.5, (first_at, end)
+
+
+def test_closed_output_is_no_busy_wait(booted: Booted) -> None:
+    # The command closes stdout/stderr (SSH EOF) but runs 3 s more: exec must idle meanwhile.
+    cpu = time.process_time()
+    assert run(booted.guest, "exec >/dev/null 2>&1; sleep 3; exit 4")[0] == 4
+    assert time.process_time() - cpu < 1.0
 
 
 def test_stdin(booted: Booted) -> None:
@@ -231,5 +241,42 @@ def test_guest_that_never_boots(test_image: Path, tmp_path: Path) -> None:
     assert "root file system" in tail or "nonexistent" in tail, message
     assert exc.value.hint and "console" in exc.value.hint
     assert qemu_pids("solstice-test-noboot") == []
+    assert list(workdir.iterdir()) == []
+    assert list(ports_dir.iterdir()) == []
+
+
+def test_port_taken_by_another_program_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No guest needed: QEMU fails its host forward within milliseconds, or starts (and SeaBIOS
+    # finds nothing to boot on the blank disk) and the short boot timeout ends the test.
+    base = tmp_path / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    spec = spec_for(tmp_path, base_image=base, boot=BootMode.BIOS, boot_timeout=5.0, instance_id="test-fwd")
+    workdir, ports_dir = tmp_path / "work", tmp_path / "ports"
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    calls: list[int] = []
+
+    def first_the_taken_port(d: Path) -> PortLease:
+        lease = try_lease(d, taken) if not calls else allocate_port(d)
+        assert lease is not None
+        calls.append(lease.port)
+        return lease
+
+    monkeypatch.setattr(machine, "allocate_port", first_the_taken_port)
+    caplog.set_level(logging.INFO, logger="solstice.vm.machine")
+    try:
+        with pytest.raises(BootTimeout):
+            with contextlib.ExitStack() as stack:
+                ports_dir.mkdir()
+                start_machine(spec, workdir, ports_dir, stack)
+    finally:
+        squatter.close()
+    assert calls[0] == taken and len(calls) == 2 and calls[1] != taken
+    assert f"port {taken}: " in caplog.text and "Could not set up host forwarding rule" in caplog.text
+    assert qemu_pids("solstice-test-fwd") == []
     assert list(workdir.iterdir()) == []
     assert list(ports_dir.iterdir()) == []
