@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -122,6 +123,57 @@ class SecretsConfig:
     key_file: str = "/etc/solstice/secrets.key"
 
 
+def _default_host() -> str:
+    """The short host name: a dispatcher's identity in the database and its control queue."""
+    name = socket.gethostname().split(".")[0]
+    return name or "localhost"
+
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    """The per-host dispatcher (docs/dispatcher.md)."""
+
+    #: This host's name in the database (jobs.host) and in its control queue; unique per host.
+    host: str = field(default_factory=_default_host)
+    #: At most this many jobs run at once on this host.
+    capacity: int = 2
+    #: The labels whose job queues this host consumes; empty: every label of the image catalog.
+    labels: tuple[str, ...] = ()
+    #: "systemd": one transient solstice-job@<uuid>.service per job; "process": child processes.
+    spawner: str = "systemd"
+    #: The job's main process, the job uuid appended. Empty: the template's ExecStart under
+    #: systemd (/usr/bin/solstice job run %i), `solstice job run` from PATH with the process spawner.
+    job_command: str = ""
+    #: The job unit template turned into transient unit properties (systemd spawner).
+    job_template: str = "/usr/share/solstice/units/solstice-job@.service"
+    #: MemoryMax = the VM's memory + this (QEMU itself, the job process), MiB.
+    memory_overhead: str = "512M"
+    #: TasksMax of a job's unit.
+    tasks_max: int = 512
+    #: RuntimeMaxSec = the job's timeout-minutes + [vm] boot_timeout + this margin (seconds).
+    runtime_margin: float = 600.0
+    #: Seconds between two looks at the running jobs (and the longest wait for broker events).
+    poll_interval: float = 1.0
+
+    def validate(self, where: str) -> None:
+        if self.capacity < 0:
+            raise ConfigError(f"{where}: [dispatcher] capacity must be 0 or more")
+        if self.spawner not in ("systemd", "process"):
+            raise ConfigError(
+                f'{where}: [dispatcher] spawner = {self.spawner!r}: must be "systemd" or "process"'
+            )
+        if self.tasks_max < 16:
+            raise ConfigError(f"{where}: [dispatcher] tasks_max must be at least 16")
+        if self.runtime_margin < 0 or not 0 < self.poll_interval <= 30:
+            raise ConfigError(
+                f"{where}: [dispatcher] runtime_margin must be >= 0 and poll_interval in (0, 30]"
+            )
+        try:
+            parse_size_mib(self.memory_overhead)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: [dispatcher] memory_overhead: {exc}") from None
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     """One ``runs-on`` label: which disk to boot, how, and which guest profile it has."""
@@ -157,6 +209,7 @@ class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
     source: str = "built-in defaults"  # where it was loaded from, for messages
 
@@ -167,6 +220,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "broker": BrokerConfig,
     "database": DatabaseConfig,
     "secrets": SecretsConfig,
+    "dispatcher": DispatcherConfig,
 }
 
 
@@ -209,7 +263,7 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
         if typing.get_origin(tp) is tuple:
             if from_env:
                 return tuple(v.strip() for v in value.split(",") if v.strip())
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
                 return tuple(value)
             raise ValueError("expected a list of strings")
     except ValueError as exc:
@@ -292,6 +346,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
             )
         built[name] = obj
     built["vm"].validate(where)
+    built["dispatcher"].validate(where)
 
     images: dict[str, ImageConfig] = {}
     raw_images = raw.get("images", {})
@@ -316,6 +371,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         broker=built["broker"],
         database=built["database"],
         secrets=built["secrets"],
+        dispatcher=built["dispatcher"],
         images=images,
         source=where,
     )

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import os
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 from solstice import config as configmod
-from solstice import expr
-from solstice.config import parse_size_mib
-from solstice.errors import ConfigError, ImageError
+from solstice.errors import ImageError
 from solstice.images import Catalog, Image
 from solstice.images.catalog import image_from_directory, image_from_file
-from solstice.job import checkout
-from solstice.job.runner import JobSettings, run_job
-from solstice.model import JobRequest, JobSpec, Result, Size, Source
+from solstice.job.runner import run_job
+from solstice.model import JobSpec, Result, Size
 from solstice.vm.machine import Guest
 from solstice.workflow import load_workflow
 
+from .common import (
+    builtin_example,
+    checkout_origin,
+    job_settings,
+    local_request,
+    order_jobs,
+    parse_secrets,
+    should_run,
+)
 from .render import JobSummary, TerminalSink, summary_table
 
 
@@ -58,25 +62,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _builtin_example() -> Path:
-    ref = importlib.resources.files("solstice") / "data" / "example.yml"
-    return Path(str(ref))
-
-
-def _parse_secrets(items: list[str]) -> dict[str, str]:
-    secrets: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not name:
-            raise ConfigError(f"--secret {item!r}: expected NAME or NAME=VALUE")
-        if not sep:
-            if name not in os.environ:
-                raise ConfigError(f"--secret {name}: the environment variable {name} is not set")
-            value = os.environ[name]
-        secrets[name] = value
-    return secrets
-
-
 def _image_for(args: argparse.Namespace, catalog: Catalog, job: JobSpec) -> Image:
     if args.image:
         path = Path(args.image)
@@ -111,54 +96,26 @@ def _keep_guest(guest: Guest, workdir: Path) -> None:
         pass
 
 
-def _order(jobs: tuple[JobSpec, ...]) -> list[JobSpec]:
-    """Jobs in an order that runs every job after the jobs it needs (file order otherwise)."""
-    done: set[str] = set()
-    ordered: list[JobSpec] = []
-    pending = list(jobs)
-    while pending:
-        progressed = False
-        for job in list(pending):
-            if all(n in done for n in job.needs):
-                ordered.append(job)
-                pending.remove(job)
-                progressed = True
-        done.update(j.key for j in ordered if all(o.key != j.key for o in pending))
-        if not progressed:
-            ordered.extend(pending)  # a cycle: the workflow translation reports it
-            break
-    return ordered
-
-
 def main(args: argparse.Namespace) -> int:
     cfg = configmod.load(Path(args.config) if args.config else None)
-    workflow_path = Path(args.workflow) if args.workflow else _builtin_example()
+    workflow_path = Path(args.workflow) if args.workflow else builtin_example()
     workflow = load_workflow(workflow_path, job=args.job)
     catalog = Catalog.from_config(cfg)
-    secrets = _parse_secrets(args.secret)
+    secrets = parse_secrets(args.secret)
 
-    vm = cfg.vm
-    memory = parse_size_mib(args.memory) if args.memory else parse_size_mib(vm.memory)
-    settings = JobSettings(
-        accel=args.accel or vm.accel,
-        cpus=args.cpus or vm.cpus,
-        memory_mib=memory,
-        boot_timeout=args.boot_timeout or vm.boot_timeout,
-        shutdown_timeout=vm.shutdown_timeout,
-        qemu=vm.qemu,
-        qemu_img=vm.qemu_img,
-        ovmf_code=vm.ovmf_code,
-        ovmf_vars=vm.ovmf_vars,
-        runtime_dir=Path(cfg.paths.runtime_dir),
+    settings = job_settings(
+        cfg,
+        accel=args.accel,
+        cpus=args.cpus,
+        memory=args.memory,
+        boot_timeout=args.boot_timeout,
         keep_on_failure=_keep_guest if args.keep_on_failure else None,
     )
     # The checkout is the work tree the workflow lives in (the built-in example checks out the cwd).
-    base = workflow_path.resolve().parent if args.workflow else Path.cwd()
-    root = checkout.find_repo_root(base)
-    commit = checkout.head_commit(root)
+    origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
 
     # Resolve every image first, so a bad label fails before any VM boots.
-    jobs = _order(workflow.jobs)
+    jobs = order_jobs(workflow.jobs)
     images = {job.name: _image_for(args, catalog, job) for job in jobs}
 
     summaries: list[JobSummary] = []
@@ -168,27 +125,15 @@ def main(args: argparse.Namespace) -> int:
         image = images[job.name]
         summary = JobSummary(name=job.name, label=image.label)
         summaries.append(summary)
-        needs_ok = all(r is Result.SUCCESS for n in job.needs for r in results.get(n, [Result.FAILURE]))
-        ctx = expr.Context(
-            values={
-                "github": {},
-                "needs": {n: {"result": _needs_result(results.get(n, []))} for n in job.needs},
-            },
-            job_status="success" if needs_ok else "failure",
-        )
-        if cancelled or not expr.evaluate_condition(job.if_ or "", ctx):
+        if cancelled or not should_run(job, results):
             summary.message = "skipped" + (" (cancelled)" if cancelled else "")
             continue
-        request = JobRequest(
-            job_id=str(uuid.uuid4()),
-            job=job,
-            label=image.label,
-            source=Source.LOCAL,
-            repository=root.name,
-            commit=commit,
-            checkout_source=str(root),
+        request = local_request(
+            job,
+            image.label,
+            origin,
             secrets=secrets,
-            contexts={"needs": {n: {"result": _needs_result(results.get(n, []))} for n in job.needs}},
+            results=results,
             size=Size(cpus=settings.cpus, memory_mib=settings.memory_mib),
         )
         result = run_job(request, image, settings, TerminalSink(summary))
@@ -200,13 +145,3 @@ def main(args: argparse.Namespace) -> int:
         return 130
     # Jobs skipped by their `if:` neither pass nor fail; every job that ran must have succeeded.
     return 0 if all(s.result in (None, Result.SUCCESS) for s in summaries) else 1
-
-
-def _needs_result(results: list[Result]) -> str:
-    if not results:
-        return "skipped"
-    if all(r is Result.SUCCESS for r in results):
-        return "success"
-    if any(r is Result.CANCELLED for r in results):
-        return "cancelled"
-    return "failure"

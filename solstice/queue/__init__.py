@@ -10,12 +10,14 @@
 
     Publisher(conn).publish_job(request)        # confirmed, persistent, mandatory (Unroutable)
     Publisher(conn).publish_event(event, request.reply_to)
+    sink = BatchingEventSink(cfg.broker, request.reply_to)   # a job process: batches, own thread
 
 Everything here is single-threaded (pika's BlockingConnection): one Connection, with its
 Publisher and Consumer, per thread. Delivery is at least once; consumers dedupe (jobs by uuid in
 the database, events by ``seq`` with EventSequencer). See docs/queue.md.
 """
 
+from solstice.queue.batch import BATCH_SCHEMA, decode_events, encode_batch
 from solstice.queue.codec import (
     CANCEL_SCHEMA,
     CancelJob,
@@ -48,12 +50,20 @@ from solstice.queue.errors import (
     TopologyMismatch,
     Unroutable,
 )
+from solstice.queue.eventsink import BatchingEventSink, EventDeliveryError
 from solstice.queue.publisher import Publisher, QueueEventSink
-from solstice.queue.sequencer import EventSequencer, SeqCheck
+from solstice.queue.sequencer import SYNTHETIC_SEQ, EventSequencer, SeqCheck, is_synthetic
 from solstice.queue.topology import Names, declare_topology, queue_arguments
 
 __all__ = [
     "ACK",
+    "BATCH_SCHEMA",
+    "SYNTHETIC_SEQ",
+    "BatchingEventSink",
+    "EventDeliveryError",
+    "decode_events",
+    "encode_batch",
+    "is_synthetic",
     "CANCEL_SCHEMA",
     "REASON_HEADER",
     "REQUEUE",

@@ -8,6 +8,7 @@ that call, on that thread. A handler gets a :class:`Delivery` and returns a :cla
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import logging
@@ -19,11 +20,11 @@ from typing import Any, Generic, TypeVar
 
 from solstice.model import JobEvent, JobRequest
 from solstice.queue import _amqp
+from solstice.queue.batch import decode_events
 from solstice.queue.codec import (
     MAX_REASON,
     CancelJob,
     decode_cancel,
-    decode_event,
     decode_request,
     mask_secrets,
 )
@@ -157,14 +158,57 @@ class Consumer:
 
     def consume_events(self, address: str, handler: Handler[JobEvent], *, prefetch: int = 100) -> None:
         """Consume the events queue of the poller at ``address`` (the reply_to it puts in its
-        JobRequests), declared and bound here."""
+        JobRequests), declared and bound here. The handler gets one event per call: a batch
+        message (``jobevents.v1``) is handed over event by event, and settled once after the
+        last: ACK when every call returned ACK, else the first other decision (the events
+        before it come again, with the rest; EventSequencer drops them). A handler that settles
+        later (returns None) must use :meth:`consume_event_batches`."""
         address = check_address(address)
+
+        def per_event(delivery: Delivery[tuple[JobEvent, ...]]) -> Decision | None:
+            events = delivery.message
+            if len(events) == 1:
+                return handler(dataclasses.replace(delivery, message=events[0]))  # type: ignore[arg-type]
+            for event in events:
+                decision = handler(dataclasses.replace(delivery, message=event))  # type: ignore[arg-type]
+                if decision is None:
+                    raise TypeError("an event handler must return a Decision for batch messages")
+                if decision.action is not Action.ACK:
+                    return decision
+            return ACK
+
+        self._consume_events(address, per_event, prefetch)
+
+    def consume_event_batches(
+        self,
+        address: str,
+        handler: Handler[tuple[JobEvent, ...]],
+        *,
+        prefetch: int = 20,
+        expires: float | None = None,
+    ) -> None:
+        """Like :meth:`consume_events`, but the handler gets every message whole: the events of a
+        ``jobevents.v1`` batch (or the one event of a ``jobevent.v1`` message) as a tuple, in order,
+        and settles it once. ``expires`` (seconds): a short-lived address (``solstice submit``)
+        whose queue RabbitMQ deletes once it had no consumer for that long (``x-expires``)."""
+        self._consume_events(check_address(address), handler, prefetch, expires)
+
+    def _consume_events(
+        self,
+        address: str,
+        handler: Handler[tuple[JobEvent, ...]],
+        prefetch: int,
+        expires: float | None = None,
+    ) -> None:
+        expires_ms = None if expires is None else max(1000, int(expires * 1000))
         self._add(
             _Subscription(
                 name=EVENTS,
                 queues=(self.names.events_queue(address),),
-                declare=lambda ch: declare_topology(ch, self.cfg, addresses=(address,)),
-                decode=decode_event,
+                declare=lambda ch: declare_topology(
+                    ch, self.cfg, addresses=(address,), events_expires_ms=expires_ms
+                ),
+                decode=decode_events,
                 handler=handler,
                 prefetch=_check_prefetch(prefetch),
             )

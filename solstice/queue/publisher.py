@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from solstice.model import JobEvent, JobRequest
 from solstice.queue import _amqp
+from solstice.queue.batch import BATCH_SCHEMA, encode_batch
 from solstice.queue.codec import CANCEL_SCHEMA, CancelJob, encode_cancel, encode_event, encode_request
 from solstice.queue.connection import Connection
 from solstice.queue.errors import BrokerError, PublishNacked, Unroutable
@@ -77,6 +79,34 @@ class Publisher:
             self.cfg.events_exchange,
             address,
             encode_event(event),
+            props,
+            hint=f"no poller listens at {address!r}: it declares its events queue when it starts",
+        )
+
+    def publish_events(self, events: Sequence[JobEvent], reply_to: str) -> None:
+        """Send consecutive events of one job as one ``jobevents.v1`` message (one confirm)."""
+        body = encode_batch(events)
+        self.publish_event_batch(events[0].job_id, events[0].seq, events[-1].seq, body, reply_to)
+
+    def publish_event_batch(
+        self, job_id: str, first_seq: int, last_seq: int, body: bytes, reply_to: str
+    ) -> None:
+        """Publish an already encoded ``jobevents.v1`` body (see batch.encode_batch_parts)."""
+        address = check_address(reply_to)
+        props = _amqp.BasicProperties(
+            content_type=CONTENT_TYPE,
+            delivery_mode=_amqp.PERSISTENT,
+            message_id=f"{job_id}:{first_seq}-{last_seq}",
+            correlation_id=job_id,
+            type=BATCH_SCHEMA,
+            timestamp=int(time.time()),
+            app_id=APP_ID,
+            headers={"x-solstice-seq": last_seq, "x-solstice-first-seq": first_seq},
+        )
+        self._publish(
+            self.cfg.events_exchange,
+            address,
+            body,
             props,
             hint=f"no poller listens at {address!r}: it declares its events queue when it starts",
         )

@@ -4,6 +4,11 @@ Events of one job carry ``seq`` 1, 2, 3... (gap-free at the source). The queue d
 order but at least once: a publish retried after a reconnect, or a delivery whose ack was lost,
 arrives again. A consumer passes each event through :meth:`EventSequencer.observe` and forwards it
 only when ``deliver`` is true; ``missing`` names the seqs that never arrived before this one.
+
+A **synthetic** final event carries ``seq`` = :data:`SYNTHETIC_SEQ` (2**31 - 1): the dispatcher
+publishes it when a job's process ended without reporting its own end (killed, timed out, crashed;
+docs/dispatcher.md). It comes after whatever the job sent, so it is delivered after a gap that is
+expected, not reported; once it was seen, anything later of that job is a duplicate.
 """
 
 from __future__ import annotations
@@ -12,6 +17,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from solstice.model import JobEvent
+
+#: The seq of the dispatcher's synthetic JOB_FINISHED event: above any seq a job process reaches.
+SYNTHETIC_SEQ = 2**31 - 1
+
+
+def is_synthetic(event: JobEvent) -> bool:
+    return event.seq == SYNTHETIC_SEQ
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,8 @@ class EventSequencer:
         self._last.move_to_end(event.job_id)
         while len(self._last) > self.max_jobs:
             self._last.popitem(last=False)
+        if event.seq == SYNTHETIC_SEQ:
+            return SeqCheck(deliver=True)  # its gap is expected
         return SeqCheck(deliver=True, missing=range(last + 1, event.seq))
 
     def last_seen(self, job_id: str) -> int:

@@ -85,12 +85,14 @@ def declare_topology(
     *,
     addresses: Iterable[str] = (),
     control_host: str | None = None,
+    events_expires_ms: int | None = None,
 ) -> None:
     """Declare the exchanges, the dead-letter queue, one job queue per label, one events queue per
-    poller address and (with ``control_host``) that host's control queue. Idempotent: declaring
-    the same things again is a no-op. A name that exists with other arguments closes the channel
-    with 406 PRECONDITION_FAILED (pika ChannelClosedByBroker); Connection turns it into
-    TopologyMismatch."""
+    poller address (with ``x-expires`` = ``events_expires_ms`` when given: short-lived addresses
+    such as ``solstice submit``'s) and (with ``control_host``) that host's control queue.
+    Idempotent: declaring the same things again is a no-op. A name that exists with other
+    arguments closes the channel with 406 PRECONDITION_FAILED (pika ChannelClosedByBroker);
+    Connection turns it into TopologyMismatch."""
     names = Names(cfg)
     args = queue_arguments(cfg)
     channel.exchange_declare(
@@ -113,9 +115,10 @@ def declare_topology(
         queue = names.job_queue(label)
         channel.queue_declare(queue=queue, durable=True, arguments=args)
         channel.queue_bind(queue=queue, exchange=cfg.jobs_exchange, routing_key=label)
+    events_args = args if events_expires_ms is None else {**args, "x-expires": events_expires_ms}
     for address in addresses:
         queue = names.events_queue(address)
-        channel.queue_declare(queue=queue, durable=True, arguments=args)
+        channel.queue_declare(queue=queue, durable=True, arguments=events_args)
         channel.queue_bind(queue=queue, exchange=cfg.events_exchange, routing_key=address)
     if control_host is not None:
         queue = names.control_queue(control_host)

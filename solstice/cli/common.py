@@ -1,0 +1,152 @@
+"""Pieces shared by the commands that build and run jobs: ``run`` (local mode), ``submit`` (through
+the service) and ``job run`` (the job process of a service job)."""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from solstice import expr
+from solstice.config import Config, parse_size_mib
+from solstice.errors import ConfigError
+from solstice.job import checkout
+from solstice.job.runner import JobSettings
+from solstice.model import JobRequest, JobSpec, Result, Size, Source
+from solstice.vm.machine import Guest
+
+
+def builtin_example() -> Path:
+    ref = importlib.resources.files("solstice") / "data" / "example.yml"
+    return Path(str(ref))
+
+
+def parse_secrets(items: Sequence[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``--secret NAME=VALUE`` or ``--secret NAME`` (the value from the environment variable NAME)."""
+    env = os.environ if environ is None else environ
+    secrets: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not name:
+            raise ConfigError(f"--secret {item!r}: expected NAME or NAME=VALUE")
+        if not sep:
+            if name not in env:
+                raise ConfigError(f"--secret {name}: the environment variable {name} is not set")
+            value = env[name]
+        secrets[name] = value
+    return secrets
+
+
+def job_settings(
+    cfg: Config,
+    *,
+    accel: str | None = None,
+    cpus: int | None = None,
+    memory: str | None = None,
+    boot_timeout: float | None = None,
+    shutdown_timeout: float | None = None,
+    keep_on_failure: Callable[[Guest, Path], None] | None = None,
+) -> JobSettings:
+    """The job process's settings from the configuration, with command-line overrides."""
+    vm = cfg.vm
+    return JobSettings(
+        accel=accel or vm.accel,
+        cpus=cpus or vm.cpus,
+        memory_mib=parse_size_mib(memory) if memory else parse_size_mib(vm.memory),
+        boot_timeout=boot_timeout or vm.boot_timeout,
+        shutdown_timeout=vm.shutdown_timeout if shutdown_timeout is None else shutdown_timeout,
+        qemu=vm.qemu,
+        qemu_img=vm.qemu_img,
+        ovmf_code=vm.ovmf_code,
+        ovmf_vars=vm.ovmf_vars,
+        runtime_dir=Path(cfg.paths.runtime_dir),
+        keep_on_failure=keep_on_failure,
+    )
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a local workflow's jobs check out from: the work tree and its HEAD commit."""
+
+    root: Path
+    commit: str
+
+
+def checkout_origin(workflow_path: Path, explicit: bool) -> Origin:
+    """The work tree the workflow lives in (the built-in example checks out the current directory)."""
+    base = workflow_path.resolve().parent if explicit else Path.cwd()
+    root = checkout.find_repo_root(base)
+    return Origin(root=root, commit=checkout.head_commit(root))
+
+
+def order_jobs(jobs: Sequence[JobSpec]) -> list[JobSpec]:
+    """Jobs in an order that runs every job after the jobs it needs (file order otherwise)."""
+    done: set[str] = set()
+    ordered: list[JobSpec] = []
+    pending = list(jobs)
+    while pending:
+        progressed = False
+        for job in list(pending):
+            if all(n in done for n in job.needs):
+                ordered.append(job)
+                pending.remove(job)
+                progressed = True
+        done.update(j.key for j in ordered if all(o.key != j.key for o in pending))
+        if not progressed:
+            ordered.extend(pending)  # a cycle: the workflow translation reports it
+            break
+    return ordered
+
+
+def needs_result(results: Sequence[Result]) -> str:
+    """``needs.<job>.result`` of a job key from the results of its runs (matrix combinations)."""
+    if not results:
+        return "skipped"
+    if all(r is Result.SUCCESS for r in results):
+        return "success"
+    if any(r is Result.CANCELLED for r in results):
+        return "cancelled"
+    return "failure"
+
+
+def needs_context(job: JobSpec, results: Mapping[str, Sequence[Result]]) -> dict[str, dict[str, str]]:
+    return {n: {"result": needs_result(results.get(n, []))} for n in job.needs}
+
+
+def should_run(job: JobSpec, results: Mapping[str, Sequence[Result]]) -> bool:
+    """The job's ``if:`` (default ``success()``: every needed job succeeded)."""
+    needs_ok = all(r is Result.SUCCESS for n in job.needs for r in results.get(n, [Result.FAILURE]))
+    ctx = expr.Context(
+        values={"github": {}, "needs": needs_context(job, results)},
+        job_status="success" if needs_ok else "failure",
+    )
+    return expr.evaluate_condition(job.if_ or "", ctx)
+
+
+def local_request(
+    job: JobSpec,
+    label: str,
+    origin: Origin,
+    *,
+    secrets: Mapping[str, str],
+    results: Mapping[str, Sequence[Result]],
+    size: Size,
+    reply_to: str = "",
+) -> JobRequest:
+    """The JobRequest of one job of a local workflow (``solstice run``, ``solstice submit``)."""
+    return JobRequest(
+        job_id=str(uuid.uuid4()),
+        job=job,
+        label=label,
+        source=Source.LOCAL,
+        repository=origin.root.name,
+        commit=origin.commit,
+        checkout_source=str(origin.root),
+        secrets=dict(secrets),
+        contexts={"needs": needs_context(job, results)},
+        size=size,
+        reply_to=reply_to,
+    )

@@ -1,0 +1,205 @@
+"""Event batches: many JobEvents of one job in one message (``jobevents.v1``).
+
+A job can print tens of thousands of lines a second; one confirmed message per event cannot keep
+up (a publisher confirm is a round trip). The job's sink therefore publishes batches::
+
+    {"schema_version": "jobevents.v1", "job_id": "<uuid>", "first_seq": 41, "last_seq": 57,
+     "events": [<jobevent.v1 object>, ...]}
+
+Each element of ``events`` is a complete ``jobevent.v1`` object of the same job (fields that have
+their default value are left out, as ``from_dict`` allows), in ``seq`` order, consecutive. Consumers
+decode both forms with :func:`decode_events`, which returns a tuple of events either way.
+
+Encoding and decoding here are hand-written for speed (``from_dict`` validates through type hints,
+about 200 us per event); a unit test checks they agree with ``to_dict``/``from_dict``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from solstice.model import EVENT_SCHEMA, EventKind, JobEvent, Outcome, Result, Stream
+from solstice.queue.codec import _clip
+from solstice.queue.errors import InvalidMessage
+
+BATCH_SCHEMA = "jobevents.v1"
+
+#: Fields of a jobevent.v1 object (the JobEvent dataclass).
+EVENT_FIELDS = frozenset(
+    {
+        "job_id",
+        "seq",
+        "time",
+        "kind",
+        "step",
+        "stream",
+        "text",
+        "outcome",
+        "conclusion",
+        "exit_code",
+        "result",
+        "message",
+        "outputs",
+        "schema_version",
+    }
+)
+
+
+def event_document(event: JobEvent) -> dict[str, Any]:
+    """``event`` as a compact jobevent.v1 object (default-valued optional fields left out)."""
+    doc: dict[str, Any] = {
+        "job_id": event.job_id,
+        "seq": event.seq,
+        "time": event.time,
+        "kind": event.kind.value,
+    }
+    if event.step is not None:
+        doc["step"] = event.step
+    if event.stream is not None:
+        doc["stream"] = event.stream.value
+    if event.text:
+        doc["text"] = event.text
+    if event.outcome is not None:
+        doc["outcome"] = event.outcome.value
+    if event.conclusion is not None:
+        doc["conclusion"] = event.conclusion.value
+    if event.exit_code is not None:
+        doc["exit_code"] = event.exit_code
+    if event.result is not None:
+        doc["result"] = event.result.value
+    if event.message:
+        doc["message"] = event.message
+    if event.outputs:
+        doc["outputs"] = dict(event.outputs)
+    doc["schema_version"] = event.schema_version
+    return doc
+
+
+def encode_event_json(event: JobEvent) -> bytes:
+    return json.dumps(event_document(event), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def encode_batch_parts(job_id: str, first_seq: int, last_seq: int, parts: Sequence[bytes]) -> bytes:
+    """A batch body from events already encoded with :func:`encode_event_json`."""
+    head = json.dumps(
+        {"schema_version": BATCH_SCHEMA, "job_id": job_id, "first_seq": first_seq, "last_seq": last_seq},
+        separators=(",", ":"),
+    ).encode("utf-8")
+    return head[:-1] + b',"events":[' + b",".join(parts) + b"]}"
+
+
+def encode_batch(events: Sequence[JobEvent]) -> bytes:
+    """One ``jobevents.v1`` body; the events must be of one job, consecutive and in order."""
+    check_batch(events)
+    return encode_batch_parts(
+        events[0].job_id, events[0].seq, events[-1].seq, [encode_event_json(e) for e in events]
+    )
+
+
+def check_batch(events: Sequence[JobEvent]) -> None:
+    if not events:
+        raise ValueError("an event batch needs at least one event")
+    job_id = events[0].job_id
+    for before, after in zip(events, events[1:], strict=False):
+        if after.job_id != job_id:
+            raise ValueError("an event batch holds the events of one job")
+        if after.seq <= before.seq:
+            raise ValueError(f"event batch out of order: seq {after.seq} after {before.seq}")
+
+
+def _opt_enum(cls: Any, value: Any, name: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return cls(value)
+    except ValueError:
+        raise ValueError(f"JobEvent.{name}: {value!r} is not one of {[m.value for m in cls]}") from None
+
+
+def _int(value: Any, name: str, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"JobEvent.{name}: expected an integer")
+    return value
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"JobEvent.{name}: expected a string")
+    return value
+
+
+def event_from_document(doc: Any) -> JobEvent:
+    """A JobEvent from a jobevent.v1 object; ValueError names the bad field (like ``from_dict``)."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"JobEvent: expected an object, got {type(doc).__name__}")
+    unknown = doc.keys() - EVENT_FIELDS
+    if unknown:
+        raise ValueError(f"JobEvent: unknown field(s) {', '.join(sorted(unknown))}")
+    version = doc.get("schema_version", EVENT_SCHEMA)
+    if version != EVENT_SCHEMA:
+        raise ValueError(f"unknown schema_version {version!r} (expected {EVENT_SCHEMA!r})")
+    for required in ("job_id", "seq", "time", "kind"):
+        if required not in doc:
+            raise ValueError(f"JobEvent: missing field {required}")
+    when = doc["time"]
+    if isinstance(when, bool) or not isinstance(when, int | float):
+        raise ValueError("JobEvent.time: expected a number")
+    outputs = doc.get("outputs", {})
+    if not isinstance(outputs, Mapping) or not all(isinstance(v, str) for v in outputs.values()):
+        raise ValueError("JobEvent.outputs: expected an object of strings")
+    seq = _int(doc["seq"], "seq")
+    assert seq is not None
+    return JobEvent(
+        job_id=_str(doc["job_id"], "job_id"),
+        seq=seq,
+        time=float(when),
+        kind=_opt_enum(EventKind, doc["kind"], "kind"),
+        step=_int(doc.get("step"), "step", optional=True),
+        stream=_opt_enum(Stream, doc.get("stream"), "stream"),
+        text=_str(doc.get("text", ""), "text"),
+        outcome=_opt_enum(Outcome, doc.get("outcome"), "outcome"),
+        conclusion=_opt_enum(Outcome, doc.get("conclusion"), "conclusion"),
+        exit_code=_int(doc.get("exit_code"), "exit_code", optional=True),
+        result=_opt_enum(Result, doc.get("result"), "result"),
+        message=_str(doc.get("message", ""), "message"),
+        outputs=dict(outputs),
+    )
+
+
+def decode_events(body: bytes) -> tuple[JobEvent, ...]:
+    """The events of a ``jobevent.v1`` or ``jobevents.v1`` body, in order. Raises InvalidMessage
+    with a short reason (never the body) for anything else."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidMessage(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:
+        raise InvalidMessage(_clip(f"not JSON: {exc}")) from None
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"not a JSON object but {type(data).__name__}")
+    version = data.get("schema_version")
+    if version is None:
+        raise InvalidMessage(f"no schema_version (expected {EVENT_SCHEMA!r} or {BATCH_SCHEMA!r})")
+    try:
+        if version == EVENT_SCHEMA:
+            return (event_from_document(data),)
+        if version != BATCH_SCHEMA:
+            raise InvalidMessage(
+                _clip(f"unknown schema_version {version!r} (expected {EVENT_SCHEMA!r} or {BATCH_SCHEMA!r})")
+            )
+        items = data.get("events")
+        if not isinstance(items, list) or not items:
+            raise ValueError("events: expected a non-empty list")
+        events = tuple(event_from_document(item) for item in items)
+        check_batch(events)
+        if events[0].job_id != data.get("job_id"):
+            raise ValueError("job_id differs from the job_id of its events")
+        if data.get("first_seq") != events[0].seq or data.get("last_seq") != events[-1].seq:
+            raise ValueError("first_seq/last_seq do not match its events")
+        return events
+    except ValueError as exc:
+        raise InvalidMessage(_clip(f"not a valid {version}: {exc}")) from None

@@ -1,0 +1,240 @@
+"""A job process's event sink: buffers events and publishes them in batches from its own thread.
+
+``emit`` only appends to a buffer (a job's output is never slowed by a broker round trip unless the
+buffer is full); a background thread with its own Connection (pika is single-threaded) takes up
+to ``max_events`` at a time, publishes them as one ``jobevents.v1`` message and waits for the
+confirm, then takes the next. A batch goes out when it is full, when its oldest event has waited
+``flush_interval`` (100 ms), at once for a JOB_FINISHED, and on ``flush``/``close``.
+
+Nothing is dropped while the broker is away: a batch is retried (same events, same seqs) across
+reconnects until it is confirmed, so the consumer may see a batch twice but never misses one
+(EventSequencer drops the duplicates). When the buffer holds ``max_buffered`` events, ``emit``
+waits: the job's output then slows down instead of memory growing without bound.
+
+One exception: when nobody listens at ``reply_to`` (RabbitMQ returns the message as unroutable:
+the poller's queue was deleted), the batch is dropped with a warning, since retrying cannot
+help, and the job goes on; ``dropped`` counts such events.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from solstice.config import BrokerConfig
+from solstice.model import EventKind, JobEvent
+from solstice.queue.batch import encode_batch_parts, encode_event_json
+from solstice.queue.connection import Backoff, Connection
+from solstice.queue.errors import BrokerError, Unroutable
+from solstice.queue.publisher import Publisher
+from solstice.queue.topology import check_address
+
+log = logging.getLogger(__name__)
+
+
+class EventDeliveryError(BrokerError):
+    """``close`` could not get every event confirmed by RabbitMQ in time."""
+
+
+class BatchingEventSink:
+    """A ``model.EventSink`` publishing to the poller at ``reply_to`` in confirmed batches."""
+
+    def __init__(
+        self,
+        cfg: BrokerConfig,
+        reply_to: str,
+        *,
+        name: str = "solstice-job",
+        max_events: int = 1000,
+        max_bytes: int = 512 * 1024,
+        flush_interval: float = 0.1,
+        max_buffered: int = 50_000,
+        attempt_timeout: float = 10.0,
+        backoff: Backoff | None = None,
+        connection: Callable[[], Connection] | None = None,
+    ) -> None:
+        self.reply_to = check_address(reply_to)
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.flush_interval = flush_interval
+        self.max_buffered = max_buffered
+        self.attempt_timeout = attempt_timeout
+        self._connect = connection or (
+            lambda: Connection(cfg, name=name, backoff=backoff or Backoff(maximum=5.0))
+        )
+        self._cond = threading.Condition()
+        self._buffer: deque[JobEvent] = deque()
+        self._first_at = 0.0  # monotonic time the oldest buffered event arrived
+        self._urgent = False  # publish now (a final event, flush, close)
+        self._inflight = 0  # events taken by the thread and not yet confirmed
+        self._closing = False
+        self._abandon = False  # close() gave up: the thread stops retrying
+        self._stop_waiting = False  # emit() no longer waits for room (cancellation)
+        self.delivered = 0  # events confirmed by the broker
+        self.batches = 0
+        self.dropped = 0  # events dropped because nobody listens at reply_to
+        self.last_seq = 0  # highest seq confirmed (or dropped as unroutable)
+        self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
+        self._thread.start()
+
+    # --- the job's side --------------------------------------------------------------------
+
+    def emit(self, event: JobEvent) -> None:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("emit() after close()")
+            while len(self._buffer) >= self.max_buffered and not self._stop_waiting:
+                self._cond.wait(0.1)
+            if not self._buffer:
+                self._first_at = time.monotonic()
+            self._buffer.append(event)
+            if event.kind is EventKind.JOB_FINISHED:
+                self._urgent = True
+                self._cond.notify_all()
+            elif len(self._buffer) == 1 or len(self._buffer) >= self.max_events:
+                self._cond.notify_all()
+
+    def stop_waiting(self) -> None:
+        """Let ``emit`` take events beyond ``max_buffered`` (e.g. once the job is being cancelled,
+        so that the cancellation is never stuck behind a full buffer)."""
+        with self._cond:
+            self._stop_waiting = True
+            self._cond.notify_all()
+
+    def pending(self) -> int:
+        """Events emitted and not yet confirmed."""
+        with self._cond:
+            return len(self._buffer) + self._inflight
+
+    def flush(self, timeout: float) -> bool:
+        """Publish everything buffered now; True once it is all confirmed, False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._urgent = True
+            self._cond.notify_all()
+            while self._buffer or self._inflight:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._cond.wait(min(left, 0.5))
+            return True
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Flush and stop the thread. Raises EventDeliveryError when events are still unconfirmed
+        after ``timeout`` seconds (RabbitMQ unreachable); they are then lost to the consumer."""
+        delivered = self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            if not delivered:
+                self._abandon = True
+            left = len(self._buffer) + self._inflight
+            self._cond.notify_all()
+        self._thread.join(timeout=max(5.0, self.attempt_timeout + 1))
+        if not delivered:
+            raise EventDeliveryError(
+                f"{left} event(s) could not be delivered to {self.reply_to!r} within {timeout:.0f} s "
+                "(RabbitMQ unreachable)"
+            )
+
+    # --- the publishing thread -----------------------------------------------------------------
+
+    def _take(self) -> list[JobEvent] | None:
+        """Wait for a batch that is due; None when closing with nothing left."""
+        with self._cond:
+            while True:
+                if self._abandon:
+                    return None
+                if self._buffer:
+                    due = self._first_at + self.flush_interval
+                    if self._urgent or self._closing or len(self._buffer) >= self.max_events:
+                        break
+                    wait = due - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                elif self._closing:
+                    return None
+                else:
+                    self._urgent = False
+                    self._cond.wait()
+            batch: list[JobEvent] = []
+            while self._buffer and len(batch) < self.max_events:
+                batch.append(self._buffer.popleft())
+            self._inflight = len(batch)
+            if self._buffer:
+                self._first_at = time.monotonic()
+            else:
+                self._urgent = False
+            self._cond.notify_all()  # room for emit()
+            return batch
+
+    def _run(self) -> None:
+        conn: Connection | None = None
+        publisher: Publisher | None = None
+        warned_unroutable = False
+        try:
+            while True:
+                batch = self._take()
+                if batch is None:
+                    return
+                # Split by size: a few huge lines must not make one oversized message.
+                chunks: list[tuple[list[JobEvent], list[bytes]]] = []
+                events: list[JobEvent] = []
+                parts: list[bytes] = []
+                size = 0
+                for event in batch:
+                    part = encode_event_json(event)
+                    if parts and size + len(part) > self.max_bytes:
+                        chunks.append((events, parts))
+                        events, parts, size = [], [], 0
+                    events.append(event)
+                    parts.append(part)
+                    size += len(part) + 1
+                chunks.append((events, parts))
+                for events, parts in chunks:
+                    body = encode_batch_parts(events[0].job_id, events[0].seq, events[-1].seq, parts)
+                    while True:
+                        if self._abandon:
+                            return
+                        if conn is None:
+                            conn = self._connect()
+                            publisher = Publisher(conn, timeout=self.attempt_timeout)
+                        assert publisher is not None
+                        try:
+                            publisher.publish_event_batch(
+                                events[0].job_id, events[0].seq, events[-1].seq, body, self.reply_to
+                            )
+                        except Unroutable:
+                            if not warned_unroutable:
+                                log.warning(
+                                    "nobody listens at %r (no events queue): the job's events are dropped",
+                                    self.reply_to,
+                                )
+                                warned_unroutable = True
+                            with self._cond:
+                                self.dropped += len(events)
+                            break
+                        except BrokerError as exc:
+                            log.warning("publishing %d event(s) failed (%s); retrying", len(events), exc)
+                            time.sleep(0.2)
+                            continue
+                        with self._cond:
+                            self.delivered += len(events)
+                            self.batches += 1
+                        break
+                    with self._cond:
+                        self.last_seq = events[-1].seq
+                        self._inflight -= len(events)
+                        self._cond.notify_all()
+        except Exception:  # a bug: say so; close() reports the undelivered events
+            log.exception("the event publisher thread failed")
+        finally:
+            with self._cond:
+                self._cond.notify_all()
+            if publisher is not None:
+                publisher.close()
+            if conn is not None:
+                conn.close()
