@@ -26,7 +26,9 @@ EXIT_ERROR = 1
 
 
 def _sigterm_to_exit(signum: int, frame: types.FrameType | None) -> None:
-    # So that every ``finally`` and ExitStack runs on ``systemctl stop`` as on Ctrl-C.
+    # So that every ``finally`` and ExitStack runs on ``systemctl stop`` as on Ctrl-C; a second
+    # SIGTERM must not interrupt that cleanup half-way (systemd's SIGKILL comes later anyway).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
