@@ -205,25 +205,17 @@ class JobRun:
     def _prepare_guest(self, guest: Guest) -> GuestPaths:
         repo = (self.request.repository.rstrip("/").rsplit("/", 1)[-1]) or "workspace"
         repo = "".join(c if c.isalnum() or c in "._-" else "_" for c in repo)
+        # One round trip: every command costs a process start in the guest, slow under emulation.
+        rel = GuestPaths(home=".", workspace=f"work/{repo}/{repo}", temp="work/_temp")
+        dirs = " ".join(shlex.quote(d) for d in (rel.workspace, rel.steps, rel.files))
         out: list[bytes] = []
-        status = guest.exec(
-            "cd && pwd",
-            on_stdout=out.append,
-            on_stderr=lambda b: None,
-        )
+        err: list[bytes] = []
+        status = guest.exec(f"cd && mkdir -p {dirs} && pwd", on_stdout=out.append, on_stderr=err.append)
         home = b"".join(out).decode().strip()
         if status != 0 or not home.startswith("/"):
-            raise InfraError(f"could not find the home directory of {guest.user} in the guest")
-        paths = GuestPaths(home=home, workspace=f"{home}/work/{repo}/{repo}", temp=f"{home}/work/_temp")
-        mkdir = (
-            f"mkdir -p {shlex.quote(paths.workspace)} {shlex.quote(paths.steps)} {shlex.quote(paths.files)}"
-        )
-        err: list[bytes] = []
-        if guest.exec(mkdir, on_stdout=lambda b: None, on_stderr=err.append) != 0:
-            raise InfraError(
-                f"could not create the workspace in the guest: {b''.join(err).decode(errors='replace')}"
-            )
-        return paths
+            detail = b"".join(err).decode(errors="replace").strip()
+            raise InfraError(f"could not create the workspace in the guest as {guest.user}: {detail}")
+        return GuestPaths(home=home, workspace=f"{home}/{rel.workspace}", temp=f"{home}/{rel.temp}")
 
     # --- contexts -------------------------------------------------------------------------
 
