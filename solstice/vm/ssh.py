@@ -95,8 +95,12 @@ def wait_ready(
                 # Includes AuthenticationException: sshd may answer before cloud-init has
                 # installed our key.
                 successes = 0
-                last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if error != last_error:
+                    log.debug("SSH probe on port %d: %s", port, error)
+                last_error = error
             else:
+                log.debug("SSH probe on port %d: logged in", port)
                 successes += 1
                 if kept is not None:
                     kept.close()
