@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shlex
 import shutil
 import threading
@@ -603,7 +602,3 @@ def run_job(
 ) -> Result:
     """Run ``request`` in a fresh VM of ``image``; every event goes to ``sink``; returns the result."""
     return JobRun(request, image, settings, sink, cancel=cancel).run()
-
-
-def default_runtime_dir() -> Path:
-    return Path(os.environ.get("RUNTIME_DIRECTORY", "/run/solstice"))
