@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -278,5 +280,76 @@ def test_port_taken_by_another_program_is_retried(
     assert calls[0] == taken and len(calls) == 2 and calls[1] != taken
     assert f"port {taken}: " in caplog.text and "Could not set up host forwarding rule" in caplog.text
     assert qemu_pids("solstice-test-fwd") == []
+    assert list(workdir.iterdir()) == []
+    assert list(ports_dir.iterdir()) == []
+
+
+def blank_disk(tmp_path: Path) -> Path:
+    base = tmp_path / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    return base
+
+
+@pytest.mark.parametrize("boot", [BootMode.BIOS, BootMode.UEFI])
+def test_firmware_boot_modes_start_and_clean_up(tmp_path: Path, boot: BootMode) -> None:
+    # QEMU accepts the argv of each firmware mode; with nothing to boot, the boot timeout ends it.
+    if boot is BootMode.UEFI and not Path(spec_for(tmp_path).ovmf_code).exists():
+        pytest.skip("OVMF is not installed")
+    spec = spec_for(
+        tmp_path, base_image=blank_disk(tmp_path), boot=boot, boot_timeout=4.0, shutdown_timeout=1.0
+    )
+    spec = replace(spec, instance_id=f"test-fw-{boot}")
+    workdir, ports_dir = tmp_path / "work", tmp_path / "ports"
+    with pytest.raises(BootTimeout):
+        with contextlib.ExitStack() as stack:
+            start_machine(spec, workdir, ports_dir, stack)
+    assert qemu_pids(f"solstice-test-fw-{boot}") == []
+    assert list(workdir.iterdir()) == []
+    assert list(ports_dir.iterdir()) == []
+
+
+CHILD = """
+import contextlib, signal, sys
+from pathlib import Path
+from solstice.vm.machine import MachineSpec, start_machine
+from solstice.vm import BootMode, get_profile
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt  # what the job process does with SIGTERM
+
+signal.signal(signal.SIGTERM, interrupt)
+spec = MachineSpec(
+    base_image=Path(sys.argv[1]), image_format="qcow2", boot=BootMode.BIOS, kernel=None, initrd=None,
+    cmdline="", profile=get_profile("debian"), accel="tcg", cpus=1, memory_mib=256, disk_gib=None,
+    boot_timeout=120.0, shutdown_timeout=2.0, qemu="qemu-system-x86_64", qemu_img="qemu-img",
+    ovmf_code="", ovmf_vars="", instance_id="test-sigterm", hostname="h",
+)
+with contextlib.ExitStack() as stack:
+    start_machine(spec, Path(sys.argv[2]), Path(sys.argv[3]), stack)
+"""
+
+
+def test_sigterm_during_boot_leaves_nothing(tmp_path: Path) -> None:
+    workdir, ports_dir = tmp_path / "work", tmp_path / "ports"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(blank_disk(tmp_path)), str(workdir), str(ports_dir)],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not qemu_pids("solstice-test-sigterm") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert qemu_pids("solstice-test-sigterm"), "QEMU did not start"
+        time.sleep(1.0)  # now waiting for SSH
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert b"KeyboardInterrupt" in err
+    assert qemu_pids("solstice-test-sigterm") == []
     assert list(workdir.iterdir()) == []
     assert list(ports_dir.iterdir()) == []
