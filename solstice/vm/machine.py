@@ -95,6 +95,7 @@ class Guest:
         keypair: KeyPair,
     ) -> None:
         self._transport = transport
+        self._sftp = ssh.SFTP(transport)
         self._keypair = keypair
         self.port = port
         self.console_path = console_path
@@ -123,10 +124,10 @@ class Guest:
         )
 
     def put(self, path: str, data: bytes, mode: int) -> None:
-        ssh.put_file(self._transport, path, data, mode)
+        self._sftp.put(path, data, mode)
 
     def get(self, path: str) -> bytes:
-        return ssh.get_file(self._transport, path)
+        return self._sftp.get(path)
 
     def console_tail(self, lines: int = 20) -> str:
         return read_tail(self.console_path, lines)
@@ -136,6 +137,7 @@ class Guest:
         return self._keypair.private_openssh()
 
     def close(self) -> None:
+        self._sftp.close()
         self._transport.close()
 
 

@@ -198,38 +198,63 @@ def run_command(
         chan.close()
 
 
-def put_file(transport: paramiko.Transport, path: str, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` over SFTP, then chmod it: the mode of a new file depends on the
-    server's umask, so it is set explicitly."""
-    try:
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        if sftp is None:
-            raise paramiko.SSHException("SFTP subsystem refused")
-        with sftp:
-            with sftp.open(path, "wb") as fh:
-                fh.set_pipelined(True)
-                fh.write(data)
-            sftp.chmod(path, mode)
-    except (EOFError, paramiko.SSHException) as exc:
-        raise _lost(f"uploading {path}", exc) from exc
-    except OSError as exc:
-        if not transport.is_active():
-            raise _lost(f"uploading {path}", exc) from exc
-        raise  # e.g. PermissionError, FileNotFoundError: the caller's path, not the VM
+class SFTP:
+    """One SFTP session per guest, opened on first use and kept: every new session starts an
+    sftp-server process in the guest, which costs a noticeable fraction of a second under emulation.
+    Callers from several threads are serialised (paramiko's SFTPClient is not thread-safe)."""
 
+    def __init__(self, transport: paramiko.Transport) -> None:
+        self._transport = transport
+        self._client: paramiko.SFTPClient | None = None
+        self._lock = threading.Lock()
 
-def get_file(transport: paramiko.Transport, path: str) -> bytes:
-    try:
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        if sftp is None:
-            raise paramiko.SSHException("SFTP subsystem refused")
-        with sftp:
-            with sftp.open(path, "rb") as fh:
-                fh.prefetch()
-                return fh.read()
-    except (EOFError, paramiko.SSHException) as exc:
-        raise _lost(f"downloading {path}", exc) from exc
-    except OSError as exc:
-        if not transport.is_active():
-            raise _lost(f"downloading {path}", exc) from exc
-        raise  # e.g. FileNotFoundError: the caller decides what a missing file means
+    def _session(self) -> paramiko.SFTPClient:
+        if self._client is None:
+            client = paramiko.SFTPClient.from_transport(self._transport)
+            if client is None:
+                raise paramiko.SSHException("SFTP subsystem refused")
+            self._client = client
+        return self._client
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def put(self, path: str, data: bytes, mode: int) -> None:
+        """Write ``data`` to ``path``, then chmod it: the mode of a new file depends on the
+        server's umask, so it is set explicitly."""
+        with self._lock:
+            try:
+                sftp = self._session()
+                with sftp.open(path, "wb") as fh:
+                    fh.set_pipelined(True)
+                    fh.write(data)
+                sftp.chmod(path, mode)
+            except (EOFError, paramiko.SSHException) as exc:
+                self._drop()
+                raise _lost(f"uploading {path}", exc) from exc
+            except OSError as exc:
+                if not self._transport.is_active():
+                    self._drop()
+                    raise _lost(f"uploading {path}", exc) from exc
+                raise  # e.g. PermissionError, FileNotFoundError: the caller's path, not the VM
+
+    def get(self, path: str) -> bytes:
+        with self._lock:
+            try:
+                with self._session().open(path, "rb") as fh:
+                    fh.prefetch()
+                    return fh.read()
+            except (EOFError, paramiko.SSHException) as exc:
+                self._drop()
+                raise _lost(f"downloading {path}", exc) from exc
+            except OSError as exc:
+                if not self._transport.is_active():
+                    self._drop()
+                    raise _lost(f"downloading {path}", exc) from exc
+                raise  # e.g. FileNotFoundError: the caller decides what a missing file means
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
