@@ -63,7 +63,7 @@ class VMConfig:
     cpus: int = 2
     memory: str = "2G"
     boot_timeout: float = 300.0
-    shutdown_timeout: float = 30.0
+    shutdown_timeout: float = 10.0
     qemu: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"
     ovmf_code: str = "/usr/share/OVMF/OVMF_CODE_4M.fd"

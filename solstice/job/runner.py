@@ -45,7 +45,7 @@ class JobSettings:
     memory_mib: int = 2048
     disk_gib: int | None = None
     boot_timeout: float = 300.0
-    shutdown_timeout: float = 30.0
+    shutdown_timeout: float = 10.0
     qemu: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"
     ovmf_code: str = "/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -191,8 +191,14 @@ class JobRun:
         )
         if self.cancel.is_set():
             return Result.CANCELLED, "the job was cancelled"
-        paths = self._prepare_guest(guest)
-        result, message = self._run_steps(guest, paths)
+        try:
+            paths = self._prepare_guest(guest)
+            result, message = self._run_steps(guest, paths)
+        except KeyboardInterrupt:
+            guest.hurry()  # cancelled: the VM must be gone within seconds, not after a powerdown
+            raise
+        if self.cancel.is_set():
+            guest.hurry()
         if (
             result is Result.FAILURE
             and self.settings.keep_on_failure is not None

@@ -43,6 +43,15 @@ _HOSTFWD_FAILED = "Could not set up host forwarding rule"
 _SUN_PATH_MAX = 107
 
 
+class ShutdownPolicy:
+    """How long QEMU's stop waits for an ACPI powerdown, decided when the stack unwinds: no wait
+    while the guest is still booting (it would ignore the button) or once the job is cancelled
+    (the VM must be gone within seconds); ``[vm] shutdown_timeout`` once the guest is up."""
+
+    def __init__(self) -> None:
+        self.powerdown_timeout = 0.0
+
+
 @dataclass(frozen=True)
 class MachineSpec:
     base_image: Path
@@ -93,7 +102,9 @@ class Guest:
         console_path: Path,
         profile: GuestProfile,
         keypair: KeyPair,
+        shutdown: ShutdownPolicy | None = None,
     ) -> None:
+        self._shutdown = shutdown or ShutdownPolicy()
         self._transport = transport
         self._sftp = ssh.SFTP(transport)
         self._keypair = keypair
@@ -135,6 +146,10 @@ class Guest:
     def private_key_openssh(self) -> str:
         """The job's private key (OpenSSH PEM) for opt-in debug SSH; never log it."""
         return self._keypair.private_openssh()
+
+    def hurry(self) -> None:
+        """Skip the graceful powerdown when this VM is stopped (cancellation)."""
+        self._shutdown.powerdown_timeout = 0.0
 
     def close(self) -> None:
         self._sftp.close()
@@ -182,6 +197,11 @@ def _await_qemu(
             time.sleep(0.05)
 
 
+def _stop(qemu: subprocess.Popen[bytes], qmp_path: Path, shutdown: ShutdownPolicy) -> None:
+    # The policy is read now, at unwind time, not when the callback was registered.
+    stop_qemu(qemu, qmp_path, shutdown.powerdown_timeout)
+
+
 def _launch(
     spec: MachineSpec,
     workdir: Path,
@@ -189,6 +209,7 @@ def _launch(
     stack: contextlib.ExitStack,
     qemu_args: Callable[[int], QemuArgs],
     deadline: float,
+    shutdown: ShutdownPolicy,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start QEMU with a leased port; retry with another port when the host forward fails."""
     qmp_path = workdir / "qmp.sock"
@@ -203,7 +224,7 @@ def _launch(
             with stderr_path.open("wb") as err:
                 qemu = proc.spawn(argv, stderr=err.fileno(), new_session=True)
             # Own process group: a Ctrl-C on the terminal reaches us, and we stop QEMU in order.
-            attempt_stack.callback(stop_qemu, qemu, qmp_path, spec.shutdown_timeout)
+            attempt_stack.callback(_stop, qemu, qmp_path, shutdown)
             try:
                 _await_qemu(qemu, qmp_path, stderr_path, console, deadline)
             except PortForwardError as exc:
@@ -291,7 +312,8 @@ def start_machine(
     phase(Phase.BOOT)
     started = time.monotonic()
     deadline = started + spec.boot_timeout
-    qemu, port = _launch(spec, workdir, ports_dir, stack, qemu_args, deadline)
+    shutdown = ShutdownPolicy()
+    qemu, port = _launch(spec, workdir, ports_dir, stack, qemu_args, deadline, shutdown)
     try:
         transport = ssh.wait_ready(
             port,
@@ -320,7 +342,8 @@ def start_machine(
                 console,
             )
         ) from None
-    guest = Guest(transport, port, console, spec.profile, keypair)
+    shutdown.powerdown_timeout = spec.shutdown_timeout  # up now: it can power down politely
+    guest = Guest(transport, port, console, spec.profile, keypair, shutdown)
     stack.callback(guest.close)
     log.info("guest ready on 127.0.0.1:%d after %.1f s", port, time.monotonic() - started)
     phase(Phase.READY)
