@@ -19,6 +19,10 @@ VERBS: dict[str, str] = {
     "plan": "plan",
     "db": "db",
     "status": "status",
+    "submit": "submit",
+    "dispatcher": "dispatcher",
+    "job": "job",
+    "secrets": "secrets_cmd",
 }
 
 EXIT_USAGE = 2

@@ -1,0 +1,138 @@
+"""What the dispatcher and the job process (``solstice job run <uuid>``) agree on.
+
+Request hand-off
+    The dispatcher writes the sealed JobRequest (``jobrequest.v1`` JSON, secrets sealed) to
+    ``<runtime_dir>/requests/<uuid>.json``, mode 0600, before it starts the job, and removes it
+    once the job has ended. Under systemd the unit gets it as the credential ``job-request``
+    (``LoadCredential=job-request:<file>``: systemd reads the root-owned file and shows the job
+    user a private copy in ``$CREDENTIALS_DIRECTORY``). The job process reads, in this order:
+    ``--request FILE``, ``$CREDENTIALS_DIRECTORY/job-request``, ``<runtime_dir>/requests/<uuid>.json``.
+
+Exit status of the job process
+    0 success, 1 failure, 3 cancelled, 4 error (infrastructure): the job reported its final
+    JOB_FINISHED event itself (confirmed by RabbitMQ). 2: usage or configuration error before any
+    event (no request, bad config). 5: the job ran but its events could not be delivered. Any
+    other ending (2, 5, a signal, a timeout, OOM...) makes the dispatcher publish a synthetic
+    final event.
+
+Synthetic final event
+    A JOB_FINISHED with ``seq`` = SYNTHETIC_SEQ (2**31 - 1), ``result`` error (cancelled when the
+    job was cancelled through the control path) and ``message`` saying how the unit ended. It
+    supersedes any JOB_FINISHED the job sent before; EventSequencer delivers it without reporting
+    a gap, and drops repeats of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+from solstice.model import EventKind, JobEvent, JobRequest, Result
+from solstice.queue.codec import encode_request
+from solstice.queue.sequencer import SYNTHETIC_SEQ
+
+EXIT_SUCCESS = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 3
+EXIT_ERROR = 4
+EXIT_UNDELIVERED = 5
+
+RESULT_EXIT: dict[Result, int] = {
+    Result.SUCCESS: EXIT_SUCCESS,
+    Result.FAILURE: EXIT_FAILURE,
+    Result.CANCELLED: EXIT_CANCELLED,
+    Result.ERROR: EXIT_ERROR,
+}
+#: Exit statuses meaning "the job process reported its final event itself".
+EXIT_RESULT: dict[int, Result] = {code: result for result, code in RESULT_EXIT.items()}
+
+#: The name of the systemd credential carrying the sealed request.
+CREDENTIAL = "job-request"
+
+UNIT_PREFIX = "solstice-job@"
+UNIT_SUFFIX = ".service"
+
+
+def unit_name(job_id: str) -> str:
+    return f"{UNIT_PREFIX}{job_id}{UNIT_SUFFIX}"
+
+
+def job_id_of_unit(unit: str) -> str | None:
+    if unit.startswith(UNIT_PREFIX) and unit.endswith(UNIT_SUFFIX):
+        return canonical_job_id(unit[len(UNIT_PREFIX) : -len(UNIT_SUFFIX)])
+    return None
+
+
+def canonical_job_id(text: str) -> str | None:
+    """``text`` if it is a uuid in canonical form (lower case, hyphens), else None. Only such ids
+    become unit names and file names."""
+    try:
+        value = str(uuid.UUID(text))
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return value if value == text else None
+
+
+def requests_dir(runtime_dir: str | Path) -> Path:
+    return Path(runtime_dir) / "requests"
+
+
+def request_file(runtime_dir: str | Path, job_id: str) -> Path:
+    return requests_dir(runtime_dir) / f"{job_id}.json"
+
+
+def cancel_marker(runtime_dir: str | Path, job_id: str) -> Path:
+    """Exists while a cancellation of the job through the control path is under way."""
+    return requests_dir(runtime_dir) / f"{job_id}.cancel"
+
+
+def exit_record(runtime_dir: str | Path, job_id: str) -> Path:
+    """``<SERVICE_RESULT> <EXIT_CODE> <EXIT_STATUS>``, written when the job's unit stops."""
+    return requests_dir(runtime_dir) / f"{job_id}.exit"
+
+
+def write_request(runtime_dir: str | Path, request: JobRequest) -> Path:
+    """Write the (sealed) request for the job process, atomically, mode 0600."""
+    if request.secrets:
+        raise ValueError("refusing to write a request with plaintext secrets: seal it first")
+    path = request_file(runtime_dir, request.job_id)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(encode_request(request))
+    os.replace(tmp, path)
+    return path
+
+
+def remove_job_files(runtime_dir: str | Path, job_id: str) -> None:
+    for path in (
+        request_file(runtime_dir, job_id),
+        cancel_marker(runtime_dir, job_id),
+        exit_record(runtime_dir, job_id),
+    ):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def mark_cancelled(runtime_dir: str | Path, job_id: str, reason: str) -> None:
+    path = cancel_marker(runtime_dir, job_id)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(json.dumps({"reason": reason, "time": time.time()}))
+
+
+def synthetic_final_event(job_id: str, result: Result, message: str) -> JobEvent:
+    """The dispatcher's JOB_FINISHED for a job whose process could not report its own end."""
+    return JobEvent(
+        job_id=job_id,
+        seq=SYNTHETIC_SEQ,
+        time=time.time(),
+        kind=EventKind.JOB_FINISHED,
+        result=result,
+        message=message,
+    )

@@ -1,0 +1,286 @@
+"""The systemd spawner: each job is a transient ``solstice-job@<uuid>.service``.
+
+The job template (``units/solstice-job@.service``, installed as
+``/usr/share/solstice/units/solstice-job@.service``) is not a unit file systemd loads: systemd
+refuses a transient unit whose name has one. Each ``Key=Value`` of its [Unit] and [Service]
+sections (``%i`` -> the uuid, ``%%`` -> ``%``) becomes a ``systemd-run --property=``; then come
+the job's own limits, the request credential and the exit record; ``ExecStart=`` (or
+``[dispatcher] job_command``) becomes the command::
+
+    systemd-run --quiet --no-block --unit=solstice-job@<uuid>.service \\
+        --property=Description=Solstice CI job <uuid> ... (the template) \\
+        --property=MemoryMax=2560M --property=CPUQuota=200% --property=TasksMax=512 \\
+        --property=RuntimeMaxSec=22500 \\
+        --property=LoadCredential=job-request:/run/solstice/requests/<uuid>.json \\
+        "--property=ExecStopPost=+/bin/sh -c 'echo \\"${SERVICE_RESULT} ${EXIT_CODE} ${EXIT_STATUS}\\"
+            > /run/solstice/requests/<uuid>.exit'" \\
+        -- /usr/bin/solstice job run <uuid>
+
+``ExecStopPost=+`` (run as root, outside the sandbox) records how the unit ended, because systemd
+unloads a transient unit that ended cleanly (exit 0, or a "clean" signal such as SIGTERM) at once,
+and ``systemctl show`` then knows nothing about it. Failed units stay loaded (``ActiveState=failed``)
+until the dispatcher has read them and runs ``systemctl reset-failed``.
+
+Everything runs through an injectable ``run`` (solstice.proc.run by default), so the command lines
+are tested without systemd; tests/systemd runs them for real.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from solstice import proc
+from solstice.config import Config, parse_size_mib
+from solstice.dispatch.contract import CREDENTIAL, exit_record, job_id_of_unit, unit_name
+from solstice.dispatch.spawner import ENDED, GONE, MAIN_CODES, RUNNING, UnitStatus, parse_exit_record
+from solstice.errors import ConfigError
+from solstice.model import JobRequest
+
+Runner = Callable[..., Any]  # proc.run's signature
+
+SHOW_PROPERTIES = (
+    "Id",
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "Result",
+    "ExecMainCode",
+    "ExecMainStatus",
+    "Job",
+)
+_ACTIVE = {"active", "activating", "deactivating", "reloading", "refreshing"}
+_SPECIFIER = re.compile(r"%(.|$)")
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_./-]+")
+
+#: Default job timeout when timeout-minutes is an expression the dispatcher does not evaluate.
+DEFAULT_JOB_MINUTES = 360.0
+
+
+class TemplateError(ConfigError):
+    """The job template uses something a transient unit cannot take."""
+
+
+def transient_properties(template: str, instance: str) -> tuple[list[str], list[str]]:
+    """The template as (``Key=Value`` properties in file order, ExecStart argv) for ``instance``.
+
+    Sections [Unit] and [Service] only; one setting per line (no continuation lines); ``%i`` ->
+    instance, ``%%`` -> ``%``, no other specifier; ExecStart (without ``-@+!:`` prefixes) is the
+    command, every other line a property."""
+    properties: list[str] = []
+    command: list[str] = []
+    section = ""
+
+    def expand(value: str, where: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            if match.group(1) == "i":
+                return instance
+            if match.group(1) == "%":
+                return "%"
+            raise TemplateError(f"{where}: specifier %{match.group(1)} (only %i and %% are expanded)")
+
+        return _SPECIFIER.sub(one, value)
+
+    for number, raw in enumerate(template.splitlines(), 1):
+        line = raw.strip()
+        where = f"job template line {number}"
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            if section not in ("Unit", "Service"):
+                raise TemplateError(f"{where}: section [{section}] cannot be given to a transient unit")
+            continue
+        if line.endswith("\\"):
+            raise TemplateError(f"{where}: continuation lines are not supported")
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not section:
+            raise TemplateError(f"{where}: not a Key=Value setting inside [Unit] or [Service]")
+        value = expand(value, where)
+        if key == "ExecStart":
+            if value[:1] in tuple("-@+!:"):
+                raise TemplateError(f"{where}: ExecStart prefixes are not supported")
+            command = shlex.split(value)
+            continue
+        properties.append(f"{key}={value}")
+    if not command:
+        raise TemplateError("the job template has no ExecStart=")
+    return properties, command
+
+
+def job_minutes(request: JobRequest) -> float:
+    value = request.job.timeout_minutes
+    try:
+        minutes = float(value)
+    except (TypeError, ValueError):  # an expression: the job process evaluates it
+        return DEFAULT_JOB_MINUTES
+    return minutes if minutes > 0 else DEFAULT_JOB_MINUTES
+
+
+def runtime_max(request: JobRequest, cfg: Config) -> float:
+    """RuntimeMaxSec: the job's timeout + the boot timeout + [dispatcher] runtime_margin. The job
+    ends itself at its timeout; this is the backstop for a job process that hangs."""
+    return job_minutes(request) * 60 + cfg.vm.boot_timeout + cfg.dispatcher.runtime_margin
+
+
+def job_limits(request: JobRequest, cfg: Config) -> dict[str, str]:
+    """The job's cgroup limits and deadline as unit properties."""
+    memory = request.size.memory_mib or parse_size_mib(cfg.vm.memory)
+    cpus = request.size.cpus or cfg.vm.cpus
+    overhead = parse_size_mib(cfg.dispatcher.memory_overhead)
+    return {
+        "MemoryMax": f"{memory + overhead}M",
+        "CPUQuota": f"{cpus * 100}%",
+        "TasksMax": str(cfg.dispatcher.tasks_max),
+        "RuntimeMaxSec": str(int(runtime_max(request, cfg))),
+    }
+
+
+def default_template() -> Path:
+    """The packaged template, else the one in a source checkout (development)."""
+    packaged = Path("/usr/share/solstice/units/solstice-job@.service")
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "units" / "solstice-job@.service"
+
+
+class SystemdSpawner:
+    name = "systemd"
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        template: str | None = None,
+        command: Sequence[str] | None = None,
+        run: Runner = proc.run,
+    ) -> None:
+        self.cfg = cfg
+        self.runtime_dir = Path(cfg.paths.runtime_dir)
+        if not _SAFE_PATH.fullmatch(str(self.runtime_dir)):
+            raise ConfigError(
+                f"[paths] runtime_dir = {str(self.runtime_dir)!r}: the systemd spawner needs a path of "
+                "letters, digits and _./- only (it goes into unit properties)"
+            )
+        if template is None:
+            path = Path(cfg.dispatcher.job_template)
+            if not path.is_file() and cfg.dispatcher.job_template == str(
+                Path("/usr/share/solstice/units/solstice-job@.service")
+            ):
+                path = default_template()
+            try:
+                template = path.read_text()
+            except OSError as exc:
+                raise ConfigError(
+                    f"[dispatcher] job_template: cannot read {path}: {exc.strerror}",
+                    hint="the package installs it as /usr/share/solstice/units/solstice-job@.service",
+                ) from None
+        transient_properties(template, "00000000-0000-0000-0000-000000000000")  # fail early
+        self.template = template
+        self.command = list(command) if command else None
+        self._run = run
+
+    def unit_name(self, job_id: str) -> str:
+        return unit_name(job_id)
+
+    def argv(self, request: JobRequest, request_file: Path, limits: Mapping[str, str]) -> list[str]:
+        """The systemd-run command line that starts ``request``'s unit."""
+        job_id = request.job_id
+        properties, exec_start = transient_properties(self.template, job_id)
+        record = exit_record(self.runtime_dir, job_id)
+        if not _SAFE_PATH.fullmatch(str(request_file)):
+            raise ConfigError(f"request file path {str(request_file)!r} cannot go into a unit property")
+        script = f'echo "${{SERVICE_RESULT}} ${{EXIT_CODE}} ${{EXIT_STATUS}}" > {record}'
+        properties += [f"{key}={value}" for key, value in limits.items()]
+        properties += [
+            f"LoadCredential={CREDENTIAL}:{request_file}",
+            f"ExecStopPost=+/bin/sh -c '{script}'",
+        ]
+        command = [*self.command, job_id] if self.command else exec_start
+        return [
+            "systemd-run",
+            "--quiet",
+            "--no-block",
+            f"--unit={unit_name(job_id)}",
+            *(f"--property={p}" for p in properties),
+            "--",
+            *command,
+        ]
+
+    def start(self, request: JobRequest, request_file: Path, runtime_max: float) -> None:
+        limits = job_limits(request, self.cfg)
+        limits["RuntimeMaxSec"] = str(int(runtime_max))
+        self._run(self.argv(request, request_file, limits), timeout=60)
+
+    def status(self, job_ids: Sequence[str]) -> dict[str, UnitStatus]:
+        if not job_ids:
+            return {}
+        units = [unit_name(j) for j in job_ids]
+        out = self._run(
+            ["systemctl", "show", "--no-pager", f"--property={','.join(SHOW_PROPERTIES)}", *units],
+            timeout=30,
+        ).stdout.decode(errors="replace")
+        shown: dict[str, dict[str, str]] = {}
+        for block in out.split("\n\n"):
+            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            if props.get("Id"):
+                shown[props["Id"]] = props
+        statuses: dict[str, UnitStatus] = {}
+        for job_id, unit in zip(job_ids, units, strict=True):
+            statuses[job_id] = self._status(job_id, shown.get(unit, {}))
+        return statuses
+
+    def _status(self, job_id: str, props: Mapping[str, str]) -> UnitStatus:
+        active = props.get("ActiveState", "")
+        detail = f"{props.get('LoadState', '?')}/{active or '?'}/{props.get('SubState', '?')}"
+        if props.get("LoadState") == "loaded":
+            if active in _ACTIVE or props.get("Job", "") not in ("", "0"):
+                return UnitStatus(job_id, RUNNING, detail=detail)
+            status = props.get("ExecMainStatus", "")
+            return UnitStatus(
+                job_id,
+                ENDED,
+                result=props.get("Result", ""),
+                main_code=MAIN_CODES.get(props.get("ExecMainCode", ""), ""),
+                main_status=int(status) if status.lstrip("-").isdigit() else None,
+                detail=detail,
+            )
+        # Not loaded: ended cleanly and unloaded (the exit record says how), or never there.
+        try:
+            text = exit_record(self.runtime_dir, job_id).read_text()
+        except OSError:
+            return UnitStatus(job_id, GONE, detail=detail)
+        return parse_exit_record(job_id, text) or UnitStatus(job_id, GONE, detail=detail)
+
+    def stop(self, job_id: str) -> None:
+        self._run(["systemctl", "stop", "--no-block", unit_name(job_id)], timeout=30)
+
+    def list_units(self) -> list[str]:
+        out = self._run(
+            [
+                "systemctl",
+                "list-units",
+                "--all",
+                "--plain",
+                "--no-legend",
+                "--no-pager",
+                "--full",
+                f"{unit_name('*')}",
+            ],
+            timeout=30,
+        ).stdout.decode(errors="replace")
+        ids = []
+        for line in out.splitlines():
+            words = line.split()
+            job_id = job_id_of_unit(words[0]) if words else None
+            if job_id is not None:
+                ids.append(job_id)
+        return ids
+
+    def release(self, job_id: str) -> None:
+        # Not loaded any more (ended cleanly) is fine: nothing to reset.
+        self._run(["systemctl", "reset-failed", unit_name(job_id)], check=False, timeout=30)

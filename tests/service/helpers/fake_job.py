@@ -1,0 +1,97 @@
+"""A stand-in for ``solstice job run UUID`` that boots no VM, for the dispatcher's tests.
+
+It honours the job process's contract (solstice.dispatch.contract): reads the request the same
+way (solstice.cli.job.read_request), sends its events through the same sink (ServiceSink: batched
+to RabbitMQ at reply_to, human lines on stdout), treats SIGTERM as cancellation, and exits 0/1/3/4
+after its final event. What it does comes from the job's env ``FAKE``:
+
+    ok | fail | error          one log line, then that result
+    sleep:S                    a log line every 0.1 s for S seconds, then success
+    lines:N                    N log lines as fast as it can, then success
+    exit:N                     a log line, then exit N without a final event
+    signal:NAME                a log line, then kill itself with SIGNAME (no final event)
+    stubborn:S                 like sleep:S, but ignores SIGTERM
+
+Every start appends ``<pid> <FAKE_HOST>`` to ``$FAKE_RUNS_DIR/<uuid>`` (when set), so tests can
+count how often a job really ran.
+
+    python tests/service/helpers/fake_job.py [--config FILE] UUID [--request FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from solstice.cli.job import ServiceSink, UsageError, load_config, read_request  # noqa: E402
+from solstice.dispatch.contract import EXIT_USAGE, RESULT_EXIT  # noqa: E402
+from solstice.job.events import Emitter  # noqa: E402
+from solstice.job.mask import Masker  # noqa: E402
+from solstice.model import Result  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    parser.add_argument("job_id")
+    parser.add_argument("--request")
+    args = parser.parse_args()
+    cancel = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: cancel.set())
+    try:
+        cfg = load_config(args.config or os.environ.get("SOLSTICE_CONFIG"))
+        request = read_request(args.job_id, args.request, cfg)
+    except UsageError as exc:
+        print(f"fake job: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    runs = os.environ.get("FAKE_RUNS_DIR")
+    if runs:
+        with open(Path(runs) / request.job_id, "a") as fh:
+            fh.write(f"{os.getpid()} {os.environ.get('FAKE_HOST', '')}\n")
+    mode, _, arg = str(request.job.env.get("FAKE", "ok")).partition(":")
+    if mode == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sink = ServiceSink(request, cfg)
+    emit = Emitter(request.job_id, sink, Masker(list(request.secrets.values())))
+    emit.job_started(request.job.name)
+    emit.log(f"fake job {mode} {arg}".strip(), step=None)
+    result = Result.SUCCESS
+    message = ""
+    if mode in ("sleep", "stubborn"):
+        deadline = time.monotonic() + float(arg or 1)
+        n = 0
+        while time.monotonic() < deadline:
+            if cancel.is_set():
+                result, message = Result.CANCELLED, "the job was cancelled"
+                break
+            n += 1
+            emit.log(f"tick {n}", step=None)
+            time.sleep(0.1)
+    elif mode == "lines":
+        for i in range(1, int(arg) + 1):
+            emit.log(f"line {i}", step=1)
+    elif mode == "exit":
+        sink.close()
+        return int(arg)
+    elif mode == "signal":
+        sink.close()
+        os.kill(os.getpid(), getattr(signal, f"SIG{arg}"))
+        time.sleep(10)
+    elif mode in ("fail", "error"):
+        result = Result.FAILURE if mode == "fail" else Result.ERROR
+        message = f"fake {mode}"
+    emit.job_finished(result, message)
+    if not sink.close(30):
+        return 5
+    return RESULT_EXIT[result]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
