@@ -52,9 +52,6 @@ from .render import JobSummary, TerminalSink
 
 log = logging.getLogger("solstice.job")
 
-#: The most a service job's guest gets to power off before QEMU is told to quit (seconds): a
-#: cancelled job's VM must be gone within 10 s, and the overlay is thrown away anyway.
-SERVICE_SHUTDOWN_CAP = 2.0
 #: After SIGTERM during the steps: how long the step gets to end before the job is interrupted.
 FORCE_AFTER = 4.0
 #: How long the job waits at its end for RabbitMQ to confirm its remaining events.
@@ -261,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
             log.error("job %s: %s", request.job_id, exc)
             _prelude_failure(sink, request, Result.ERROR, str(exc))
             return EXIT_ERROR if sink.close() else EXIT_UNDELIVERED
-        settings = job_settings(cfg, shutdown_timeout=min(cfg.vm.shutdown_timeout, SERVICE_SHUTDOWN_CAP))
+        settings = job_settings(cfg)  # a cancelled job's VM gets no powerdown wait (vm.machine)
         job = JobRun(request, image, settings, sink, cancel=cancel)
         cancellation.armed = True
         try:

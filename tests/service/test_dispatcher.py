@@ -453,6 +453,7 @@ def test_runtime_max_ends_a_hanging_job_as_error(pipeline: Pipeline, poller: Pol
         capacity=1, env={"SOLSTICE_VM_BOOT_TIMEOUT": "1", "SOLSTICE_DISPATCHER_RUNTIME_MARGIN": "1"}
     )
     job = poller.publish(make_request("sleep:60", timeout_minutes=0.02))  # RuntimeMaxSec = 1.2+1+1
+
     def synthetic() -> JobEvent | None:
         final = poller.final(job)
         return final if final is not None and final.seq == SYNTHETIC_SEQ else None
