@@ -18,6 +18,7 @@ delivered to RabbitMQ.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -119,7 +120,14 @@ class ServiceSink:
     """Every event to the poller (batched; when the request has a ``reply_to``) and as a human
     line to ``out`` (the journal). Text is already masked by the job's Emitter."""
 
-    def __init__(self, request: JobRequest, cfg: Config, out: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        request: JobRequest,
+        cfg: Config,
+        out: TextIO | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> None:
+        self.cancelled = cancelled
         self.summary = JobSummary(name=request.job.name, label=request.label)
         self.printer = TerminalSink(self.summary, out or sys.stdout)
         self.queue = (
@@ -133,6 +141,17 @@ class ServiceSink:
         self.interrupt_pending = False
 
     def emit(self, event: JobEvent) -> None:
+        if (
+            event.kind is EventKind.JOB_FINISHED
+            and event.result is Result.ERROR
+            and self.cancelled is not None
+            and self.cancelled.is_set()
+        ):
+            # Cancelled while an infrastructure error happened: under systemd, SIGTERM reaches QEMU
+            # too (KillMode=control-group), so the guest connection drops as the job is cancelled.
+            event = dataclasses.replace(
+                event, result=Result.CANCELLED, message=f"the job was cancelled ({event.message})"
+            )
         self.in_emit = True
         try:
             if self.queue is not None:
@@ -243,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         if exc.hint:
             print(f"  ({exc.hint})", file=sys.stderr)
         return EXIT_USAGE
-    sink = ServiceSink(request, cfg)
+    sink = ServiceSink(request, cfg, cancelled=cancel)
     cancellation = Cancellation(sink, cancel)
     cancellation.install()
     try:
@@ -270,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             cancellation.armed = False
             cancellation.done = True
+        if result is Result.ERROR and cancel.is_set():
+            result = Result.CANCELLED  # as its final event said (ServiceSink.emit)
         return RESULT_EXIT[result] if sink.close() else EXIT_UNDELIVERED
     except KeyboardInterrupt:  # a SIGTERM before the job started
         cancellation.done = True
