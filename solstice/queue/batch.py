@@ -90,11 +90,34 @@ def encode_batch_parts(job_id: str, first_seq: int, last_seq: int, parts: Sequen
     return head[:-1] + b',"events":[' + b",".join(parts) + b"]}"
 
 
+def encode_documents(job_id: str, first_seq: int, last_seq: int, docs: list[dict[str, Any]]) -> bytes:
+    """A batch body from events already turned into documents with :func:`event_document`."""
+    return json.dumps(
+        {
+            "schema_version": BATCH_SCHEMA,
+            "job_id": job_id,
+            "first_seq": first_seq,
+            "last_seq": last_seq,
+            "events": docs,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def approximate_size(event: JobEvent) -> int:
+    """Roughly the bytes of ``event`` in a batch (to keep messages near a size, cheaply)."""
+    size = 150 + len(event.text) + len(event.message)
+    for key, value in event.outputs.items():
+        size += len(key) + len(value) + 6
+    return size
+
+
 def encode_batch(events: Sequence[JobEvent]) -> bytes:
     """One ``jobevents.v1`` body; the events must be of one job, consecutive and in order."""
     check_batch(events)
-    return encode_batch_parts(
-        events[0].job_id, events[0].seq, events[-1].seq, [encode_event_json(e) for e in events]
+    return encode_documents(
+        events[0].job_id, events[0].seq, events[-1].seq, [event_document(e) for e in events]
     )
 
 
@@ -109,64 +132,67 @@ def check_batch(events: Sequence[JobEvent]) -> None:
             raise ValueError(f"event batch out of order: seq {after.seq} after {before.seq}")
 
 
-def _opt_enum(cls: Any, value: Any, name: str) -> Any:
+_KINDS = {k.value: k for k in EventKind}
+_STREAMS = {s.value: s for s in Stream}
+_OUTCOMES = {o.value: o for o in Outcome}
+_RESULTS = {r.value: r for r in Result}
+
+
+def _enum(table: Mapping[str, Any], value: Any, name: str) -> Any:
     if value is None:
         return None
     try:
-        return cls(value)
-    except ValueError:
-        raise ValueError(f"JobEvent.{name}: {value!r} is not one of {[m.value for m in cls]}") from None
-
-
-def _int(value: Any, name: str, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"JobEvent.{name}: expected an integer")
-    return value
-
-
-def _str(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"JobEvent.{name}: expected a string")
-    return value
+        return table[value]
+    except (KeyError, TypeError):
+        raise ValueError(f"JobEvent.{name}: {value!r} is not one of {sorted(table)}") from None
 
 
 def event_from_document(doc: Any) -> JobEvent:
     """A JobEvent from a jobevent.v1 object; ValueError names the bad field (like ``from_dict``)."""
-    if not isinstance(doc, dict):
+    if type(doc) is not dict:
         raise ValueError(f"JobEvent: expected an object, got {type(doc).__name__}")
-    unknown = doc.keys() - EVENT_FIELDS
-    if unknown:
+    if not doc.keys() <= EVENT_FIELDS:
+        unknown = doc.keys() - EVENT_FIELDS
         raise ValueError(f"JobEvent: unknown field(s) {', '.join(sorted(unknown))}")
-    version = doc.get("schema_version", EVENT_SCHEMA)
-    if version != EVENT_SCHEMA:
-        raise ValueError(f"unknown schema_version {version!r} (expected {EVENT_SCHEMA!r})")
-    for required in ("job_id", "seq", "time", "kind"):
-        if required not in doc:
-            raise ValueError(f"JobEvent: missing field {required}")
-    when = doc["time"]
-    if isinstance(when, bool) or not isinstance(when, int | float):
+    get = doc.get
+    if get("schema_version", EVENT_SCHEMA) != EVENT_SCHEMA:
+        raise ValueError(f"unknown schema_version {doc['schema_version']!r} (expected {EVENT_SCHEMA!r})")
+    job_id, seq, when, kind = get("job_id"), get("seq"), get("time"), get("kind")
+    if type(job_id) is not str:
+        raise ValueError("JobEvent.job_id: expected a string")
+    if type(seq) is not int:
+        raise ValueError("JobEvent.seq: expected an integer")
+    if type(when) is not float and type(when) is not int:
         raise ValueError("JobEvent.time: expected a number")
-    outputs = doc.get("outputs", {})
-    if not isinstance(outputs, Mapping) or not all(isinstance(v, str) for v in outputs.values()):
+    step, exit_code = get("step"), get("exit_code")
+    if step is not None and type(step) is not int:
+        raise ValueError("JobEvent.step: expected an integer")
+    if exit_code is not None and type(exit_code) is not int:
+        raise ValueError("JobEvent.exit_code: expected an integer")
+    text, message = get("text", ""), get("message", "")
+    if type(text) is not str or type(message) is not str:
+        raise ValueError("JobEvent.text/message: expected a string")
+    outputs = get("outputs")
+    if outputs is None:
+        outputs = {}
+    elif type(outputs) is not dict or not all(type(v) is str for v in outputs.values()):
         raise ValueError("JobEvent.outputs: expected an object of strings")
-    seq = _int(doc["seq"], "seq")
-    assert seq is not None
+    if kind is None:
+        raise ValueError("JobEvent: missing field kind")
     return JobEvent(
-        job_id=_str(doc["job_id"], "job_id"),
+        job_id=job_id,
         seq=seq,
         time=float(when),
-        kind=_opt_enum(EventKind, doc["kind"], "kind"),
-        step=_int(doc.get("step"), "step", optional=True),
-        stream=_opt_enum(Stream, doc.get("stream"), "stream"),
-        text=_str(doc.get("text", ""), "text"),
-        outcome=_opt_enum(Outcome, doc.get("outcome"), "outcome"),
-        conclusion=_opt_enum(Outcome, doc.get("conclusion"), "conclusion"),
-        exit_code=_int(doc.get("exit_code"), "exit_code", optional=True),
-        result=_opt_enum(Result, doc.get("result"), "result"),
-        message=_str(doc.get("message", ""), "message"),
-        outputs=dict(outputs),
+        kind=_enum(_KINDS, kind, "kind"),
+        step=step,
+        stream=_enum(_STREAMS, get("stream"), "stream"),
+        text=text,
+        outcome=_enum(_OUTCOMES, get("outcome"), "outcome"),
+        conclusion=_enum(_OUTCOMES, get("conclusion"), "conclusion"),
+        exit_code=exit_code,
+        result=_enum(_RESULTS, get("result"), "result"),
+        message=message,
+        outputs=outputs,
     )
 
 

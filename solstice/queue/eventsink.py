@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from solstice.config import BrokerConfig
 from solstice.model import EventKind, JobEvent
-from solstice.queue.batch import encode_batch_parts, encode_event_json
+from solstice.queue.batch import approximate_size, encode_documents, event_document
 from solstice.queue.connection import Backoff, Connection
 from solstice.queue.errors import BrokerError, Unroutable
 from solstice.queue.publisher import Publisher
@@ -181,21 +181,19 @@ class BatchingEventSink:
                 if batch is None:
                     return
                 # Split by size: a few huge lines must not make one oversized message.
-                chunks: list[tuple[list[JobEvent], list[bytes]]] = []
-                events: list[JobEvent] = []
-                parts: list[bytes] = []
+                chunks: list[list[JobEvent]] = [[]]
                 size = 0
                 for event in batch:
-                    part = encode_event_json(event)
-                    if parts and size + len(part) > self.max_bytes:
-                        chunks.append((events, parts))
-                        events, parts, size = [], [], 0
-                    events.append(event)
-                    parts.append(part)
-                    size += len(part) + 1
-                chunks.append((events, parts))
-                for events, parts in chunks:
-                    body = encode_batch_parts(events[0].job_id, events[0].seq, events[-1].seq, parts)
+                    approx = approximate_size(event)
+                    if chunks[-1] and size + approx > self.max_bytes:
+                        chunks.append([])
+                        size = 0
+                    chunks[-1].append(event)
+                    size += approx
+                for events in chunks:
+                    body = encode_documents(
+                        events[0].job_id, events[0].seq, events[-1].seq, [event_document(e) for e in events]
+                    )
                     while True:
                         if self._abandon:
                             return
