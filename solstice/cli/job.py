@@ -316,6 +316,9 @@ def run(args: argparse.Namespace) -> int:
     from solstice.job.runner import JobRun
     from solstice.secrets import key_path, load_key, unseal
 
+    if not args.debug:
+        # pika logs each lost connection at ERROR; the queue layer says it once, as a WARNING.
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
     cancel = threading.Event()
     # Until the sink exists, a SIGTERM only sets the flag.
     signal.signal(signal.SIGTERM, lambda *_: cancel.set())

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 WAITING_NOTE_AFTER = 30.0
 #: RabbitMQ deletes the reply queue this long after the last consumer left (x-expires).
 QUEUE_EXPIRES = 3600.0
+#: How long to wait for a dispatcher's synthetic final event after a job said "cancelled" by itself.
+SUPERSEDE_WAIT = 3.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -149,8 +151,12 @@ def main(args: argparse.Namespace) -> int:
             assert job.sink is not None
             job.sink.emit(event)
             if event.kind is EventKind.JOB_FINISHED and event.result is not None:
+                if job.result is None:
+                    results.setdefault(job.spec.key, []).append(event.result)
+                else:  # the dispatcher's synthetic final event supersedes the job's own
+                    runs = results.setdefault(job.spec.key, [])
+                    runs[runs.index(job.result)] = event.result
                 job.result = event.result
-                results.setdefault(job.spec.key, []).append(event.result)
         return ACK
 
     conn = Connection(cfg.broker, name=f"solstice submit {address or '(no follow)'}")
@@ -224,6 +230,12 @@ def main(args: argparse.Namespace) -> int:
                 for job in jobs:
                     if job.request is not None and not job.done:
                         publisher.publish_cancel(job.request.job_id, "cancelled by solstice submit (Ctrl-C)")
+        if address and not cancelled and any(j.result is Result.CANCELLED for j in jobs):
+            # Cancelled without our asking: stopped by systemd or an operator. The dispatcher's
+            # synthetic final event (error, with the reason) follows within a second or two.
+            deadline = time.monotonic() + SUPERSEDE_WAIT
+            while time.monotonic() < deadline:
+                consumer.process_events(0.2)
         if not address:
             print(
                 "follow them with: solstice status <uuid>; "

@@ -96,6 +96,26 @@ def exit_record(runtime_dir: str | Path, job_id: str) -> Path:
     return requests_dir(runtime_dir) / f"{job_id}.exit"
 
 
+#: The dispatcher's own systemd environment, which its children must not inherit: a job process
+#: with NOTIFY_SOCKET would send its READY/WATCHDOG to the dispatcher's unit.
+_SERVICE_ENV = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "CREDENTIALS_DIRECTORY",
+    "RUNTIME_DIRECTORY",
+    "STATE_DIRECTORY",
+)
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for the dispatcher's subprocesses (systemd-run, systemctl, job processes)."""
+    return {k: v for k, v in os.environ.items() if k not in _SERVICE_ENV}
+
+
 def write_request(runtime_dir: str | Path, request: JobRequest) -> Path:
     """Write the (sealed) request for the job process, atomically, mode 0600."""
     if request.secrets:

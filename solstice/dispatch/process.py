@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from solstice import proc
-from solstice.dispatch.contract import canonical_job_id, exit_record, unit_name
+from solstice.dispatch.contract import canonical_job_id, child_environment, exit_record, unit_name
 from solstice.dispatch.spawner import ENDED, GONE, RUNNING, UnitStatus, parse_exit_record
 from solstice.dispatch.supervise import proc_start_time
 from solstice.model import JobRequest
@@ -87,7 +87,9 @@ class ProcessSpawner:
         ]
         fd = os.open(self.logfile(job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            child = proc.spawn(argv, stdout=fd, stderr=subprocess.STDOUT, new_session=True)
+            child = proc.spawn(
+                argv, stdout=fd, stderr=subprocess.STDOUT, new_session=True, env=child_environment()
+            )
         finally:
             os.close(fd)
         self._children[job_id] = child

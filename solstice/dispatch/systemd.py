@@ -35,7 +35,13 @@ from typing import Any
 
 from solstice import proc
 from solstice.config import Config, parse_size_mib
-from solstice.dispatch.contract import CREDENTIAL, exit_record, job_id_of_unit, unit_name
+from solstice.dispatch.contract import (
+    CREDENTIAL,
+    child_environment,
+    exit_record,
+    job_id_of_unit,
+    unit_name,
+)
 from solstice.dispatch.spawner import ENDED, GONE, MAIN_CODES, RUNNING, UnitStatus, parse_exit_record
 from solstice.errors import ConfigError
 from solstice.model import JobRequest
@@ -182,7 +188,11 @@ class SystemdSpawner:
         transient_properties(template, "00000000-0000-0000-0000-000000000000")  # fail early
         self.template = template
         self.command = list(command) if command else None
-        self._run = run
+        self._runner = run
+
+    def _run(self, argv: list[str], **kwargs: Any) -> Any:
+        """Every systemctl/systemd-run call: without the dispatcher's NOTIFY_SOCKET and the like."""
+        return self._runner(argv, env=child_environment(), **kwargs)
 
     def unit_name(self, job_id: str) -> str:
         return unit_name(job_id)

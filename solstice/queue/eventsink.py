@@ -34,6 +34,9 @@ from solstice.queue.topology import check_address
 
 log = logging.getLogger(__name__)
 
+#: Seconds of silence after which the publishing thread lets pika answer heartbeats.
+IDLE_TICK = 1.0
+
 
 class EventDeliveryError(BrokerError):
     """``close`` could not get every event confirmed by RabbitMQ in time."""
@@ -142,7 +145,8 @@ class BatchingEventSink:
     # --- the publishing thread -----------------------------------------------------------------
 
     def _take(self) -> list[JobEvent] | None:
-        """Wait for a batch that is due; None when closing with nothing left."""
+        """Wait for a batch that is due; None when closing with nothing left; an empty list after
+        IDLE_TICK seconds without events (time to answer the broker's heartbeats)."""
         with self._cond:
             while True:
                 if self._abandon:
@@ -159,7 +163,8 @@ class BatchingEventSink:
                     return None
                 else:
                     self._urgent = False
-                    self._cond.wait()
+                    if not self._cond.wait(IDLE_TICK):
+                        return []
             batch: list[JobEvent] = []
             while self._buffer and len(batch) < self.max_events:
                 batch.append(self._buffer.popleft())
@@ -180,6 +185,16 @@ class BatchingEventSink:
                 batch = self._take()
                 if batch is None:
                     return
+                if not batch:
+                    # A job can be silent for minutes (a long step); pika answers heartbeats only
+                    # inside its calls, so let it, or the broker drops an idle connection.
+                    live = conn.poll() if conn is not None and conn.is_open else None
+                    if conn is not None and live is not None:
+                        try:
+                            live.process_data_events(time_limit=0)
+                        except Exception as exc:  # lost: the next publish reconnects
+                            conn.mark_broken(exc)
+                    continue
                 # Split by size: a few huge lines must not make one oversized message.
                 chunks: list[list[JobEvent]] = [[]]
                 size = 0

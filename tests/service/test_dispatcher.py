@@ -45,8 +45,19 @@ from solstice.dispatch.contract import (
 )
 from solstice.dispatch.spawner import ENDED, GONE, RUNNING, UnitStatus, judge, parse_exit_record
 from solstice.dispatch.systemd import SystemdSpawner, job_limits, runtime_max, transient_properties
-from solstice.model import EventKind, JobEvent, JobSpec, Result
-from solstice.queue import SYNTHETIC_SEQ, EventSequencer, Names, encode_request, peek_dead_letters
+from solstice.model import EventKind, JobEvent, JobSpec, Outcome, Result, Stream, from_dict, to_dict
+from solstice.queue import (
+    SYNTHETIC_SEQ,
+    EventSequencer,
+    InvalidMessage,
+    Names,
+    decode_events,
+    encode_batch,
+    encode_event,
+    encode_request,
+    peek_dead_letters,
+)
+from solstice.queue.batch import EVENT_FIELDS
 from solstice.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,6 +195,37 @@ def test_verdicts() -> None:
     check = seq.observe(event)
     assert check.deliver and not check.gap  # the expected gap is not reported
     assert not seq.observe(event).deliver  # a repeat is dropped
+
+
+def test_event_batches_agree_with_the_model() -> None:
+    """The hand-written batch codec and the model's own (to_dict/from_dict) must not drift apart."""
+    assert EVENT_FIELDS == {f.name for f in dataclasses.fields(JobEvent)}
+    job = str(uuid.uuid4())
+    events = [
+        JobEvent(job, 1, 1.5, EventKind.JOB_STARTED, text="build (3.11)"),
+        JobEvent(job, 2, 2.0, EventKind.LOG, step=1, stream=Stream.STDERR, text="ünïcode ✓ line"),
+        JobEvent(
+            job, 3, 3, EventKind.STEP_FINISHED, step=1, outcome=Outcome.FAILURE,
+            conclusion=Outcome.SUCCESS, exit_code=2, message="m", outputs={"a": "b"},
+        ),
+        JobEvent(job, 4, 4.0, EventKind.JOB_FINISHED, result=Result.FAILURE, message="step 1 failed"),
+    ]  # fmt: skip
+    decoded = decode_events(encode_batch(events))
+    assert list(decoded) == [from_dict(JobEvent, to_dict(e)) for e in events]
+    assert decode_events(encode_event(events[1])) == (events[1],)  # the single-event form too
+    for bad, reason in [
+        ({**json.loads(encode_batch(events)), "last_seq": 9}, "first_seq/last_seq"),
+        ({**json.loads(encode_batch(events)), "job_id": "x"}, "job_id differs"),
+        ({"schema_version": "jobevents.v2", "events": []}, "unknown schema_version"),
+    ]:
+        with pytest.raises(InvalidMessage, match=reason):
+            decode_events(dumps(bad))
+    doc = json.loads(encode_batch(events[:1]))
+    doc["events"][0]["kind"] = "nope"
+    with pytest.raises(InvalidMessage, match="JobEvent.kind"):
+        decode_events(dumps(doc))
+    with pytest.raises(ValueError, match="out of order"):
+        encode_batch([events[1], events[0]])
 
 
 def test_a_bad_template_is_refused(tmp_path: Path) -> None:
