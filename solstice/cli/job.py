@@ -18,6 +18,7 @@ delivered to RabbitMQ.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -269,7 +270,9 @@ class Cancellation:
         if self.event.is_set():
             return
         self.event.set()
-        print(f"solstice: {signal.Signals(signum).name}: cancelling the job", file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception):  # a signal handler may interrupt another write
+            name = signal.Signals(signum).name
+            print(f"solstice: {name}: cancelling the job", file=sys.stderr, flush=True)
         if self.sink.queue is not None:
             self.sink.queue.stop_waiting()
         if not self.armed or self.done:
