@@ -47,7 +47,7 @@ WAITING_NOTE_AFTER = 30.0
 #: RabbitMQ deletes the reply queue this long after the last consumer left (x-expires).
 QUEUE_EXPIRES = 3600.0
 #: How long to wait for a dispatcher's synthetic final event after a job said "cancelled" by itself.
-SUPERSEDE_WAIT = 3.0
+SUPERSEDE_WAIT = 60.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -102,6 +102,7 @@ class Submitted:
     last_event: float = 0.0
     noted_waiting: bool = False
     result: Result | None = None
+    verdict: bool = False  # the dispatcher's synthetic final event arrived
     skipped: bool = False
 
     @property
@@ -111,7 +112,7 @@ class Submitted:
 
 def main(args: argparse.Namespace) -> int:
     from solstice.images import Catalog
-    from solstice.queue import ACK, Connection, Consumer, EventSequencer, Names, Publisher
+    from solstice.queue import ACK, Connection, Consumer, EventSequencer, Names, Publisher, is_synthetic
     from solstice.secrets import key_path, load_key, seal
 
     cfg = configmod.load(Path(args.config) if args.config else None)
@@ -151,6 +152,7 @@ def main(args: argparse.Namespace) -> int:
             assert job.sink is not None
             job.sink.emit(event)
             if event.kind is EventKind.JOB_FINISHED and event.result is not None:
+                job.verdict = job.verdict or is_synthetic(event)
                 if job.result is None:
                     results.setdefault(job.spec.key, []).append(event.result)
                 else:  # the dispatcher's synthetic final event supersedes the job's own
@@ -230,11 +232,15 @@ def main(args: argparse.Namespace) -> int:
                 for job in jobs:
                     if job.request is not None and not job.done:
                         publisher.publish_cancel(job.request.job_id, "cancelled by solstice submit (Ctrl-C)")
-        if address and not cancelled and any(j.result is Result.CANCELLED for j in jobs):
-            # Cancelled without our asking: stopped by systemd or an operator. The dispatcher's
-            # synthetic final event (error, with the reason) follows within a second or two.
+        unexplained = [j for j in jobs if j.result is Result.CANCELLED and not j.verdict]
+        if address and not cancelled and unexplained:
+            # Cancelled without our asking: its unit was stopped by systemd or an operator. The
+            # dispatcher's verdict (a synthetic final event, error with the reason) follows once it
+            # has seen the unit end; wait for it (a busy or restarting dispatcher takes a while).
+            names = ", ".join(j.spec.name for j in unexplained)
+            print(f"{names}: stopped from outside; waiting for the dispatcher's verdict", flush=True)
             deadline = time.monotonic() + SUPERSEDE_WAIT
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not all(j.verdict for j in unexplained):
                 consumer.process_events(0.2)
         if not address:
             print(

@@ -8,6 +8,7 @@ job cancelled in the middle of a step (cancelled, its VM gone within 10 s, nothi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -154,6 +155,37 @@ def test_ctrl_c_cancels_the_submitted_jobs(pipeline: Pipeline, db: Store, tmp_pa
     assert proc.returncode == 130, "".join(seen) + out
     assert "■ cancelled" in out
     assert wait_state(db, job_id, {"cancelled"}, 10).result is Result.CANCELLED
+
+
+def test_submit_shows_the_dispatchers_verdict_of_a_job_stopped_from_outside(
+    pipeline: Pipeline, db: Store, tmp_path: Path
+) -> None:
+    """The job is stopped without a cancellation (as by `systemctl stop`) while the dispatcher is
+    held: the job says `cancelled` first; submit waits for the dispatcher's verdict (error)."""
+    d = pipeline.dispatcher(capacity=1)
+    workflow = tmp_path / "wf.yml"
+    workflow.write_text(WORKFLOW.split("  second:")[0].replace('FAKE: "ok"', 'FAKE: "sleep:60"'))
+    proc = submit(pipeline, str(workflow))
+    assert proc.stdout is not None and d.proc is not None
+    seen: list[str] = []
+    while not any("tick 2" in line for line in seen):
+        line = proc.stdout.readline()
+        assert line, "".join(seen)
+        seen.append(line)
+    job_id = next(w for line in seen for w in line.split() if len(w) == 36 and w.count("-") == 4)
+    supervisor = json.loads((pipeline.runtime_dir / "processes" / "host-a" / f"{job_id}.pid").read_text())
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        os.kill(supervisor["pid"], signal.SIGTERM)  # the process spawner's `systemctl stop`
+        time.sleep(3)
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    out, _ = proc.communicate(timeout=60)
+    out = "".join(seen) + out
+    assert proc.returncode == 1, out
+    assert "■ cancelled" in out and "waiting for the dispatcher's verdict" in out
+    assert "■ error: the job's unit ended: exit-code (the job process was stopped with SIGTERM" in out
+    assert wait_state(db, job_id, {"errored"}, 10).exit_code == 3
 
 
 # --- real VMs -----------------------------------------------------------------------------------
