@@ -162,7 +162,7 @@ def installed(testbed: Testbed) -> Testbed:
         done
         rm -f /etc/systemd/system/solstice-job@.service
         install -d -m755 /etc/solstice
-        [ -s /etc/solstice/secrets.key ] || (umask 077; head -c 32 /dev/urandom >/etc/solstice/secrets.key)
+        [ -s /etc/solstice/secrets.key ] || solstice secrets init --key-file /etc/solstice/secrets.key
         # A poller's registration, which no job may read.
         install -d -m700 -o solstice -g solstice /var/lib/solstice/forgejo-runner
         systemctl daemon-reload

@@ -630,12 +630,6 @@ def test_runtime_max_sec_ends_the_job_as_error_timeout(pipeline: Pipeline) -> No
     submission.wait(60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="solstice submit stops following a job at the job's own JOB_FINISHED (cancelled, after "
-    "SIGTERM) and never sees the dispatcher's synthetic JOB_FINISHED (error) that supersedes it: "
-    "it shows 'cancelled' and exits 130 for a job recorded as errored",
-)
 def test_submit_shows_the_dispatchers_verdict_of_a_unit_ended_by_systemd(pipeline: Pipeline) -> None:
     """`solstice submit` must show how the job ended, the dispatcher's verdict included. The
     dispatcher is held (SIGSTOP) while the unit is killed, so the verdict comes after the job's own
