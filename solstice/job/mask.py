@@ -4,35 +4,25 @@ from __future__ import annotations
 
 import threading
 
-MASK = "***"
+from solstice.model.masking import MASK, mask_text, mask_values
+
+__all__ = ["MASK", "Masker"]
 
 
 class Masker:
     def __init__(self, values: list[str] | None = None) -> None:
         self._lock = threading.Lock()
-        self._values: list[str] = []
-        for v in values or []:
-            self.add(v)
+        self._values: list[str] = mask_values(values or [])
 
     def add(self, value: str) -> None:
-        """Mask ``value``; a multi-line value is also masked line by line, since output is split
-        into lines before masking (as GitHub's runner does)."""
-        candidates = {value, value.strip()}
-        candidates.update(line.strip() for line in value.splitlines())
+        """Mask ``value`` from now on (and each of its lines: output is masked line by line)."""
         with self._lock:
-            for v in candidates:
-                if v and v not in self._values:
-                    self._values.append(v)
-            # Longest first, so a secret that contains another is masked whole.
-            self._values.sort(key=len, reverse=True)
+            self._values = mask_values([*self._values, value])
 
     def apply(self, text: str) -> str:
         with self._lock:
-            values = list(self._values)
-        for v in values:
-            if v in text:
-                text = text.replace(v, MASK)
-        return text
+            values = self._values
+        return mask_text(text, values)
 
     def __len__(self) -> int:
         return len(self._values)

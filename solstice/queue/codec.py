@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from solstice.model import EVENT_SCHEMA, REQUEST_SCHEMA, JobEvent, JobRequest, from_dict, to_dict
+from solstice.model.masking import MASK, mask_tree, mask_values
 from solstice.queue.errors import InvalidMessage
 
 #: Schema of a control message (``CancelJob``) on the control exchange.
@@ -87,9 +88,6 @@ def decode_cancel(body: bytes) -> CancelJob:
     return _load(CancelJob, body, CANCEL_SCHEMA)
 
 
-MASK = "***"
-
-
 def mask_secrets(body: bytes) -> tuple[bytes, bool]:
     """``body`` with secret values masked, if it is a JSON object that carries any (a JobRequest's
     ``secrets``, ``contexts.secrets``, ``contexts.github.token``; every other occurrence of those
@@ -119,25 +117,8 @@ def mask_secrets(body: bytes) -> tuple[bytes, bool]:
         github = contexts.get("github")
         if isinstance(github, dict):
             take(github, "token")
-    for value in list(values):
-        values.add(value.strip())
-        values.update(line.strip() for line in value.splitlines())
-    values.discard("")
-    if not values:
+    ordered = mask_values(values)
+    if not ordered:
         return body, False
-    ordered = sorted(values, key=len, reverse=True)  # longest first: a secret containing another
-    masked = _mask(data, ordered)
+    masked = mask_tree(data, ordered)
     return json.dumps(masked, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), True
-
-
-def _mask(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, MASK)
-        return value
-    if isinstance(value, dict):
-        return {_mask(k, secrets): _mask(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask(v, secrets) for v in value]
-    return value

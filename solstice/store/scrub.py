@@ -13,21 +13,15 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from solstice.model.core import JobRequest, to_dict
-
-MASK = "***"
+from solstice.model.masking import MASK, mask_tree, mask_values
 
 
 def _secret_values(request: JobRequest) -> list[str]:
-    values: set[str] = set()
-    for value in request.secrets.values():
-        values.add(value)
-        values.add(value.strip())
-        values.update(line.strip() for line in value.splitlines())
+    values = list(request.secrets.values())
     github = request.contexts.get("github")
     if isinstance(github, Mapping) and isinstance(github.get("token"), str):
-        values.add(github["token"])
-    values.discard("")
-    return sorted(values, key=len, reverse=True)  # longest first: a secret containing another
+        values.append(github["token"])
+    return mask_values(values)
 
 
 def _strip_password(text: str) -> str:
@@ -45,20 +39,6 @@ def _strip_password(text: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
 
 
-def _mask(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        value = _strip_password(value)
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, MASK)
-        return value
-    if isinstance(value, dict):
-        return {_mask(k, secrets): _mask(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask(v, secrets) for v in value]
-    return value
-
-
 def request_document(request: JobRequest) -> dict[str, Any]:
     """The JSON-able document stored in ``jobs.request``: the request without any secret."""
     doc: dict[str, Any] = to_dict(request)
@@ -70,5 +50,5 @@ def request_document(request: JobRequest) -> dict[str, Any]:
         github = contexts.get("github")
         if isinstance(github, dict):
             github.pop("token", None)
-    masked: dict[str, Any] = _mask(doc, _secret_values(request))
+    masked: dict[str, Any] = mask_tree(doc, _secret_values(request), _strip_password)
     return masked
