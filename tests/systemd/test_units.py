@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 import time
 import uuid
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from solstice.dispatch.systemd import TemplateError, transient_properties
 
 if TYPE_CHECKING:
     from conftest import Testbed
@@ -59,67 +60,11 @@ def exposure(output: str) -> float:
     return float(match.group(2))
 
 
-# --- The job unit as the dispatcher starts it (the reference) --------------------------------------
-
-
-class TemplateError(ValueError):
-    """The job template uses something a transient unit cannot take."""
-
-
-_SPECIFIER = re.compile(r"%(.|$)")
+# --- The job unit as the dispatcher starts it (its own template code, solstice.dispatch.systemd) ----
 
 
 def job_unit_name(job_id: str) -> str:
     return f"solstice-job@{job_id}.service"
-
-
-def _expand(value: str, instance: str, where: str) -> str:
-    def one(match: re.Match[str]) -> str:
-        if match.group(1) == "i":
-            return instance
-        if match.group(1) == "%":
-            return "%"
-        raise TemplateError(f"{where}: specifier %{match.group(1)} (only %i and %% are expanded)")
-
-    return _SPECIFIER.sub(one, value)
-
-
-def transient_properties(template: str, instance: str) -> tuple[list[str], list[str]]:
-    """The template as (``Key=Value`` properties in file order, ExecStart argv) for ``instance``.
-
-    Rules (the dispatcher implements the same): sections [Unit] and [Service] only; one setting per
-    line, no continuation lines; ``%i`` -> instance, ``%%`` -> ``%``, no other specifier; ExecStart
-    (no ``-@+!:`` prefixes) becomes the command, every other line a ``--property=``.
-    """
-    properties: list[str] = []
-    command: list[str] = []
-    section = ""
-    for number, raw in enumerate(template.splitlines(), 1):
-        line = raw.strip()
-        where = f"line {number}"
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-            if section not in ("Unit", "Service"):
-                raise TemplateError(f"{where}: section [{section}] cannot be given to a transient unit")
-            continue
-        if line.endswith("\\"):
-            raise TemplateError(f"{where}: continuation lines are not supported")
-        key, sep, value = line.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not section:
-            raise TemplateError(f"{where}: not a Key=Value setting inside [Unit] or [Service]")
-        value = _expand(value, instance, where)
-        if key == "ExecStart":
-            if value[:1] in tuple("-@+!:"):
-                raise TemplateError(f"{where}: ExecStart prefixes are not supported")
-            command = shlex.split(value)
-            continue
-        properties.append(f"{key}={value}")
-    if not command:
-        raise TemplateError("the template has no ExecStart=")
-    return properties, command
 
 
 def systemd_run_argv(
