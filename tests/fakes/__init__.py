@@ -1,0 +1,1 @@
+"""Protocol-faithful fake servers shared by the tests (see each module)."""
