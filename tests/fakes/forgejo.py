@@ -246,6 +246,7 @@ class FakeForgejo:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stalls
 
             def setup(self) -> None:
                 super().setup()
