@@ -121,7 +121,9 @@ def classify(procedure: str, status: int, body: bytes) -> ForgeError:
     if status == 401 or effective == "unauthenticated" or "unregistered runner" in message:
         return RegistrationGone(what, **kwargs)
     if status == 404 or effective == "unimplemented":
-        return Unimplemented(what, **kwargs)
+        err = Unimplemented(what, **kwargs)
+        err.hint = "an older server, or Actions is disabled there, or the URL is not the instance's root"
+        return err
     if effective == "already_exists" and procedure == UPDATE_LOG:
         return LogArchived(what, **kwargs)
     if effective in _TRANSIENT_CODES or (not code and (status >= 500 or status == 429)):
