@@ -15,6 +15,7 @@ from solstice.workflow.translate import (
     load_workflow,
     matrix_suffix,
     parse_workflow,
+    plain,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "load_workflow",
     "matrix_suffix",
     "parse_workflow",
+    "plain",
 ]

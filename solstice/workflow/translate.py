@@ -189,12 +189,12 @@ def matrix_suffix(combo: Mapping[str, Any]) -> str:
     return f" ({', '.join(values)})" if values else ""
 
 
-def _plain(value: Any) -> Any:
-    """LineDict/LineList -> dict/list, for values stored in JobSpecs."""
+def plain(value: Any) -> Any:
+    """Nested mappings and sequences (LineDict/LineList included) -> plain dicts and lists."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -497,7 +497,7 @@ class _Translator:
                     env=dict(parts.env),
                     shell=parts.defaults.shell,
                     working_directory=parts.defaults.working_directory,
-                    matrix=_plain(combo or {}),
+                    matrix=plain(combo or {}),
                     timeout_minutes=parts.timeout,
                     continue_on_error=parts.continue_on_error,
                     if_=parts.if_,

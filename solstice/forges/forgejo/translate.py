@@ -29,7 +29,7 @@ from typing import Any
 from solstice.errors import SolsticeError, WorkflowError
 from solstice.model import JobRequest, Source
 from solstice.secrets import seal
-from solstice.workflow import parse_workflow
+from solstice.workflow import parse_workflow, plain
 from solstice.workflow.loader import LoadError
 from solstice.workflow.loader import load as load_yaml
 
@@ -106,14 +106,6 @@ def _single_job(text: str) -> tuple[str | None, dict[str, Any], int]:
     return str(key), combo, count
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def translate(
     task: m.Task,
     *,
@@ -127,7 +119,7 @@ def translate(
     ``resolve_label`` maps a job's ``runs-on`` to one image label, raising a SolsticeError when the
     host has none (``Catalog.resolve``).
     """
-    context = _plain(dict(task.context))
+    context = plain(dict(task.context))
     try:
         text = task.workflow_payload.decode("utf-8")
     except UnicodeDecodeError:
