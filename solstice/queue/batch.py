@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from solstice.model import EVENT_SCHEMA, EventKind, JobEvent, Outcome, Result, Stream
-from solstice.queue.codec import _clip
+from solstice.queue.codec import _clip, json_object
 from solstice.queue.errors import InvalidMessage
 
 BATCH_SCHEMA = "jobevents.v1"
@@ -199,14 +199,7 @@ def event_from_document(doc: Any) -> JobEvent:
 def decode_events(body: bytes) -> tuple[JobEvent, ...]:
     """The events of a ``jobevent.v1`` or ``jobevents.v1`` body, in order. Raises InvalidMessage
     with a short reason (never the body) for anything else."""
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InvalidMessage(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except ValueError as exc:
-        raise InvalidMessage(_clip(f"not JSON: {exc}")) from None
-    if not isinstance(data, dict):
-        raise InvalidMessage(f"not a JSON object but {type(data).__name__}")
+    data = json_object(body)
     version = data.get("schema_version")
     if version is None:
         raise InvalidMessage(f"no schema_version (expected {EVENT_SCHEMA!r} or {BATCH_SCHEMA!r})")

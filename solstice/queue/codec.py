@@ -40,7 +40,8 @@ def _dump(obj: Any, expected: str) -> bytes:
     return json.dumps(to_dict(obj), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _load(cls: type[T], body: bytes, expected: str) -> T:
+def json_object(body: bytes) -> dict[str, Any]:
+    """A message body as a JSON object; InvalidMessage with a short reason (never the body) else."""
     try:
         data = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -49,6 +50,11 @@ def _load(cls: type[T], body: bytes, expected: str) -> T:
         raise InvalidMessage(_clip(f"not JSON: {exc}")) from None
     if not isinstance(data, dict):
         raise InvalidMessage(f"not a JSON object but {type(data).__name__}")
+    return data
+
+
+def _load(cls: type[T], body: bytes, expected: str) -> T:
+    data = json_object(body)
     if "schema_version" not in data:
         raise InvalidMessage(f"no schema_version (expected {expected!r})")
     version = data["schema_version"]
