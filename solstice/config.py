@@ -108,6 +108,21 @@ class BrokerConfig:
     #: "quorum" where the broker supports it (RabbitMQ >= 3.8), else "classic".
     queue_type: str = "quorum"
 
+    @classmethod
+    def named(cls, prefix: str, url: str = url, queue_type: str = queue_type) -> BrokerConfig:
+        """Every exchange and queue name derived from one prefix, as the defaults are from "solstice"
+        (a second installation, or a test, on the same broker)."""
+        return cls(
+            url=url,
+            jobs_exchange=f"{prefix}.jobs",
+            events_exchange=f"{prefix}.events",
+            control_exchange=f"{prefix}.control",
+            dead_letter_exchange=f"{prefix}.dlx",
+            dead_letter_queue=f"{prefix}.dead-letter",
+            queue_prefix=f"{prefix}.jobs.",
+            queue_type=queue_type,
+        )
+
 
 @dataclass(frozen=True)
 class DatabaseConfig:

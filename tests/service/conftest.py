@@ -92,18 +92,9 @@ def _sweep_session() -> Iterator[None]:
 def broker_cfg() -> Iterator[BrokerConfig]:
     """A BrokerConfig with names of its own (quorum queues); deleted after the test."""
     if not broker_answers():
-        pytest.skip(f"no RabbitMQ answers at {broker_address()}")
+        pytest.fail(f"no RabbitMQ answers at {broker_address()} (start it: scripts/services)")
     token = f"{SESSION}{next(_counter)}"
-    cfg = BrokerConfig(
-        url=AMQP_URL,
-        jobs_exchange=f"{token}.jobs",
-        events_exchange=f"{token}.events",
-        control_exchange=f"{token}.control",
-        dead_letter_exchange=f"{token}.dlx",
-        dead_letter_queue=f"{token}.dead-letter",
-        queue_prefix=f"{token}.jobs.",
-        queue_type="quorum",
-    )
+    cfg = BrokerConfig.named(token, url=AMQP_URL, queue_type="quorum")
     yield cfg
     if broker_answers():
         _delete(*_names(cfg))
@@ -113,7 +104,7 @@ def broker_cfg() -> Iterator[BrokerConfig]:
 def raw() -> Iterator[Any]:
     """A plain pika channel, to put bad bytes on a queue and to look into queues."""
     if not broker_answers():
-        pytest.skip(f"no RabbitMQ answers at {broker_address()}")
+        pytest.fail(f"no RabbitMQ answers at {broker_address()} (start it: scripts/services)")
     conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     try:
         yield conn.channel()

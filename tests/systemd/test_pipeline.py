@@ -394,9 +394,9 @@ def pipeline(installed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> It
     units load as a credential), /etc/solstice/solstice.toml in the container, and the dispatcher
     running as units/solstice-dispatcher.service. Everything is undone at the end."""
     if not answers(AMQP_URL, 5672):
-        pytest.skip(f"no RabbitMQ answers at {AMQP_URL}")
+        pytest.fail(f"no RabbitMQ answers at {AMQP_URL} (start it: scripts/services)")
     if not answers(ADMIN_URL, 5432):
-        pytest.skip(f"no PostgreSQL answers at {ADMIN_URL}")
+        pytest.fail(f"no PostgreSQL answers at {ADMIN_URL} (start it: scripts/services)")
     proc = subprocess.run(
         [str(ROOT / "scripts" / "build-test-image"), "--output", str(IMAGES)],
         stdin=subprocess.DEVNULL,
@@ -409,16 +409,7 @@ def pipeline(installed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> It
     testbed = installed
     token = f"solstice-pipeline-{secrets.token_hex(4)}"
     workdir = tmp_path_factory.mktemp("pipeline")
-    broker = BrokerConfig(
-        url=AMQP_URL,
-        jobs_exchange=f"{token}.jobs",
-        events_exchange=f"{token}.events",
-        control_exchange=f"{token}.control",
-        dead_letter_exchange=f"{token}.dlx",
-        dead_letter_queue=f"{token}.dead-letter",
-        queue_prefix=f"{token}.jobs.",
-        queue_type="quorum",
-    )
+    broker = BrokerConfig.named(token, url=AMQP_URL, queue_type="quorum")
     database = token.replace("-", "_")
     database_url = make_conninfo(ADMIN_URL, dbname=database)
 

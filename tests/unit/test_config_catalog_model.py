@@ -165,3 +165,16 @@ def test_model_rejects_bad_shapes(patch: dict[str, object], message: str) -> Non
     with pytest.raises(ValueError) as info:
         from_dict(JobEvent, data)
     assert message in str(info.value)
+
+
+def test_broker_names_derive_from_one_prefix() -> None:
+    from solstice.config import BrokerConfig
+
+    assert BrokerConfig.named("solstice") == BrokerConfig()
+    other = BrokerConfig.named("ci2", url="amqp://h/")
+    assert (other.jobs_exchange, other.dead_letter_queue, other.queue_prefix) == (
+        "ci2.jobs",
+        "ci2.dead-letter",
+        "ci2.jobs.",
+    )
+    assert other.url == "amqp://h/"
