@@ -422,7 +422,7 @@ def test_postgres_restart_the_dispatcher_reconnects_and_keeps_following(
     pipeline: Pipeline, poller: Poller, db: Store
 ) -> None:
     if local_cluster() is None:
-        pytest.skip("PostgreSQL is not a local Debian cluster")
+        pytest.fail("PostgreSQL is not a local Debian cluster (pg_ctlcluster): this test restarts it")
     d = pipeline.dispatcher(capacity=2)
     during = poller.publish(make_request("sleep:3"))
     poller.wait("the job to run", lambda: "log" in kinds(poller, during), 15)
@@ -445,7 +445,9 @@ def test_rabbitmq_restart_while_events_flow_loses_and_duplicates_nothing(
     pipeline: Pipeline, poller: Poller, db: Store
 ) -> None:
     if subprocess.run(["which", "rabbitmqctl"], capture_output=True).returncode != 0:
-        pytest.skip("no rabbitmqctl")
+        pytest.fail(
+            "no rabbitmqctl: this test restarts the local RabbitMQ (apt-get install rabbitmq-server)"
+        )
     d = pipeline.dispatcher(capacity=2)
     lines = 150_000
     job = poller.publish(make_request(f"lines:{lines}"))

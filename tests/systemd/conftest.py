@@ -125,7 +125,7 @@ class Testbed:
 def testbed() -> Iterator[Testbed]:
     """The booted container (built or reused by scripts/nspawn-testbed), powered off at the end."""
     if os.geteuid() != 0:
-        pytest.skip("the systemd testbed needs root (systemd-nspawn)")
+        pytest.fail("the systemd testbed needs root (systemd-nspawn): run the tests as root")
     try:
         proc = subprocess.run(
             [str(TESTBED_SCRIPT), "start"],

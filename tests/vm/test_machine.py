@@ -294,7 +294,7 @@ def blank_disk(tmp_path: Path) -> Path:
 def test_firmware_boot_modes_start_and_clean_up(tmp_path: Path, boot: BootMode) -> None:
     # QEMU accepts the argv of each firmware mode; with nothing to boot, the boot timeout ends it.
     if boot is BootMode.UEFI and not Path(spec_for(tmp_path).ovmf_code).exists():
-        pytest.skip("OVMF is not installed")
+        pytest.fail("OVMF is not installed (apt-get install ovmf; scripts/setup does)")
     spec = spec_for(
         tmp_path, base_image=blank_disk(tmp_path), boot=boot, boot_timeout=4.0, shutdown_timeout=1.0
     )
