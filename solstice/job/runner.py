@@ -105,6 +105,10 @@ class JobRun:
         self.job_env: dict[str, str] = {}
         self.deadline: float | None = None
         self.timed_out = False
+        #: The job's work directory on the host (set by _run_in_vm; removed by its ExitStack).
+        self.workdir: Path | None = None
+        #: The forge commit, fetched and packed by the first checkout step (later ones reuse it).
+        self._fetched: checkout.Archive | None = None
 
     # --- the whole job ---------------------------------------------------------------------
 
@@ -181,6 +185,7 @@ class JobRun:
     def _run_in_vm(self, stack: contextlib.ExitStack) -> tuple[Result, str]:
         self.image.check()
         workdir = self._workdir(stack)
+        self.workdir = workdir
         self.emit.log(f"Booting {self.image.label} ({self.settings.accel})", step=None)
         guest = start_machine(
             self._machine_spec(),
@@ -249,7 +254,15 @@ class JobRun:
         base.update(given)
         base["workspace"] = paths.workspace
         base["action"] = action
+        token = self._checkout_token()
+        if token:
+            base["token"] = token  # the task token; a secret, so the masker hides it in output
         return base
+
+    def _checkout_token(self) -> str:
+        """The forge's task token (the secret named by ``checkout_token_secret``), or ""."""
+        name = self.request.source_ids.get("checkout_token_secret", "")
+        return self.request.secrets.get(name, "") if name else ""
 
     def _runner_context(self, paths: GuestPaths) -> dict[str, Any]:
         return {
@@ -437,7 +450,10 @@ class JobRun:
             return StepResult(Outcome.FAILURE, message="checkout: this job has no source tree to check out")
         dest_rel = expr.interpolate(str(step.with_.get("path", "")), ctx)
         dest = self._workdir_for(paths, dest_rel or None, ctx)
-        archive = checkout.pack_tree(Path(source))
+        if checkout.is_url(source):
+            archive = self._fetch(source, step)
+        else:
+            archive = checkout.pack_tree(Path(source))
         self.emit.log(
             f"Checking out {self.request.repository or source} {self.request.commit[:12]} into {dest}",
             step=step.number,
@@ -450,6 +466,19 @@ class JobRun:
             return StepResult(Outcome.FAILURE, status, f"checkout: unpacking failed in the guest: {detail}")
         self.emit.log(f"{archive.files} files, {len(archive.data) // 1024} KiB", step=step.number)
         return StepResult(Outcome.SUCCESS, 0)
+
+    def _fetch(self, url: str, step: Step) -> checkout.Archive:
+        """The task's commit (never ``with: ref:``), fetched on the host once per job."""
+        if self._fetched is None:
+            if self.workdir is None:
+                raise InfraError("checkout: the job has no work directory to fetch into")
+            commit = self.request.commit
+            self.emit.log(f"Fetching {url} {commit[:12]}", step=step.number)
+            tree = checkout.fetch_commit(
+                url, commit, self.request.ref, self._checkout_token(), self.workdir / "checkout"
+            )
+            self._fetched = checkout.pack_tree(tree, include_git=True)
+        return self._fetched
 
     def _run_script(self, guest: Guest, paths: GuestPaths, step: Step, ctx: expr.Context) -> StepResult:
         n = step.number

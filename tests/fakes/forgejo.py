@@ -20,14 +20,26 @@ server-side rules the runner depends on:
 each with a single-job ``workflow_payload`` (§3.4). What a user would see is kept on ``FakeTask``:
 status, steps with their rows, outputs. ``down()``/``up()`` stop and restart the listener on the
 same port; ``requests`` records every call (procedure, headers, JSON body) for assertions.
+
+Git over smart HTTP, as Forgejo serves it to Actions: ``add_repository(full_name, path)`` serves a
+local repository at ``<url>/<owner>/<repo>.git`` (the task context's ``repositoryUrl``) through
+``git http-backend``; fetching needs HTTP Basic auth whose password (or user name, with an empty or
+``x-oauth-basic`` password) is the token of a running task of that repository, else 401 with
+``WWW-Authenticate: Basic realm="Gitea"``. Commits can be fetched by sha (protocol v2, and
+``uploadpack.allowAnySHA1InWant`` as Forgejo configures git). ``git_requests`` records each git
+request (method, path, service, repository, user, task, status).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import gzip
 import itertools
 import json
+import os
+import re
 import secrets as secrets_mod
 import socket
 import threading
@@ -36,11 +48,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from solstice import expr
+from solstice import expr, proc
 from solstice.forges.forgejo import messages as m
 from solstice.workflow import matrix as matrix_mod
 from solstice.workflow import matrix_suffix
@@ -197,6 +210,37 @@ class FakeTask:
         )
 
 
+@dataclass
+class FakeRepository:
+    full_name: str  # owner/name
+    path: Path  # a local git repository, bare or not
+    public: bool = False  # anonymous fetches allowed (a wrong token is still refused)
+    #: Commits can be wanted by sha (protocol v2, uploadpack.allowAnySHA1InWant) as on Forgejo;
+    #: False plays an old server: protocol v0 only, unadvertised commits refused.
+    sha_fetch: bool = True
+
+    @property
+    def git_dir(self) -> Path:
+        dot = self.path / ".git"
+        return dot if dot.is_dir() else self.path
+
+
+@dataclass
+class FakeGitRequest:
+    method: str
+    path: str  # without the query
+    service: str  # git-upload-pack, git-receive-pack, or "" (dumb HTTP)
+    repository: str  # owner/name as requested
+    user: str = ""  # the Basic auth user name, "" when none was sent
+    task_id: int | None = None  # the task whose token authenticated the request
+    status: int = 0
+    protocol: str = ""  # the Git-Protocol header
+
+
+#: <owner>/<repo>[.git]/<endpoint>, below the instance's url_path.
+_GIT_PATH = re.compile(r"/([^/]+)/([^/]+?)(?:\.git)?/(info/refs|git-upload-pack|git-receive-pack)")
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -234,6 +278,8 @@ class FakeForgejo:
         self._connections: set[socket.socket] = set()
         self.port = 0
         self.url_path = url_path  # a sub-path the instance lives under, e.g. "/forge"
+        self.repositories: dict[str, FakeRepository] = {}  # lower-case owner/name -> repository
+        self.git_requests: list[FakeGitRequest] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -259,10 +305,16 @@ class FakeForgejo:
                 super().finish()
 
             def do_POST(self) -> None:  # noqa: N802
-                fake._handle(self)
+                if fake._git_route(self) is not None:
+                    fake._git(self)
+                else:
+                    fake._handle(self)
 
             def do_GET(self) -> None:  # noqa: N802
-                fake._reply(self, 405, b"Method Not Allowed\n", "text/plain")
+                if fake._git_route(self) is not None:
+                    fake._git(self)
+                else:
+                    fake._reply(self, 405, b"Method Not Allowed\n", "text/plain")
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -335,6 +387,17 @@ class FakeForgejo:
         with self.lock:
             task = self.tasks[task_id]
             self._finish(task, "cancelled", datetime.now(UTC))
+
+    def add_repository(
+        self, full_name: str, path: Path, *, public: bool = False, sha_fetch: bool = True
+    ) -> FakeRepository:
+        """Serve the git repository at ``path`` as ``<url>/<full_name>.git`` (read-only)."""
+        if full_name.count("/") != 1:
+            raise ValueError(f"a repository is owner/name, not {full_name!r}")
+        repo = FakeRepository(full_name, Path(path), public=public, sha_fetch=sha_fetch)
+        with self.lock:
+            self.repositories[full_name.lower()] = repo
+        return repo
 
     def task_of(self, job: FakeJob) -> FakeTask | None:
         with self.lock:
@@ -510,6 +573,173 @@ class FakeForgejo:
             self._error(h, err)
             return
         self._reply(h, 200, m.encode(resp), "application/json")
+
+    # --- git over smart HTTP ------------------------------------------------------------------
+
+    def _git_route(self, h: BaseHTTPRequestHandler) -> tuple[str, str] | None:
+        """(owner/name, endpoint) when ``h`` asks for a repository's git endpoint."""
+        path = h.path.split("?", 1)[0]
+        if not path.startswith(self.url_path + "/"):
+            return None
+        match = _GIT_PATH.fullmatch(path[len(self.url_path) :])
+        return (f"{match[1]}/{match[2]}", match[3]) if match else None
+
+    def _git_user(self, h: BaseHTTPRequestHandler) -> tuple[str, str] | None:
+        """(user, token) from HTTP Basic auth; None when no usable Authorization was sent."""
+        scheme, _, value = h.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        # Gitea's basic auth: the token is the password, or the user name with an empty password.
+        return user, password if password not in ("", "x-oauth-basic") else user
+
+    def _git_body(self, h: BaseHTTPRequestHandler) -> bytes:
+        if "chunked" in h.headers.get("Transfer-Encoding", "").lower():
+            parts: list[bytes] = []
+            while True:
+                size = int(h.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while h.rfile.readline().strip():  # trailers up to the empty line
+                        pass
+                    return b"".join(parts)
+                parts.append(h.rfile.read(size))
+                h.rfile.readline()  # the CRLF after each chunk
+        length = int(h.headers.get("Content-Length", "0") or 0)
+        return h.rfile.read(length) if length else b""
+
+    def _git_reply(self, h: BaseHTTPRequestHandler, status: int, body: bytes, **headers: str) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", "text/plain; charset=utf-8")
+        for name, value in headers.items():
+            h.send_header(name.replace("_", "-"), value)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    def _git(self, h: BaseHTTPRequestHandler) -> None:
+        route = self._git_route(h)
+        assert route is not None
+        full_name, endpoint = route
+        body = self._git_body(h)
+        path, _, query = h.path.partition("?")
+        service = endpoint if endpoint != "info/refs" else ""
+        for part in query.split("&"):
+            if part.startswith("service="):
+                service = part[len("service=") :]
+        auth = self._git_user(h)
+        record = FakeGitRequest(
+            method=h.command,
+            path=path,
+            service=service,
+            repository=full_name,
+            user=auth[0] if auth else "",
+            protocol=h.headers.get("Git-Protocol", ""),
+        )
+        with self.lock:
+            self.git_requests.append(record)
+            repo = self.repositories.get(full_name.lower())
+            task = None
+            if auth is not None:
+                task = next(
+                    (
+                        t
+                        for t in self.tasks.values()
+                        if t.status not in DONE and secrets_mod.compare_digest(t.token, auth[1])
+                    ),
+                    None,
+                )
+            task_repo = self.runs[task.job.run_id].repository.lower() if task else ""
+        if repo is None:
+            record.status = 404
+            self._git_reply(h, 404, b"Repository not found\n")
+            return
+        if task is None and (auth is not None or not repo.public):
+            # no token, or one that is not a running task's: ask for credentials (Gitea's realm)
+            record.status = 401
+            self._git_reply(h, 401, b"Unauthorized\n", WWW_Authenticate='Basic realm="Gitea"')
+            return
+        if task is not None:
+            record.task_id = task.id
+            if task_repo != full_name.lower():  # the token of another repository's task
+                record.status = 403
+                self._git_reply(h, 403, b"User permission denied\n")
+                return
+        if service != "git-upload-pack":  # read-only: no pushes, no dumb HTTP
+            record.status = 403
+            self._git_reply(h, 403, b"User permission denied\n")
+            return
+        record.status = self._http_backend(h, repo, endpoint, query, body, record.user)
+
+    def _http_backend(
+        self,
+        h: BaseHTTPRequestHandler,
+        repo: FakeRepository,
+        endpoint: str,
+        query: str,
+        body: bytes,
+        user: str,
+    ) -> int:
+        """Run ``git http-backend`` as a CGI for one request; relay its answer; return the status."""
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": os.fspath(repo.git_dir),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_TRANSLATED": f"{repo.git_dir}/{endpoint}",
+            "PATH_INFO": f"/{repo.full_name}.git/{endpoint}",
+            "REQUEST_METHOD": h.command,
+            "QUERY_STRING": query,
+            "CONTENT_TYPE": h.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_USER": user,
+            "REMOTE_ADDR": h.client_address[0],
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+        }
+        if h.headers.get("Content-Encoding"):
+            env["HTTP_CONTENT_ENCODING"] = h.headers["Content-Encoding"]
+        if repo.sha_fetch:
+            # what Forgejo sets in its git config (modules/git/git.go), and protocol v2
+            env.update(
+                {
+                    "GIT_CONFIG_COUNT": "2",
+                    "GIT_CONFIG_KEY_0": "uploadpack.allowAnySHA1InWant",
+                    "GIT_CONFIG_VALUE_0": "true",
+                    "GIT_CONFIG_KEY_1": "uploadpack.allowFilter",
+                    "GIT_CONFIG_VALUE_1": "true",
+                }
+            )
+            if h.headers.get("Git-Protocol"):
+                env["GIT_PROTOCOL"] = h.headers["Git-Protocol"]
+        result = proc.run(["git", "http-backend"], check=False, input=body, env=env, timeout=120)
+        out = result.stdout
+        ends = [i for i in (out.find(b"\r\n\r\n"), out.find(b"\n\n")) if i >= 0]
+        if result.returncode != 0 and not ends:
+            self._git_reply(h, 500, result.stderr or b"git http-backend failed\n")
+            return 500
+        cut = min(ends) if ends else len(out)
+        head, payload = out[:cut], out[cut + (4 if out.startswith(b"\r\n\r\n", cut) else 2) :]
+        status = 200
+        headers: list[tuple[str, str]] = []
+        for line in head.decode("latin-1").splitlines():
+            name, _, value = line.partition(":")
+            if not name.strip():
+                continue
+            if name.strip().lower() == "status":
+                status = int(value.strip().split()[0])
+            elif name.strip().lower() != "content-length":
+                headers.append((name.strip(), value.strip()))
+        h.send_response(status)
+        for name, value in headers:
+            h.send_header(name, value)
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)
+        return status
 
     def _authenticate(self, h: BaseHTTPRequestHandler) -> FakeRunner:
         uuid = h.headers.get("x-runner-uuid", "")
