@@ -190,6 +190,46 @@ class DispatcherConfig:
 
 
 @dataclass(frozen=True)
+class ForgejoConfig:
+    """The Forgejo/Gitea runner, ``solstice forgejo-runner`` (docs/forgejo.md)."""
+
+    #: The registration (runner uuid and token); relative paths are under [paths] state_dir.
+    #: Empty: <state_dir>/forgejo-runner/runner.json.
+    registration_file: str = ""
+    #: At most this many of the forge's tasks in the pipeline at once (queued or running).
+    capacity: int = 2
+    #: Seconds between two FetchTask calls while there is capacity (the server is contacted at
+    #: least this often; at most 30 s so the forge never shows the runner offline).
+    fetch_interval: float = 2.0
+    #: Seconds between two reports (UpdateLog, UpdateTask) of a running task.
+    report_interval: float = 1.0
+    #: HTTP timeout of one call to the forge, in seconds.
+    request_timeout: float = 60.0
+    #: The longest wait between two attempts while the forge cannot be reached, in seconds.
+    max_backoff: float = 30.0
+    #: The RabbitMQ address (reply_to) the jobs' events come back to. Empty: forgejo-<runner uuid>.
+    address: str = ""
+    #: Stop the job when the forge marks its task failed (the zombie reaper), as Forgejo's runner
+    #: does; Gitea's act_runner stops only on a cancel.
+    cancel_on_failure: bool = True
+
+    def validate(self, where: str) -> None:
+        if self.capacity < 1:
+            raise ConfigError(f"{where}: [forgejo] capacity must be 1 or more")
+        if not 0.5 <= self.fetch_interval <= 30:
+            raise ConfigError(
+                f"{where}: [forgejo] fetch_interval = {self.fetch_interval:g}: must be 0.5 to 30 seconds",
+                hint="the forge shows a runner offline after a minute without contact",
+            )
+        if not 0.2 <= self.report_interval <= 30:
+            raise ConfigError(f"{where}: [forgejo] report_interval must be 0.2 to 30 seconds")
+        if self.request_timeout <= 0 or not 1 <= self.max_backoff <= 300:
+            raise ConfigError(
+                f"{where}: [forgejo] request_timeout must be > 0 and max_backoff 1 to 300 seconds"
+            )
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     """One ``runs-on`` label: which disk to boot, how, and which guest profile it has."""
 
@@ -225,6 +265,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
+    forgejo: ForgejoConfig = field(default_factory=ForgejoConfig)
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
     source: str = "built-in defaults"  # where it was loaded from, for messages
 
@@ -236,6 +277,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseConfig,
     "secrets": SecretsConfig,
     "dispatcher": DispatcherConfig,
+    "forgejo": ForgejoConfig,
 }
 
 
@@ -362,6 +404,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         built[name] = obj
     built["vm"].validate(where)
     built["dispatcher"].validate(where)
+    built["forgejo"].validate(where)
 
     images: dict[str, ImageConfig] = {}
     raw_images = raw.get("images", {})
@@ -387,6 +430,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         database=built["database"],
         secrets=built["secrets"],
         dispatcher=built["dispatcher"],
+        forgejo=built["forgejo"],
         images=images,
         source=where,
     )

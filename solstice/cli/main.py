@@ -24,6 +24,7 @@ VERBS: dict[str, str] = {
     "dispatcher": "dispatcher",
     "job": "job",
     "secrets": "secrets_cmd",
+    "forgejo-runner": "forgejo",
 }
 
 EXIT_USAGE = 2

@@ -162,6 +162,30 @@ class Reporter:
         ``checkpoint()`` taken after them is stored)."""
         return self.s.last_seq
 
+    @property
+    def buffered_rows(self) -> int:
+        """Rows not acknowledged by the server yet."""
+        return len(self.s.buffer)
+
+    def note(self, text: str, time: float) -> None:
+        """A line of the runner's own (not from a job event), placed like a job-level line."""
+        if not self.s.finished:
+            self._job_line(time, text)
+
+    def finish_here(self, result: Result, message: str, time: float) -> None:
+        """End the task without the job's own final event (it never ran, or never confirmed a
+        cancellation); later events of the job are ignored."""
+        self.feed(
+            JobEvent(
+                job_id="",
+                seq=SYNTHETIC_SEQ,
+                time=time,
+                kind=EventKind.JOB_FINISHED,
+                result=result,
+                message=message,
+            )
+        )
+
     def checkpoint(self) -> dict[str, Any]:
         s = self.s
         data = dict(vars(s))

@@ -1,0 +1,111 @@
+"""The runner's per-task state on disk, so a restarted runner resumes reporting where it stopped.
+
+One JSON file per task, ``<dir>/<task id>.json`` (0600, atomic rename): the Reporter's checkpoint,
+the job uuid and label, whether the cancellation was sent, and the sealed JobRequest until it is
+published. Values that are secrets never reach the disk in clear: the masking list is sealed with
+the installation's key like the request's secrets (solstice.secrets), and log rows are masked
+before they are buffered.
+
+Events are acknowledged on RabbitMQ only up to the ``last_seq`` of a stored checkpoint (see
+service.py), so the file plus the unacknowledged events always rebuild the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from solstice.model import JobRequest
+from solstice.queue import InvalidMessage, decode_request, encode_request
+
+from .reporter import Reporter
+
+log = logging.getLogger("solstice.forgejo")
+
+VERSION = 1
+
+
+@dataclass
+class Saved:
+    task_id: int
+    job_id: str  # "" for a task that was rejected (never became a job)
+    label: str
+    reporter: Reporter
+    request: JobRequest | None  # sealed; None once published
+    cancel_sent: bool = False
+
+
+class TaskStore:
+    def __init__(self, directory: Path, key: bytes) -> None:
+        self.dir = directory
+        self.fernet = Fernet(key)
+
+    def _path(self, task_id: int) -> Path:
+        return self.dir / f"{task_id}.json"
+
+    def save(self, s: Saved) -> None:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        checkpoint = s.reporter.checkpoint()
+        mask = checkpoint.pop("mask", [])
+        data: dict[str, Any] = {
+            "version": VERSION,
+            "task_id": s.task_id,
+            "job_id": s.job_id,
+            "label": s.label,
+            "cancel_sent": s.cancel_sent,
+            "reporter": checkpoint,
+            "mask_sealed": self.fernet.encrypt(json.dumps(mask).encode()).decode(),
+            "request": encode_request(s.request).decode() if s.request is not None else None,
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{s.task_id}-", dir=self.dir)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh, separators=(",", ":"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._path(s.task_id))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def remove(self, task_id: int) -> None:
+        self._path(task_id).unlink(missing_ok=True)
+
+    def load_all(self, *, cancel_on_failure: bool = True) -> list[Saved]:
+        """Every stored task; a file that cannot be read is renamed ``*.broken`` and skipped (its
+        task is then reaped by the forge) rather than stopping the runner."""
+        out: list[Saved] = []
+        if not self.dir.is_dir():
+            return out
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+                if data.get("version") != VERSION:
+                    raise ValueError(f"unknown version {data.get('version')!r}")
+                checkpoint = dict(data["reporter"])
+                checkpoint["mask"] = json.loads(self.fernet.decrypt(data["mask_sealed"].encode()))
+                request = data.get("request")
+                out.append(
+                    Saved(
+                        task_id=int(data["task_id"]),
+                        job_id=str(data["job_id"]),
+                        label=str(data.get("label", "")),
+                        reporter=Reporter.restore(checkpoint, cancel_on_failure=cancel_on_failure),
+                        request=decode_request(request.encode()) if request else None,
+                        cancel_sent=bool(data.get("cancel_sent", False)),
+                    )
+                )
+            except (OSError, ValueError, KeyError, TypeError, InvalidToken, InvalidMessage) as exc:
+                broken = path.with_suffix(".broken")
+                log.error(
+                    "%s: cannot resume this task (%s); moved to %s", path, exc or type(exc).__name__, broken
+                )
+                path.replace(broken)
+        return out
