@@ -88,9 +88,7 @@ def _sweep_session() -> Iterator[None]:
         _delete(queues, exchanges)
 
 
-@pytest.fixture
-def broker_cfg() -> Iterator[BrokerConfig]:
-    """A BrokerConfig with names of its own (quorum queues); deleted after the test."""
+def _named_broker() -> Iterator[BrokerConfig]:
     if not broker_answers():
         pytest.fail(f"no RabbitMQ answers at {broker_address()} (start it: scripts/services)")
     token = f"{SESSION}{next(_counter)}"
@@ -98,6 +96,18 @@ def broker_cfg() -> Iterator[BrokerConfig]:
     yield cfg
     if broker_answers():
         _delete(*_names(cfg))
+
+
+@pytest.fixture
+def broker_cfg() -> Iterator[BrokerConfig]:
+    """A BrokerConfig with names of its own (quorum queues); deleted after the test."""
+    yield from _named_broker()
+
+
+@pytest.fixture(scope="module")
+def module_broker_cfg() -> Iterator[BrokerConfig]:
+    """Like broker_cfg, shared by a module's tests (one pipeline for several scenarios)."""
+    yield from _named_broker()
 
 
 @pytest.fixture

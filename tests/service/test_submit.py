@@ -20,10 +20,13 @@ from pathlib import Path
 import pika
 import pytest
 from helpers.pipeline import (
+    IMAGES,
     Pipeline,
     Poller,
+    build_test_image,
     make_pipeline,
     make_request,
+    qemu_of,
     wait_state,
     wait_until,
 )
@@ -36,7 +39,6 @@ from solstice.secrets import write_new_key
 from solstice.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = Path(os.environ.get("SOLSTICE_TEST_IMAGES", "/var/lib/solstice/images"))
 SECRET = "canary-7c1e-submit-secret"
 
 
@@ -193,16 +195,7 @@ def test_submit_shows_the_dispatchers_verdict_of_a_job_stopped_from_outside(
 
 @pytest.fixture(scope="module")
 def test_image() -> Path:
-    """The Debian test image (scripts/build-test-image; cached by its stamp)."""
-    proc = subprocess.run(
-        [str(ROOT / "scripts" / "build-test-image"), "--output", str(IMAGES)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert proc.returncode == 0, f"scripts/build-test-image failed:\n{proc.stdout}\n{proc.stderr}"
-    return IMAGES / "debian-12"
+    return build_test_image()
 
 
 VM_WORKFLOW = """
@@ -217,19 +210,6 @@ jobs:
           echo "hello from $(uname -s) in a service job"
           echo "the token is ${{ secrets.TOKEN }}"
 """
-
-
-def qemu_of(job_id: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"qemu" in cmdline and f"solstice-{job_id}".encode() in cmdline:
-                pids.append(int(entry.name))
-    return pids
 
 
 @pytest.mark.vm

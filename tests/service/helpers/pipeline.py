@@ -50,6 +50,36 @@ def wait_until(what: str, probe: Callable[[], T | None | bool], timeout: float, 
         time.sleep(interval)
 
 
+IMAGES = Path(os.environ.get("SOLSTICE_TEST_IMAGES", "/var/lib/solstice/images"))
+
+
+def build_test_image() -> Path:
+    """The Debian test image (scripts/build-test-image; cached by its stamp)."""
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "build-test-image"), "--output", str(IMAGES)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, f"scripts/build-test-image failed:\n{proc.stdout}\n{proc.stderr}"
+    return IMAGES / "debian-12"
+
+
+def qemu_of(job_id: str) -> list[int]:
+    """The QEMU processes of a job (its guest's host name carries the uuid)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"qemu" in cmdline and f"solstice-{job_id}".encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
 def short_dir(prefix: str = "sol-") -> Path:
     """A short directory (unix socket paths of real VMs must stay under 108 bytes)."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))

@@ -1,0 +1,287 @@
+"""Forgejo jobs end to end with real guests: the fake Forgejo -> ``solstice forgejo-runner run`` ->
+RabbitMQ -> a dispatcher -> ``solstice job run`` in a TCG guest -> steps, logs and results in the
+fake, per step.
+
+One pipeline (module scope) serves the scenarios, which run one after another:
+
+* a matrix workflow (two tasks, two guests at once): checkout of the task's commit fetched from
+  the fake's git server with the task token, a secret and the token masked, per-step results;
+* a cancel in the forge while a step runs: cancelled, and the VM gone within 10 s;
+* the runner killed mid-job and restarted, then the forge down for two minutes while the job ends:
+  the log in the forge is complete, each line once and in order, and the result reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers.forgejo import RunnerProcess, forgejo_config, register, wait_done
+from helpers.pipeline import (
+    IMAGES,
+    Pipeline,
+    build_test_image,
+    load_config,
+    make_pipeline,
+    qemu_of,
+    wait_until,
+)
+from store_fixtures import Databases
+from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
+
+from solstice.config import BrokerConfig, DatabaseConfig
+from solstice.forges.forgejo.translate import job_uuid
+from solstice.secrets import write_new_key
+from solstice.store import Store
+from tests.fakes.forgejo import FakeForgejo, FakeTask
+
+pytestmark = pytest.mark.vm
+
+SECRET = "canary-91fe-forgejo-vm-secret"
+REPOSITORY = "alice/widgets"
+DOWN_FOR = 120.0  # seconds the forge is unreachable in the outage scenario
+
+
+@dataclass
+class Env:
+    forge: FakeForgejo
+    pipeline: Pipeline
+    runner: RunnerProcess
+    first: str  # the commit the jobs check out
+    second: str  # a later commit: must not be what they get
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def make_repo(path: Path) -> tuple[str, str]:
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / "hello.txt").write_text("hello from the first commit\n")
+    git(path, "add", "hello.txt")
+    git(path, "commit", "-q", "-m", "first")
+    first = git(path, "rev-parse", "HEAD")
+    (path / "hello.txt").write_text("hello from the second commit\n")
+    git(path, "commit", "-q", "-am", "second")
+    return first, git(path, "rev-parse", "HEAD")
+
+
+@pytest.fixture(scope="module")
+def database_url(pg_databases: Databases) -> str:  # noqa: F811
+    url = pg_databases.create()
+    with Store.connect(DatabaseConfig(url=url)) as store:
+        store.migrate()
+    return url
+
+
+@pytest.fixture(scope="module")
+def env(
+    module_broker_cfg: BrokerConfig, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Env]:
+    build_test_image()
+    accel = os.environ.get("SOLSTICE_VM_ACCEL", "tcg")
+    made = make_pipeline(
+        module_broker_cfg, database_url, job_command=f"{sys.executable} -m solstice job run"
+    )
+    pipeline = next(made)
+    forge = FakeForgejo().start()
+    try:
+        key = pipeline.runtime_dir / "secrets.key"
+        write_new_key(key)
+        # state_dir: the images live in <state_dir>/images; the runner's files stay in the test's dir.
+        text = pipeline.config_file.read_text().replace(
+            f'state_dir = "{pipeline.runtime_dir}/state"', f'state_dir = "{IMAGES.parent}"'
+        )
+        text += f'[vm]\naccel = "{accel}"\ncpus = 1\nmemory = "1G"\nboot_timeout = 400\n'
+        text += forgejo_config(
+            key, extra=f'registration_file = "{pipeline.runtime_dir}/forgejo-runner/runner.json"\n'
+        )
+        pipeline.config_file.write_text(text)
+        pipeline.cfg = load_config(pipeline.config_file)
+        repo = tmp_path_factory.mktemp("repo") / "widgets"
+        first, second = make_repo(repo)
+        forge.add_repository(REPOSITORY, repo)
+        register(pipeline, forge, name="vm-runner")
+        pipeline.dispatcher(capacity=2)
+        runner = RunnerProcess(pipeline).start()
+        yield Env(forge, pipeline, runner, first, second)
+        runner.kill()
+    finally:
+        forge.stop()
+        made.close()
+
+
+def enqueue(env: Env, workflow: str, **kwargs: object) -> list[FakeTask]:
+    jobs = env.forge.enqueue(workflow, repository=REPOSITORY, sha=env.first, **kwargs)  # type: ignore[arg-type]
+
+    def tasks() -> list[FakeTask] | None:
+        with env.forge.lock:
+            found = [env.forge.task_of(j) for j in jobs]
+        return [t for t in found if t is not None] if all(found) else None
+
+    return wait_until("the runner to take the tasks", tasks, 60, 0.2)
+
+
+def bodies(forge: FakeForgejo) -> str:
+    with forge.lock:
+        return json.dumps([body for _, _, body in forge.requests])
+
+
+MATRIX = """
+name: ci
+on: push
+jobs:
+  test:
+    runs-on: debian-12
+    strategy:
+      matrix:
+        flavour: [alpha, beta]
+    steps:
+      - uses: actions/checkout@v4
+      - name: Build
+        run: |
+          echo "building ${{ matrix.flavour }} on $(uname -s)"
+          cat hello.txt
+          test -f .git/HEAD && echo "git metadata present"
+          echo "secret is ${{ secrets.API_KEY }}"
+          echo "token is ${{ github.token }}"
+      - name: Fail on beta
+        if: matrix.flavour == 'beta'
+        run: |
+          echo "failing on purpose"
+          exit 3
+"""
+
+
+def test_matrix_workflow_runs_in_guests_and_is_reported_per_step(env: Env) -> None:
+    tasks = enqueue(env, MATRIX, secrets={"API_KEY": SECRET})
+    assert len(tasks) == 2  # one task per matrix combination
+    done = {t.job.name: wait_done(env.forge, t.id, 600, env.runner) for t in tasks}
+    assert set(done) == {"test (alpha)", "test (beta)"}
+    alpha, beta = done["test (alpha)"], done["test (beta)"]
+
+    assert alpha.status == "success", alpha.lines()
+    assert [s.status for s in alpha.steps] == ["success", "success", "skipped"]
+    checkout = alpha.step_lines(0)
+    assert any(
+        f"Fetching http://127.0.0.1:{env.forge.port}/{REPOSITORY}.git {env.first[:12]}" in x
+        for x in checkout
+    ), checkout
+    build = alpha.step_lines(1)
+    assert "building alpha on Linux" in build, build
+    assert "hello from the first commit" in build and "hello from the second commit" not in build
+    assert "git metadata present" in build
+    assert "secret is ***" in build and "token is ***" in build
+    assert alpha.step_lines(2) == []
+    assert alpha.lines()[-1] == "Job succeeded"
+
+    assert beta.status == "failure", beta.lines()
+    assert [s.status for s in beta.steps] == ["success", "success", "failure"]
+    failing = beta.step_lines(2)
+    assert "failing on purpose" in failing and any("exit" in x and "3" in x for x in failing), failing
+    assert "building beta on Linux" in beta.step_lines(1)
+
+    # step logs are contiguous and in step order, with their times (what the UI draws)
+    for task in (alpha, beta):
+        ends = 0
+        for s in task.steps:
+            if s.log_length:
+                assert s.log_index >= ends
+                ends = s.log_index + s.log_length
+            assert s.started_at is not None or s.status == "skipped"
+        assert task.stopped_at is not None
+    # secrets never reach the forge unmasked; the fetch used each task's own token
+    sent = bodies(env.forge)
+    assert SECRET not in sent and alpha.token not in sent and beta.token not in sent
+    fetches = [r for r in env.forge.git_requests if r.status == 200]
+    assert {r.task_id for r in fetches} == {alpha.id, beta.id}
+    for t in (alpha, beta):
+        wait_until("the VMs to be gone", lambda t=t: not qemu_of(job_uuid(env.forge.url, t.id)), 30)
+
+
+CANCEL = """
+name: long
+on: push
+jobs:
+  long:
+    runs-on: debian-12
+    steps:
+      - name: Sleep
+        run: |
+          echo long-step-started
+          sleep 600
+"""
+
+
+def test_cancel_in_the_forge_mid_step_stops_the_vm_within_10s(env: Env) -> None:
+    (task,) = enqueue(env, CANCEL)
+    job_id = job_uuid(env.forge.url, task.id)
+    wait_until("the step to run", lambda: "long-step-started" in task.lines(), 600, 0.2)
+    assert qemu_of(job_id)
+    started = time.monotonic()
+    env.forge.cancel(task.id)
+    wait_until("the VM to be gone", lambda: not qemu_of(job_id), 15, 0.1)
+    gone_after = time.monotonic() - started
+    assert gone_after < 10, gone_after
+    done = wait_done(env.forge, task.id, 60, env.runner)
+    assert done.status == "cancelled"
+    assert done.lines()[-1] == "Job cancelled"
+    assert not (env.pipeline.runtime_dir / "jobs" / job_id).exists()
+
+
+COUNT = 45
+OUTAGE = f"""
+name: steady
+on: push
+jobs:
+  steady:
+    runs-on: debian-12
+    steps:
+      - name: Count
+        run: |
+          for i in $(seq 1 {COUNT}); do echo "line $i"; sleep 1; done
+      - run: echo "after the count"
+"""
+
+
+def test_runner_restart_and_a_two_minute_forge_outage_lose_no_log_line(env: Env) -> None:
+    (task,) = enqueue(env, OUTAGE)
+    job_id = job_uuid(env.forge.url, task.id)
+
+    def counted() -> list[int]:
+        return [int(x.split()[1]) for x in task.lines() if re.fullmatch(r"line \d+", x)]
+
+    wait_until("the count to start", lambda: len(counted()) >= 3, 600, 0.2)
+    env.runner.kill()  # SIGKILL mid-step: no chance to save anything more
+    time.sleep(3)
+    env.runner.start()
+    wait_until("the count to go on after the restart", lambda: len(counted()) >= 12, 120, 0.2)
+    env.forge.down()
+    down_at = time.monotonic()
+    wait_until("the job to end while the forge is down", lambda: not qemu_of(job_id), DOWN_FOR, 0.5)
+    time.sleep(max(0.0, DOWN_FOR - (time.monotonic() - down_at)))
+    assert env.runner.proc is not None and env.runner.proc.poll() is None, env.runner.output()
+    env.forge.up()
+    done = wait_done(env.forge, task.id, 120, env.runner)
+    lines = counted()
+    assert lines == list(range(1, COUNT + 1)), lines
+    assert done.status == "success", done.lines()
+    assert [s.status for s in done.steps] == ["success", "success"]
+    assert "after the count" in done.step_lines(1)
+    assert done.lines().count("Job succeeded") == 1
+    out = env.runner.output()
+    assert "cannot be reached" in out and "answers again" in out
