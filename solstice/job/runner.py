@@ -105,6 +105,8 @@ class JobRun:
         self.job_env: dict[str, str] = {}
         self.deadline: float | None = None
         self.timed_out = False
+        #: The job's ``outputs:``, evaluated after its steps (for ``needs.<job>.outputs``).
+        self.outputs: dict[str, str] = {}
         #: The job's work directory on the host (set by _run_in_vm; removed by its ExitStack).
         self.workdir: Path | None = None
         #: The forge commit, fetched and packed by the first checkout step (later ones reuse it).
@@ -136,7 +138,7 @@ class JobRun:
         except Exception as exc:  # a bug of ours: still end the job with a clear result
             log.error("internal error in job %s:\n%s", self.request.job_id, traceback.format_exc())
             result, message = Result.ERROR, f"internal error: {type(exc).__name__}: {exc}"
-        self.emit.job_finished(result, message)
+        self.emit.job_finished(result, message, outputs=self.outputs)
         self.notifier.status(f"finished: {result.value}")
         self.notifier.close()
         return result
@@ -357,6 +359,7 @@ class JobRun:
         self.deadline = time.monotonic() + job_minutes * 60 if job_minutes else None
         for step in self.job.steps:
             self._run_one(guest, paths, step)
+        self._evaluate_outputs(paths)
         if self.cancel.is_set():
             return Result.CANCELLED, "the job was cancelled"
         if self.timed_out:
@@ -365,6 +368,16 @@ class JobRun:
             failed = [k for k, v in self.steps_ctx.items() if v["conclusion"] == Outcome.FAILURE.value]
             return Result.FAILURE, f"step {failed[0] if failed else '?'} failed"
         return Result.SUCCESS, ""
+
+    def _evaluate_outputs(self, paths: GuestPaths) -> None:
+        """``jobs.<id>.outputs``, evaluated at the job's end as GitHub does, also after a failure;
+        one that cannot be evaluated is left out with a warning."""
+        ctx = self._context(paths, {**self.job_env, **self.env_added})
+        for name, value in self.job.outputs.items():
+            try:
+                self.outputs[name] = expr.interpolate(str(value), ctx)
+            except ExpressionError as exc:
+                self.emit.log(f"Warning: job output {name!r}: {exc}", step=None)
 
     def _step_key(self, step: Step) -> str:
         return step.id or f"__{step.number}"

@@ -338,3 +338,40 @@ def test_task_state_on_disk_holds_no_secret(pipeline: Pipeline, forgejo_only: Fa
     assert wait_done(forge, task.id, 30, runner).status == "cancelled"
     assert task.result == m.Result.RESULT_CANCELLED
     runner.terminate()
+
+
+def test_the_jobs_if_decides_whether_it_runs(
+    pipeline: Pipeline, forgejo_only: FakeForgejo, db: Store
+) -> None:
+    forge = forgejo_only
+    register(pipeline, forge)
+    pipeline.dispatcher()
+    runner = RunnerProcess(pipeline).start()
+    forge.enqueue(
+        "name: ci\non: push\njobs:\n"
+        "  a:\n    runs-on: debian-12\n    env: {FAKE: fail}\n    steps: [{run: x}]\n"
+        "  cleanup:\n    needs: a\n    if: failure()\n    runs-on: debian-12\n    env: {FAKE: ok}\n"
+        "    steps: [{run: y}]\n"
+        "  release:\n    if: github.ref == 'refs/heads/release'\n    runs-on: debian-12\n"
+        "    env: {FAKE: ok}\n    steps: [{run: z}, {run: w}]\n"
+    )
+
+    def tasks_by_key() -> dict[str, FakeTask] | None:
+        with forge.lock:
+            found = {t.job.key: t for t in forge.tasks.values() if t.archived}
+        return found if len(found) == 3 else None
+
+    try:
+        done = wait_until("the three tasks to be reported", tasks_by_key, 60, 0.2)
+    except AssertionError:
+        raise AssertionError(runner.output()[-3000:]) from None
+    assert done["a"].status == "failure"
+    assert done["cleanup"].status == "success"  # needs.a failed and if: failure() holds
+    release = done["release"]
+    assert release.status == "skipped" and [s.status for s in release.steps] == ["skipped", "skipped"]
+    assert release.lines() == [
+        "Skipping the job: the job's condition is false: if: github.ref == 'refs/heads/release'",
+        "Job skipped",
+    ]
+    assert db.get(job_uuid(forge.url, release.id)) is None  # no job, no VM for it
+    runner.terminate()

@@ -150,10 +150,14 @@ jobs:
     strategy:
       matrix:
         flavour: [alpha, beta]
+    outputs:
+      built: ${{ steps.build.outputs.built }}
     steps:
       - uses: actions/checkout@v4
       - name: Build
+        id: build
         run: |
+          echo "built=${{ matrix.flavour }}-$(cat hello.txt | wc -w)" >> "$GITHUB_OUTPUT"
           echo "building ${{ matrix.flavour }} on $(uname -s)"
           cat hello.txt
           test -f .git/HEAD && echo "git metadata present"
@@ -188,12 +192,14 @@ def test_matrix_workflow_runs_in_guests_and_is_reported_per_step(env: Env) -> No
     assert "secret is ***" in build and "token is ***" in build
     assert alpha.step_lines(2) == []
     assert alpha.lines()[-1] == "Job succeeded"
+    assert alpha.outputs == {"built": "alpha-5"}  # job outputs reach the forge (needs.<job>.outputs)
 
     assert beta.status == "failure", beta.lines()
     assert [s.status for s in beta.steps] == ["success", "success", "failure"]
     failing = beta.step_lines(2)
     assert "failing on purpose" in failing and any("exit" in x and "3" in x for x in failing), failing
     assert "building beta on Linux" in beta.step_lines(1)
+    assert beta.outputs == {"built": "beta-5"}  # evaluated after a failure too
 
     # step logs are contiguous and in step order, with their times (what the UI draws)
     for task in (alpha, beta):

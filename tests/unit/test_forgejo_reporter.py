@@ -339,3 +339,23 @@ def test_archived_log_closes_the_reporting() -> None:
     assert req is not None and req.state is not None and req.state.result == m.Result.RESULT_SUCCESS
     rep.on_task_ack(m.UpdateTaskResponse(state=m.TaskState(id=1, result=m.Result.RESULT_SUCCESS)))
     assert rep.done
+
+
+def test_a_skipped_task_reports_skipped_with_the_reason() -> None:
+    from solstice.forges.forgejo.reporter import report_skipped
+
+    rep = report_skipped(9, 2, "the job's condition is false: if: false", 1000.0)
+    req = rep.next_update_log()
+    assert req is not None and req.no_more
+    assert [r.content for r in req.rows] == [
+        "Skipping the job: the job's condition is false: if: false",
+        "Job skipped",
+    ]
+    rep.on_log_ack(m.UpdateLogResponse(ack_index=2))
+    assert rep.next_update_log() is None
+    final = rep.next_update_task()
+    assert final is not None and final.state is not None
+    assert final.state.result == m.Result.RESULT_SKIPPED and final.state.stopped_at is not None
+    assert [s.result for s in final.state.steps] == [m.Result.RESULT_SKIPPED] * 2
+    rep.on_task_ack(m.UpdateTaskResponse(state=final.state))
+    assert rep.done

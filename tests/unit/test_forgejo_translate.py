@@ -14,6 +14,7 @@ from solstice.forges.forgejo.client import Client, Credentials
 from solstice.forges.forgejo.translate import (
     CHECKOUT_TOKEN_SECRET,
     Rejected,
+    Skipped,
     Translated,
     job_uuid,
     translate,
@@ -48,7 +49,7 @@ def fetch(fake: FakeForgejo, workflow: str, labels: list[str], **kw: object) -> 
     return tasks
 
 
-def run(task: m.Task, fake: FakeForgejo, catalog: Catalog) -> Translated | Rejected:
+def run(task: m.Task, fake: FakeForgejo, catalog: Catalog) -> Translated | Rejected | Skipped:
     return translate(
         task, server_url=fake.url, secrets_key=KEY, resolve_label=catalog.resolve, reply_to="q.r"
     )
@@ -189,3 +190,43 @@ def test_bad_payloads_are_rejected(fake: FakeForgejo, catalog: Catalog) -> None:
     assert isinstance(two, Rejected) and "exactly one job" in two.reason
     assert isinstance(run(task(b""), fake, catalog), Rejected)
     assert isinstance(run(task(b"\xff\xfe"), fake, catalog), Rejected)
+
+
+@pytest.mark.parametrize(
+    ("condition", "runs"),
+    [
+        ("github.ref == 'refs/heads/main'", True),
+        ("github.ref == 'refs/heads/release'", False),
+        ("vars.DEPLOY == 'yes'", True),
+        ("matrix.py == '3.12'", False),  # the only combination is 3.11
+        ("failure()", False),  # no need failed
+        ("always()", True),
+        ("", True),
+    ],
+)
+def test_the_jobs_if_is_evaluated_by_the_runner(
+    fake: FakeForgejo, catalog: Catalog, condition: str, runs: bool
+) -> None:
+    workflow = (
+        "jobs:\n  a:\n    runs-on: debian-12\n"
+        f'    if: "{condition}"\n'
+        "    strategy: {matrix: {py: ['3.11']}}\n    steps: [{run: x}, {run: y}]\n"
+    )
+    (task,) = fetch(fake, workflow, ["debian-12"], vars={"DEPLOY": "yes"})
+    result = run(task, fake, catalog)
+    if runs:
+        assert isinstance(result, Translated), result
+    else:
+        assert isinstance(result, Skipped) and result.step_count == 2
+        assert condition in result.reason
+
+
+def test_a_bad_job_if_is_rejected_with_the_reason(fake: FakeForgejo, catalog: Catalog) -> None:
+    (task,) = fetch(
+        fake,
+        "jobs:\n  a:\n    runs-on: debian-12\n    if: nosuch(1)\n    steps: [{run: x}]\n",
+        ["debian-12"],
+    )
+    result = run(task, fake, catalog)
+    assert isinstance(result, Rejected), result
+    assert "nosuch" in "\n".join(result.log_lines())

@@ -115,6 +115,7 @@ class _State:
     done: bool = False
     cancel_requested: bool = False
     server_result: int = 0
+    skipped: bool = False  # the job's if: was false: result SKIPPED, every step skipped
 
 
 def _ts(seconds: float | None) -> datetime | None:
@@ -351,7 +352,7 @@ class Reporter:
             s.pending_outputs.append(key)
         if event.message:
             self._place(event.time, event.message, None)
-        self._place(event.time, _CLOSING[result], None)
+        self._place(event.time, "Job skipped" if s.skipped else _CLOSING[result], None)
 
     # --- UpdateLog -------------------------------------------------------------------------------
 
@@ -401,7 +402,9 @@ class Reporter:
             result = st.result
             stopped = st.stopped_at
             if final and not result:
-                result, stopped = int(m.Result.RESULT_CANCELLED), s.stopped_at
+                # never ran: skipped with the job, else cancelled (§3.5)
+                never = m.Result.RESULT_SKIPPED if s.skipped else m.Result.RESULT_CANCELLED
+                result, stopped = int(never), s.stopped_at
             steps.append(
                 m.StepState(
                     id=i,
@@ -412,9 +415,12 @@ class Reporter:
                     log_length=st.log_length,
                 )
             )
+        job_result = _JOB_RESULT[Result(s.result)] if final else m.Result.RESULT_UNSPECIFIED
+        if final and s.skipped:
+            job_result = m.Result.RESULT_SKIPPED
         return m.TaskState(
             id=s.task_id,
-            result=_JOB_RESULT[Result(s.result)] if final else m.Result.RESULT_UNSPECIFIED,
+            result=job_result,
             started_at=_ts(s.started_at),
             stopped_at=_ts(s.stopped_at) if final else None,
             steps=tuple(steps),
@@ -445,6 +451,15 @@ class Reporter:
             s.cancel_requested = True
         if s.final_sent and not s.pending_outputs:
             s.done = True
+
+
+def report_skipped(task_id: int, step_count: int, reason: str, time: float) -> Reporter:
+    """A Reporter that ends a task as skipped (its ``if:`` is false) with ``reason`` in its log."""
+    rep = Reporter(task_id, step_count)
+    rep.s.skipped = True
+    rep.feed(JobEvent(job_id="", seq=1, time=time, kind=EventKind.LOG, text=f"Skipping the job: {reason}"))
+    rep.feed(JobEvent(job_id="", seq=2, time=time, kind=EventKind.JOB_FINISHED, result=Result.SUCCESS))
+    return rep
 
 
 def report_rejection(

@@ -59,9 +59,9 @@ from .client import (
     RegistrationGone,
 )
 from .registration import Registration
-from .reporter import Reporter, ReportError, report_rejection
+from .reporter import Reporter, ReportError, report_rejection, report_skipped
 from .taskstate import Saved, TaskStore
-from .translate import Rejected, translate
+from .translate import Rejected, Skipped, translate
 
 log = logging.getLogger("solstice.forgejo")
 
@@ -149,8 +149,7 @@ class RunnerService:
         self.next_fetch = 0.0
         self.last_contact = 0.0
         self.stopping = False
-        self._ready = False
-        self._noted_no_queue = False
+        self._noted_missing: list[str] = []
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -170,7 +169,9 @@ class RunnerService:
                 self._save(a, force=True)
 
     def start(self, should_stop: Callable[[], bool] = lambda: False) -> None:
-        self.notify("STATUS=declaring labels to the forge")
+        # READY at once: a forge that is down at start is a state to wait out (and to show in
+        # STATUS), not a failed start for systemd to restart again and again.
+        self.notify("READY=1\nSTATUS=declaring labels to the forge")
         self._declare(should_stop)
         for saved in self.store.load_all(cancel_on_failure=self.fcfg.cancel_on_failure):
             a = self._track(saved)
@@ -236,9 +237,6 @@ class RunnerService:
                 self._forget(a)
         if not self.stopping and time.monotonic() >= max(self.forge_retry_at, self.next_fetch):
             self._fetch()
-        if not self._ready and self.conn.is_open:
-            self._ready = True
-            self.notify("READY=1")
         self._status()
 
     def _status(self) -> None:
@@ -331,36 +329,44 @@ class RunnerService:
 
     def _pipeline_has_room(self) -> bool:
         """No job waits in this runner's label queues: the dispatchers have capacity. (A task
-        fetched now would otherwise wait here instead of being free for another runner.)"""
+        fetched now would otherwise wait here instead of being free for another runner.) A label
+        whose queue no dispatcher declared yet does not count; with none declared at all, no task
+        is taken."""
         if not self.queue_labels:
             return True
+        backlog, found, missing = 0, 0, []
+        for label in self.queue_labels:
+            count = self._queue_depth(self.names.job_queue(label))
+            if count is None:
+                missing.append(label)
+            else:
+                found += 1
+                backlog += count
+        if missing and missing != self._noted_missing:
+            log.warning(
+                "no dispatcher has declared the job queue of label(s) %s (yet); %s",
+                ", ".join(missing),
+                "taking no tasks" if not found else "tasks for them wait in this runner",
+            )
+        self._noted_missing = missing
+        return found > 0 and backlog == 0
+
+    def _queue_depth(self, queue: str) -> int | None:
+        """Ready messages in ``queue``; None when it does not exist or the broker is away."""
         try:
             channel, _ = self.conn.channel(time.monotonic() + 2.0)
         except BrokerError:
-            return False
-        backlog = 0
+            return None
         try:
-            for label in self.queue_labels:
-                ok = channel.queue_declare(queue=self.names.job_queue(label), passive=True)
-                backlog += int(ok.method.message_count)
-        except Exception as exc:  # 404: no dispatcher ever declared that queue; or the link broke
-            if not self._noted_no_queue:
-                self._noted_no_queue = True
-                log.warning(
-                    "not taking tasks: cannot look at the job queues of %s (%s); is a dispatcher "
-                    "with these labels running?",
-                    ", ".join(self.queue_labels),
-                    exc,
-                )
-            return False
+            return int(channel.queue_declare(queue=queue, passive=True).method.message_count)
+        except Exception:  # 404 (the broker closes the channel), or the link broke
+            return None
         finally:
             try:
                 if channel.is_open:
                     channel.close()
-            except Exception:  # a channel the broker closed (404) cannot be closed again
+            except Exception:  # a channel the broker closed cannot be closed again
                 pass
-        self._noted_no_queue = False
-        return backlog == 0
 
     def _accept(self, task: m.Task) -> None:
         result = translate(
@@ -374,6 +380,10 @@ class RunnerService:
         if isinstance(result, Rejected):
             log.warning("task %d cannot run here: %s", task.id, result.reason)
             reporter = report_rejection(task.id, result.step_count, result.log_lines(), now)
+            saved = Saved(task_id=task.id, job_id="", label="", reporter=reporter, request=None)
+        elif isinstance(result, Skipped):
+            log.info("task %d: skipped (%s)", task.id, result.reason)
+            reporter = report_skipped(task.id, result.step_count, result.reason, now)
             saved = Saved(task_id=task.id, job_id="", label="", reporter=reporter, request=None)
         else:
             request = result.request

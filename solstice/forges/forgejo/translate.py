@@ -26,7 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from solstice.errors import SolsticeError, WorkflowError
+from solstice import expr
+from solstice.errors import ExpressionError, SolsticeError, WorkflowError
 from solstice.model import JobRequest, Source
 from solstice.secrets import seal
 from solstice.workflow import parse_workflow, plain
@@ -62,6 +63,15 @@ class Rejected:
 
     def log_lines(self) -> list[str]:
         return [f"Solstice cannot run this job: {self.reason}", *self.lines]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """The job's ``if:`` is false: the task ends as skipped without a VM (act does the same)."""
+
+    task_id: int
+    reason: str
+    step_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,7 +123,7 @@ def translate(
     secrets_key: bytes,
     resolve_label: ResolveLabel,
     reply_to: str = "",
-) -> Translated | Rejected:
+) -> Translated | Rejected | Skipped:
     """The JobRequest for ``task`` (secrets sealed with ``secrets_key``), or why it cannot run.
 
     ``resolve_label`` maps a job's ``runs-on`` to one image label, raising a SolsticeError when the
@@ -168,6 +178,21 @@ def translate(
     contexts: dict[str, Any] = {"github": github, "vars": dict(task.vars), "needs": needs}
     if isinstance(inputs, dict):
         contexts["inputs"] = inputs
+    # The job's `if:` is the runner's to evaluate (the server only holds back jobs whose needs
+    # failed, unless their `if:` mentions always() or failure()).
+    needs_ok = all(n["result"] == "success" for n in needs.values())
+    condition_ctx = expr.Context(
+        values={**contexts, "matrix": dict(job.matrix), "env": {}, "job": {}, "steps": {}},
+        job_status="success" if needs_ok else "failure",
+    )
+    try:
+        run_it = expr.evaluate_condition(job.if_ or "", condition_ctx)
+    except ExpressionError as exc:
+        return Rejected(task.id, f"the job's if: cannot be evaluated: {exc}", (f"if: {job.if_}",), count)
+    if not run_it:
+        return Skipped(
+            task.id, f"the job's condition is false: if: {job.if_ or 'success()'}", len(job.steps)
+        )
     source_ids = {
         "server_url": server_url.rstrip("/"),
         "task_id": str(task.id),
