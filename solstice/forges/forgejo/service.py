@@ -132,14 +132,21 @@ class RunnerService:
         self.address = check_address(self.fcfg.address or f"forgejo-{registration.uuid}")
         self.store = TaskStore(state_dir / "tasks", key)
         self.notify = notify or (lambda text: None)
-        self.conn = Connection(cfg.broker, name=f"forgejo-runner {registration.name}")
-        self.consumer = Consumer(self.conn)
-        self.publisher = Publisher(self.conn, timeout=10.0)
-        self.names = Names(cfg.broker)
         # The job queues whose backlog tells whether the pipeline has room (canonical labels).
         self.queue_labels = sorted(
             {c for c in (self.catalog.canonical(x) for x in registration.labels) if c is not None}
         )
+        # Declaring the label queues (docs/queue.md): a job published before any dispatcher
+        # started waits in its queue instead of being unroutable.
+        self.conn = Connection(
+            cfg.broker,
+            name=f"forgejo-runner {registration.name}",
+            labels=self.queue_labels,
+            addresses=(self.address,),
+        )
+        self.consumer = Consumer(self.conn)
+        self.publisher = Publisher(self.conn, timeout=10.0)
+        self.names = Names(cfg.broker)
         self.tasks: dict[int, Active] = {}
         self.by_job: dict[str, Active] = {}
         self.tasks_version = 0
