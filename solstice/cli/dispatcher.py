@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import shutil
 import signal
 import sys
 import types
-from collections.abc import Callable
 from pathlib import Path
 
 from solstice import config as configmod
@@ -43,25 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _notifier() -> Callable[[str], None]:
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return lambda text: None
-    import sdnotify
-
-    notifier = sdnotify.SystemdNotifier()
-
-    def notify(text: str) -> None:
-        notifier.notify(text)
-
-    return notify
-
-
 def main(args: argparse.Namespace) -> int:
     from solstice.dispatch.dispatcher import Dispatcher
     from solstice.dispatch.process import ProcessSpawner
     from solstice.dispatch.spawner import Spawner
     from solstice.dispatch.systemd import SystemdSpawner
     from solstice.images import Catalog
+    from solstice.job.notify import Notifier
 
     if not args.debug:
         logging.getLogger("solstice").setLevel(logging.INFO)
@@ -88,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
         spawner = ProcessSpawner(cfg.paths.runtime_dir, host, command)
 
     dispatcher = Dispatcher(
-        cfg, host=host, labels=labels, capacity=capacity, spawner=spawner, notify=_notifier()
+        cfg, host=host, labels=labels, capacity=capacity, spawner=spawner, notify=Notifier().send
     )
 
     def on_signal(signum: int, frame: types.FrameType | None) -> None:

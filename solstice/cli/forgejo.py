@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 import types
-from collections.abc import Callable
 from pathlib import Path
 
 from solstice import config as configmod
@@ -179,23 +178,11 @@ def _hand_to_service_user(path: Path) -> None:
         os.chown(p, pw.pw_uid, pw.pw_gid)
 
 
-def _notifier() -> Callable[[str], None]:
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return lambda text: None
-    import sdnotify
-
-    notifier = sdnotify.SystemdNotifier()
-
-    def notify(text: str) -> None:
-        notifier.notify(text)
-
-    return notify
-
-
 def run(cfg: configmod.Config, args: argparse.Namespace) -> int:
     from solstice.forges.forgejo.client import RegistrationGone
     from solstice.forges.forgejo.registration import load
     from solstice.forges.forgejo.service import RunnerService
+    from solstice.job.notify import Notifier
     from solstice.secrets import key_path, load_key
 
     if not args.debug:
@@ -204,7 +191,7 @@ def run(cfg: configmod.Config, args: argparse.Namespace) -> int:
     path = _registration_path(cfg)
     reg = load(path)
     key = load_key(key_path(cfg.secrets.key_file))
-    notify = _notifier()
+    notify = Notifier().send
     service = RunnerService(cfg, reg, key=key, state_dir=path.parent, notify=notify)
 
     def on_signal(signum: int, frame: types.FrameType | None) -> None:

@@ -15,18 +15,19 @@ class Notifier:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _send(self, text: str) -> None:
+    def send(self, text: str) -> None:
+        """Any sd_notify message (a service loop sends its own READY/WATCHDOG/STATUS lines)."""
         if self._n is not None:
             self._n.notify(text)
 
     def ready(self, status: str = "") -> None:
-        self._send("READY=1" + (f"\nSTATUS={status}" if status else ""))
+        self.send("READY=1" + (f"\nSTATUS={status}" if status else ""))
 
     def status(self, text: str) -> None:
-        self._send(f"STATUS={text}")
+        self.send(f"STATUS={text}")
 
     def stopping(self) -> None:
-        self._send("STOPPING=1")
+        self.send("STOPPING=1")
 
     def start_watchdog(self) -> None:
         """Ping at half the interval systemd asked for (WATCHDOG_USEC), from a daemon thread."""
@@ -37,7 +38,7 @@ class Notifier:
 
         def loop() -> None:
             while not self._stop.wait(interval):
-                self._send("WATCHDOG=1")
+                self.send("WATCHDOG=1")
 
         self._thread = threading.Thread(target=loop, name="watchdog", daemon=True)
         self._thread.start()

@@ -193,3 +193,12 @@ def make_request(
 
 def unique_host() -> str:
     return f"host-{secrets.token_hex(3)}"
+
+
+@pytest.fixture(scope="module")
+def database_url(pg_databases: Databases) -> str:
+    """A migrated database of the module's own (its dispatchers see only its jobs)."""
+    url = pg_databases.create()
+    with Store.connect(DatabaseConfig(url=url)) as store:
+        store.migrate()
+    return url

@@ -32,7 +32,8 @@ from helpers.pipeline import (
     wait_state,
     wait_until,
 )
-from store_fixtures import Databases, ensure_postgres_running, local_cluster, pg_ctl
+from store_fixtures import database_url as database_url  # noqa: F401  (fixture)
+from store_fixtures import ensure_postgres_running, local_cluster, pg_ctl
 from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
 from solstice import config as configmod
@@ -234,14 +235,6 @@ def test_a_bad_template_is_refused(tmp_path: Path) -> None:
 
 
 # --- the pipeline, for real ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def database_url(pg_databases: Databases) -> str:  # noqa: F811
-    url = pg_databases.create()
-    with Store.connect(DatabaseConfig(url=url)) as store:
-        store.migrate()
-    return url
 
 
 @pytest.fixture

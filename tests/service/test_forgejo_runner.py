@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers.forgejo import RunnerProcess, cli, forgejo_config, register, wait_done
 from helpers.pipeline import Pipeline, load_config, make_pipeline, wait_state, wait_until
-from store_fixtures import Databases
+from store_fixtures import database_url as database_url  # noqa: F401  (fixture)
 from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
 from solstice.config import BrokerConfig, DatabaseConfig
@@ -32,14 +32,6 @@ def workflow(fake: str, *, steps: str = "      - run: echo one\n", extra: str = 
         "name: ci\non: push\njobs:\n  build:\n    runs-on: debian-12\n"
         f"    env:\n      FAKE: {fake}\n{extra}    steps:\n{steps}"
     )
-
-
-@pytest.fixture(scope="module")
-def database_url(pg_databases: Databases) -> str:  # noqa: F811
-    url = pg_databases.create()
-    with Store.connect(DatabaseConfig(url=url)) as store:
-        store.migrate()
-    return url
 
 
 @pytest.fixture
@@ -78,6 +70,13 @@ def forge(request: pytest.FixtureRequest) -> Iterator[FakeForgejo]:
 def forgejo_only() -> Iterator[FakeForgejo]:
     with FakeForgejo() as fake:
         yield fake
+
+
+def start_all(pipeline: Pipeline, forge: FakeForgejo, *, dispatcher_capacity: int = 4) -> RunnerProcess:
+    """Register with ``forge``, start a dispatcher and the runner (consuming its events)."""
+    register(pipeline, forge)
+    pipeline.dispatcher(capacity=dispatcher_capacity)
+    return RunnerProcess(pipeline).start()
 
 
 def registration(pipeline: Pipeline) -> dict[str, object]:
@@ -163,9 +162,7 @@ def test_run_without_registration_says_how_to_register(pipeline: Pipeline) -> No
 def test_task_runs_through_the_pipeline_and_is_reported(
     pipeline: Pipeline, forge: FakeForgejo, db: Store
 ) -> None:
-    register(pipeline, forge)
-    pipeline.dispatcher()
-    runner = RunnerProcess(pipeline).start()
+    runner = start_all(pipeline, forge)
     (job,) = forge.enqueue(
         workflow("ok", steps="      - run: echo one\n      - run: echo two\n"), secrets={"API_KEY": SECRET}
     )
@@ -202,9 +199,7 @@ def test_a_job_that_cannot_run_fails_in_the_forge_with_the_reason(
     pipeline: Pipeline, forgejo_only: FakeForgejo
 ) -> None:
     forge = forgejo_only
-    register(pipeline, forge)
-    pipeline.dispatcher()
-    runner = RunnerProcess(pipeline).start()
+    runner = start_all(pipeline, forge)
     forge.enqueue(workflow("ok", steps="      - uses: actions/setup-go@v5\n      - run: go test\n"))
     task = wait_done(forge, one_task(forge).id, 30, runner)
     assert task.status == "failure"
@@ -216,9 +211,7 @@ def test_a_job_that_cannot_run_fails_in_the_forge_with_the_reason(
 
 def test_cancel_in_the_forge_stops_the_job(pipeline: Pipeline, forgejo_only: FakeForgejo, db: Store) -> None:
     forge = forgejo_only
-    register(pipeline, forge)
-    pipeline.dispatcher()
-    runner = RunnerProcess(pipeline).start()
+    runner = start_all(pipeline, forge)
     forge.enqueue(workflow("sleep:120"))
     task = one_task(forge)
     job_id = job_uuid(forge.url, task.id)
@@ -241,9 +234,7 @@ def test_runner_killed_mid_job_resumes_without_gaps_or_duplicates(
     pipeline: Pipeline, forgejo_only: FakeForgejo
 ) -> None:
     forge = forgejo_only
-    register(pipeline, forge)
-    pipeline.dispatcher()
-    runner = RunnerProcess(pipeline).start()
+    runner = start_all(pipeline, forge)
     forge.enqueue(workflow("sleep:8"))
     task = one_task(forge)
     wait_until("a few ticks in the forge", lambda: len(_ticks(task)) >= 5, 30, 0.1)
@@ -261,9 +252,7 @@ def test_forge_down_then_back_the_job_is_reported(
     pipeline: Pipeline, forgejo_only: FakeForgejo, db: Store
 ) -> None:
     forge = forgejo_only
-    register(pipeline, forge)
-    pipeline.dispatcher()
-    runner = RunnerProcess(pipeline).start()
+    runner = start_all(pipeline, forge)
     forge.enqueue(workflow("sleep:3"))
     task = one_task(forge)
     wait_until("ticks in the forge", lambda: len(_ticks(task)) >= 2, 30, 0.1)
@@ -280,9 +269,7 @@ def test_forge_down_then_back_the_job_is_reported(
 
 
 def test_registration_revoked_exits_with_a_clear_error(pipeline: Pipeline, forge: FakeForgejo) -> None:
-    register(pipeline, forge)
-    pipeline.dispatcher()
-    runner = RunnerProcess(pipeline).start()
+    runner = start_all(pipeline, forge)
     forge.delete_runner(str(registration(pipeline)["uuid"]))
     status = runner.wait_exit(30)
     out = runner.output()
@@ -297,9 +284,7 @@ def test_no_task_is_taken_beyond_capacity(
     made = _pipeline(broker_cfg, database_url, extra="capacity = 1\n")
     pipeline = next(made)
     try:
-        register(pipeline, forge)
-        pipeline.dispatcher(capacity=4)
-        runner = RunnerProcess(pipeline).start()
+        runner = start_all(pipeline, forge, dispatcher_capacity=4)
         jobs = forge.enqueue(workflow("sleep:3", extra="    strategy:\n      matrix:\n        n: [1, 2]\n"))
         assert len(jobs) == 2
         busy_together = False
@@ -321,9 +306,7 @@ def test_no_task_is_taken_beyond_capacity(
 
 def test_task_state_on_disk_holds_no_secret(pipeline: Pipeline, forgejo_only: FakeForgejo) -> None:
     forge = forgejo_only
-    register(pipeline, forge)
-    pipeline.dispatcher()
-    runner = RunnerProcess(pipeline).start()
+    runner = start_all(pipeline, forge)
     forge.enqueue(workflow("sleep:30"), secrets={"API_KEY": SECRET})
     task = one_task(forge)
     tasks_dir = Path(pipeline.cfg.paths.state_dir) / "forgejo-runner" / "tasks"
@@ -344,9 +327,7 @@ def test_the_jobs_if_decides_whether_it_runs(
     pipeline: Pipeline, forgejo_only: FakeForgejo, db: Store
 ) -> None:
     forge = forgejo_only
-    register(pipeline, forge)
-    pipeline.dispatcher()
-    runner = RunnerProcess(pipeline).start()
+    runner = start_all(pipeline, forge)
     forge.enqueue(
         "name: ci\non: push\njobs:\n"
         "  a:\n    runs-on: debian-12\n    env: {FAKE: fail}\n    steps: [{run: x}]\n"

@@ -16,32 +16,29 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from helpers.forgejo import RunnerProcess, forgejo_config, register, wait_done
 from helpers.pipeline import (
-    IMAGES,
     Pipeline,
-    build_test_image,
     load_config,
     make_pipeline,
     qemu_of,
     wait_until,
 )
-from store_fixtures import Databases
+from store_fixtures import database_url as database_url  # noqa: F401  (fixture)
 from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
-from solstice.config import BrokerConfig, DatabaseConfig
+from solstice.config import BrokerConfig
 from solstice.forges.forgejo.translate import job_uuid
 from solstice.secrets import write_new_key
-from solstice.store import Store
 from tests.fakes.forgejo import FakeForgejo, FakeTask
+from tests.fakes.gitrepo import make_repo
+from tests.testimage import IMAGES, build_test_image
 
 pytestmark = pytest.mark.vm
 
@@ -57,35 +54,6 @@ class Env:
     runner: RunnerProcess
     first: str  # the commit the jobs check out
     second: str  # a later commit: must not be what they get
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-
-
-def make_repo(path: Path) -> tuple[str, str]:
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    (path / "hello.txt").write_text("hello from the first commit\n")
-    git(path, "add", "hello.txt")
-    git(path, "commit", "-q", "-m", "first")
-    first = git(path, "rev-parse", "HEAD")
-    (path / "hello.txt").write_text("hello from the second commit\n")
-    git(path, "commit", "-q", "-am", "second")
-    return first, git(path, "rev-parse", "HEAD")
-
-
-@pytest.fixture(scope="module")
-def database_url(pg_databases: Databases) -> str:  # noqa: F811
-    url = pg_databases.create()
-    with Store.connect(DatabaseConfig(url=url)) as store:
-        store.migrate()
-    return url
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +81,7 @@ def env(
         pipeline.config_file.write_text(text)
         pipeline.cfg = load_config(pipeline.config_file)
         repo = tmp_path_factory.mktemp("repo") / "widgets"
-        first, second = make_repo(repo)
+        first, second = make_repo(repo, "hello from the first commit\n", "hello from the second commit\n")
         forge.add_repository(REPOSITORY, repo)
         register(pipeline, forge, name="vm-runner")
         pipeline.dispatcher(capacity=2)

@@ -20,34 +20,25 @@ from pathlib import Path
 import pika
 import pytest
 from helpers.pipeline import (
-    IMAGES,
     Pipeline,
     Poller,
-    build_test_image,
     make_pipeline,
     make_request,
     qemu_of,
     wait_state,
     wait_until,
 )
-from store_fixtures import Databases
+from store_fixtures import database_url as database_url  # noqa: F401  (fixture)
 from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
 from solstice.config import BrokerConfig, DatabaseConfig
 from solstice.model import EventKind, Result, Step
 from solstice.secrets import write_new_key
 from solstice.store import Store
+from tests.testimage import IMAGES, build_test_image
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "canary-7c1e-submit-secret"
-
-
-@pytest.fixture(scope="module")
-def database_url(pg_databases: Databases) -> str:  # noqa: F811
-    url = pg_databases.create()
-    with Store.connect(DatabaseConfig(url=url)) as store:
-        store.migrate()
-    return url
 
 
 @pytest.fixture

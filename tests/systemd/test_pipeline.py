@@ -20,6 +20,7 @@ Real guests: about 40 s per boot under TCG on an idle build machine; the jobs ru
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -43,6 +44,7 @@ from solstice.config import BrokerConfig, DatabaseConfig
 from solstice.model import EventKind, JobEvent, Result
 from solstice.queue import SYNTHETIC_SEQ, EventSequencer, Names, declare_topology, decode_events
 from solstice.store import JobRecord, Store, StoreError
+from tests.testimage import build_test_image
 
 if TYPE_CHECKING:
     from conftest import Testbed
@@ -397,14 +399,7 @@ def pipeline(installed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> It
         pytest.fail(f"no RabbitMQ answers at {AMQP_URL} (start it: scripts/services)")
     if not answers(ADMIN_URL, 5432):
         pytest.fail(f"no PostgreSQL answers at {ADMIN_URL} (start it: scripts/services)")
-    proc = subprocess.run(
-        [str(ROOT / "scripts" / "build-test-image"), "--output", str(IMAGES)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert proc.returncode == 0, f"scripts/build-test-image failed:\n{proc.stdout}\n{proc.stderr}"
+    build_test_image(IMAGES)
 
     testbed = installed
     token = f"solstice-pipeline-{secrets.token_hex(4)}"
@@ -644,6 +639,108 @@ def test_submit_shows_the_dispatchers_verdict_of_a_unit_ended_by_systemd(pipelin
     out = submission.text()
     assert f"■ error: {verdict.message}" in out, out
     assert code == 1, out
+
+
+FORGEJO_RUNNER = "solstice-forgejo-runner.service"
+REGISTRATION = "/var/lib/solstice/forgejo-runner/runner.json"
+FORGE_WORKFLOW = """
+name: forge
+on: push
+jobs:
+  build:
+    runs-on: debian-12
+    steps:
+      - uses: actions/checkout@v4
+      - name: Show
+        run: |
+          echo "checked out: $(cat hello.txt)"
+          echo "key ${{ secrets.API_KEY }}"
+"""
+
+
+def test_the_forgejo_runner_unit_runs_a_task_and_stops_for_good_when_unregistered(
+    pipeline: Pipeline,
+) -> None:
+    """units/solstice-forgejo-runner.service as packaged: `register` as root hands the credentials
+    to user solstice; the unit (Type=notify, the secrets key as a credential, its StateDirectory)
+    takes a task from the fake Forgejo on the host; the job unit fetches the commit with git and
+    runs it in a guest; the result and logs reach the forge. A deleted registration ends the unit
+    with status 78, which it does not restart from."""
+    from solstice.forges.forgejo.translate import job_uuid
+    from tests.fakes.forgejo import FakeForgejo
+    from tests.fakes.gitrepo import make_repo
+
+    testbed = pipeline.testbed
+    repo = pipeline.workdir / "repo"
+    (sha,) = make_repo(repo, "hello from nspawn\n")
+
+    with contextlib.ExitStack() as cleanup, FakeForgejo() as forge:
+        forge.add_repository("alice/tools", repo)
+
+        def stop_runner() -> None:
+            testbed.run("systemctl", "stop", FORGEJO_RUNNER, check=False, timeout=60)
+            testbed.run("systemctl", "reset-failed", FORGEJO_RUNNER, check=False)
+            testbed.run(
+                "rm", "-rf", REGISTRATION, str(Path(REGISTRATION).parent / "tasks"), "/root/reg-token"
+            )
+
+        cleanup.callback(stop_runner)
+        testbed.write("/root/reg-token", forge.create_registration_token() + "\n", "0600")
+        reg = testbed.run(
+            *("solstice", "forgejo-runner", "register", "--url", forge.url, "--token", "@/root/reg-token"),
+            *("--name", "nspawn-runner", "--labels", "debian-12"),
+        )
+        assert "registered runner 'nspawn-runner'" in reg.stdout, reg.stdout
+        owner = testbed.run("stat", "-c", "%U %a", REGISTRATION).stdout.split()
+        assert owner == ["solstice", "600"], owner
+        runner_uuid = json.loads(testbed.run("cat", REGISTRATION).stdout)["uuid"]
+
+        start = testbed.run("systemctl", "start", FORGEJO_RUNNER, check=False, timeout=90)
+        assert start.returncode == 0, start.stderr + testbed.journal(FORGEJO_RUNNER)
+        (job,) = forge.enqueue(
+            FORGE_WORKFLOW, repository="alice/tools", sha=sha, secrets={"API_KEY": SECRET}
+        )
+
+        def reported() -> Any:
+            with forge.lock:
+                task = forge.task_of(job)
+                return task if task is not None and task.archived else None
+
+        try:
+            task = wait_for("the task to be reported", reported, BOOT_WAIT + 120)
+        except AssertionError:
+            raise AssertionError(testbed.journal(FORGEJO_RUNNER)[-3000:] + pipeline.explain()) from None
+        job_id = job_uuid(forge.url, task.id)
+        pipeline.jobs.append(job_id)
+        assert task.status == "success", task.lines()
+        assert "checked out: hello from nspawn" in task.step_lines(1), task.lines()
+        assert "key ***" in task.step_lines(1)
+        with forge.lock:
+            sent = json.dumps([body for _, _, body in forge.requests])
+        assert SECRET not in sent and task.token not in sent
+        fetches = {r.task_id for r in forge.git_requests if r.status == 200}
+        assert fetches == {task.id}, forge.git_requests
+
+        def finished_journal() -> str | None:
+            text = testbed.journal(f"solstice-job@{job_id}.service")
+            return text if "■ success" in text else None
+
+        journal = wait_for("the job's journal", finished_journal, 30)
+        assert "checked out: hello from nspawn" in journal and SECRET not in journal
+        assert f"task {task.id}: reported" in testbed.journal(FORGEJO_RUNNER)
+        status = testbed.show(FORGEJO_RUNNER, "ActiveState", "StatusText")
+        assert status["ActiveState"] == "active" and "forge ok" in status["StatusText"], status
+
+        forge.delete_runner(runner_uuid)
+        wait_for(
+            "the runner unit to stop",
+            lambda: testbed.show(FORGEJO_RUNNER, "ActiveState")["ActiveState"] in ("failed", "inactive"),
+            60,
+        )
+        time.sleep(7)  # longer than RestartSec=5s: it must not come back
+        shown = testbed.show(FORGEJO_RUNNER, "ActiveState", "ExecMainStatus", "NRestarts")
+        assert shown == {"ActiveState": "failed", "ExecMainStatus": "78", "NRestarts": "0"}, shown
+        assert "no longer knows runner 'nspawn-runner'" in testbed.journal(FORGEJO_RUNNER)
 
 
 def test_nothing_is_left_behind(pipeline: Pipeline) -> None:

@@ -50,22 +50,6 @@ def wait_until(what: str, probe: Callable[[], T | None | bool], timeout: float, 
         time.sleep(interval)
 
 
-IMAGES = Path(os.environ.get("SOLSTICE_TEST_IMAGES", "/var/lib/solstice/images"))
-
-
-def build_test_image() -> Path:
-    """The Debian test image (scripts/build-test-image; cached by its stamp)."""
-    proc = subprocess.run(
-        [str(ROOT / "scripts" / "build-test-image"), "--output", str(IMAGES)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert proc.returncode == 0, f"scripts/build-test-image failed:\n{proc.stdout}\n{proc.stderr}"
-    return IMAGES / "debian-12"
-
-
 def qemu_of(job_id: str) -> list[int]:
     """The QEMU processes of a job (its guest's host name carries the uuid)."""
     pids = []
