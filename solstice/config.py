@@ -203,8 +203,9 @@ class ForgejoConfig:
     fetch_interval: float = 2.0
     #: Seconds between two reports (UpdateLog, UpdateTask) of a running task.
     report_interval: float = 1.0
-    #: HTTP timeout of one call to the forge, in seconds.
-    request_timeout: float = 60.0
+    #: HTTP timeout of one call to the forge, in seconds (below the unit's WatchdogSec=60s,
+    #: since the runner's one thread waits for the answer).
+    request_timeout: float = 30.0
     #: The longest wait between two attempts while the forge cannot be reached, in seconds.
     max_backoff: float = 30.0
     #: The RabbitMQ address (reply_to) the jobs' events come back to. Empty: forgejo-<runner uuid>.
@@ -223,9 +224,10 @@ class ForgejoConfig:
             )
         if not 0.2 <= self.report_interval <= 30:
             raise ConfigError(f"{where}: [forgejo] report_interval must be 0.2 to 30 seconds")
-        if self.request_timeout <= 0 or not 1 <= self.max_backoff <= 300:
+        if not 0 < self.request_timeout <= 50 or not 1 <= self.max_backoff <= 300:
             raise ConfigError(
-                f"{where}: [forgejo] request_timeout must be > 0 and max_backoff 1 to 300 seconds"
+                f"{where}: [forgejo] request_timeout must be 0 to 50 seconds (below the unit's "
+                "watchdog) and max_backoff 1 to 300 seconds"
             )
 
 

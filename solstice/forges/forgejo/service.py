@@ -480,6 +480,7 @@ class RunnerService:
                     rep.on_log_archived()
                     break
                 rep.on_log_ack(resp)
+                self.notify("WATCHDOG=1")  # a slow forge must not look like a hung runner
                 if resp.ack_index < req.index + len(req.rows):
                     break
             req_task = rep.next_update_task()
