@@ -244,6 +244,15 @@ def _kind(stderr: str) -> str:
 
 
 def _error(exc: CommandError, url: str, commit: str, token: str, doing: str) -> CheckoutError:
+    if exc.returncode is None and exc.argv[:1] == ["git"]:
+        # not started at all: nothing to do with the forge
+        return CheckoutError(
+            f"checkout: git is not installed on this job host ({exc.stderr.strip()}); "
+            "install the git package to check out forge repositories",
+            url=url,
+            commit=commit,
+            kind="git",
+        )
     tail = _tail(exc, token)
     kind = _kind(exc.stderr)
     if kind == "auth" and token:

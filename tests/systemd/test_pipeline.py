@@ -712,7 +712,7 @@ def test_the_forgejo_runner_unit_runs_a_task_and_stops_for_good_when_unregistere
             raise AssertionError(testbed.journal(FORGEJO_RUNNER)[-3000:] + pipeline.explain()) from None
         job_id = job_uuid(forge.url, task.id)
         pipeline.jobs.append(job_id)
-        assert task.status == "success", task.lines()
+        assert task.status == "success", "\n".join(task.lines())
         assert "checked out: hello from nspawn" in task.step_lines(1), task.lines()
         assert "key ***" in task.step_lines(1)
         with forge.lock:

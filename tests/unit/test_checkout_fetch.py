@@ -371,3 +371,15 @@ def test_a_commit_the_forge_does_not_have_without_a_ref(
     with pytest.raises(CheckoutError) as info:
         fetch_commit(clone_url(fake), gone, "", task.token, tmp_path / "co")
     assert info.value.kind == "not-found" and gone in str(info.value)
+
+
+def test_a_job_host_without_git_says_so(
+    fake: FakeForgejo, repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = running_task(fake, repo.first)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(CheckoutError) as info:
+        fetch_commit(clone_url(fake), repo.first, "refs/heads/main", task.token, tmp_path / "c")
+    message = str(info.value)
+    assert "git is not installed on this job host" in message and "install the git package" in message
+    assert "not found while" not in message and task.token not in message
