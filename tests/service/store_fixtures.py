@@ -48,6 +48,12 @@ class Databases:
         self.names.append(name)
         return make_conninfo(ADMIN_URL, dbname=name)
 
+    def create_migrated(self) -> str:
+        url = self.create()
+        with Store.connect(DatabaseConfig(url=url)) as store:
+            store.migrate()
+        return url
+
     def drop_all(self) -> None:
         wait_for_postgres()
         with self.admin() as conn:
@@ -121,10 +127,7 @@ def pg_databases() -> Iterator[Databases]:
 @pytest.fixture(scope="session")
 def store_url(pg_databases: Databases) -> str:
     """A migrated database shared by the session (tests use fresh job uuids and host names)."""
-    url = pg_databases.create()
-    with Store.connect(DatabaseConfig(url=url)) as store:
-        store.migrate()
-    return url
+    return pg_databases.create_migrated()
 
 
 @pytest.fixture
@@ -198,7 +201,4 @@ def unique_host() -> str:
 @pytest.fixture(scope="module")
 def database_url(pg_databases: Databases) -> str:
     """A migrated database of the module's own (its dispatchers see only its jobs)."""
-    url = pg_databases.create()
-    with Store.connect(DatabaseConfig(url=url)) as store:
-        store.migrate()
-    return url
+    return pg_databases.create_migrated()
