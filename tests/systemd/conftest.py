@@ -11,18 +11,17 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 import pytest
 
+from tests.waiting import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 TESTBED_SCRIPT = ROOT / "scripts" / "nspawn-testbed"
-
-T = TypeVar("T")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,18 +29,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "systemd: runs the units in a real systemd inside systemd-nspawn (root; scripts/nspawn-testbed)",
     )
-
-
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.2) -> T:
-    """Poll ``probe`` until it returns something other than None or False; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from solstice.model import EventKind, JobEvent, Result
 from solstice.queue import SYNTHETIC_SEQ, EventSequencer, Names, declare_topology, decode_events
 from solstice.store import JobRecord, Store, StoreError
 from tests.testimage import build_test_image
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from conftest import Testbed
@@ -105,17 +106,6 @@ jobs:
           sleep 600
           echo "long step ended"
 """
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def retrying(action: Callable[[], object], timeout: float = 60) -> None:
@@ -204,7 +194,7 @@ class Tap:
             self.pump()
             return probe()
 
-        return wait_for(what, pumped, timeout)
+        return wait_until(what, pumped, timeout)
 
     def text_event(self, job_id: str, text: str) -> JobEvent | None:
         return next((e for e in self.events.get(job_id, []) if text in e.text), None)
@@ -238,7 +228,7 @@ class Submission:
                 raise AssertionError(f"solstice submit exited {self.proc.returncode}:\n{self.text()}")
             return match.group(1) if match else None
 
-        return wait_for("solstice submit to publish its job", probe, timeout)
+        return wait_until("solstice submit to publish its job", probe, timeout)
 
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout=timeout)
@@ -278,7 +268,7 @@ class Pipeline:
         job_id = submission.job_id()
         self.jobs.append(job_id)
         unit = f"solstice-job@{job_id}.service"
-        wait_for(
+        wait_until(
             f"{unit} to be started",
             lambda: self.testbed.show(unit, "ActiveState")["ActiveState"] in ("activating", "active"),
             60,
@@ -297,7 +287,7 @@ class Pipeline:
             rec = self.record(job_id)
             return rec if rec is not None and rec.state.value == state else None
 
-        return wait_for(f"job {job_id} to be {state} in the database", probe, timeout)
+        return wait_until(f"job {job_id} to be {state} in the database", probe, timeout)
 
     def vm_processes(self, job_id: str) -> list[str]:
         return [p for p in self.testbed.processes(f"solstice-{job_id}") if "qemu-system" in p]
@@ -535,7 +525,7 @@ def test_a_submitted_job_runs_as_its_unit_with_its_limits(pipeline: Pipeline) ->
         journal = testbed.journal(unit)
         return journal if "■ success" in journal else None
 
-    journal = wait_for("the step's output in the unit's journal", finished_journal, 20)
+    journal = wait_until("the step's output in the unit's journal", finished_journal, 20)
     assert "before the sleep on Linux, token ***" in journal, journal
     assert "after the sleep" in journal, journal
     assert SECRET not in journal
@@ -549,7 +539,7 @@ def test_a_submitted_job_runs_as_its_unit_with_its_limits(pipeline: Pipeline) ->
     assert re.search(r"^result:\s+success$", shown, re.M), shown
     assert f"journalctl -u {unit}" in shown, shown
     # Exit 0: systemd unloads the unit at once.
-    wait_for(f"{unit} to be unloaded", lambda: not pipeline.unit_loaded(unit), 20)
+    wait_until(f"{unit} to be unloaded", lambda: not pipeline.unit_loaded(unit), 20)
 
 
 def test_systemctl_kill_mid_step_ends_the_job_as_error(pipeline: Pipeline) -> None:
@@ -565,7 +555,7 @@ def test_systemctl_kill_mid_step_ends_the_job_as_error(pipeline: Pipeline) -> No
     killed = time.monotonic()
     testbed.run("systemctl", "kill", unit)
     verdict = tap.wait("the dispatcher's verdict", lambda: tap.verdict(job_id), 60)
-    wait_for("the VM to be gone", lambda: not pipeline.vm_processes(job_id), 15)
+    wait_until("the VM to be gone", lambda: not pipeline.vm_processes(job_id), 15)
     gone_after = time.monotonic() - killed
 
     assert verdict.result is Result.ERROR, verdict
@@ -582,7 +572,7 @@ def test_systemctl_kill_mid_step_ends_the_job_as_error(pipeline: Pipeline) -> No
     assert "SIGTERM: cancelling the job" in journal, journal
     assert "Failed with result 'exit-code'" in journal, journal
     # The dispatcher read the failed unit and released it (systemctl reset-failed).
-    wait_for(f"{unit} to be released", lambda: not pipeline.unit_loaded(unit), 20)
+    wait_until(f"{unit} to be released", lambda: not pipeline.unit_loaded(unit), 20)
     submission.wait(60)
 
 
@@ -611,8 +601,8 @@ def test_runtime_max_sec_ends_the_job_as_error_timeout(pipeline: Pipeline) -> No
     journal = testbed.journal(unit)
     assert "Service reached runtime time limit" in journal, journal
     assert "Failed with result 'timeout'" in journal, journal
-    wait_for("the VM to be gone", lambda: not pipeline.vm_processes(job_id), 15)
-    wait_for(f"{unit} to be released", lambda: not pipeline.unit_loaded(unit), 20)
+    wait_until("the VM to be gone", lambda: not pipeline.vm_processes(job_id), 15)
+    wait_until(f"{unit} to be released", lambda: not pipeline.unit_loaded(unit), 20)
     submission.wait(60)
 
 
@@ -707,7 +697,7 @@ def test_the_forgejo_runner_unit_runs_a_task_and_stops_for_good_when_unregistere
                 return task if task is not None and task.archived else None
 
         try:
-            task = wait_for("the task to be reported", reported, BOOT_WAIT + 120)
+            task = wait_until("the task to be reported", reported, BOOT_WAIT + 120)
         except AssertionError:
             raise AssertionError(testbed.journal(FORGEJO_RUNNER)[-3000:] + pipeline.explain()) from None
         job_id = job_uuid(forge.url, task.id)
@@ -725,14 +715,14 @@ def test_the_forgejo_runner_unit_runs_a_task_and_stops_for_good_when_unregistere
             text = testbed.journal(f"solstice-job@{job_id}.service")
             return text if "■ success" in text else None
 
-        journal = wait_for("the job's journal", finished_journal, 30)
+        journal = wait_until("the job's journal", finished_journal, 30)
         assert "checked out: hello from nspawn" in journal and SECRET not in journal
         assert f"task {task.id}: reported" in testbed.journal(FORGEJO_RUNNER)
         status = testbed.show(FORGEJO_RUNNER, "ActiveState", "StatusText")
         assert status["ActiveState"] == "active" and "forge ok" in status["StatusText"], status
 
         forge.delete_runner(runner_uuid)
-        wait_for(
+        wait_until(
             "the runner unit to stop",
             lambda: testbed.show(FORGEJO_RUNNER, "ActiveState")["ActiveState"] in ("failed", "inactive"),
             60,
@@ -751,7 +741,7 @@ def test_nothing_is_left_behind(pipeline: Pipeline) -> None:
     for job_id in pipeline.jobs:
         record = pipeline.record(job_id)
         assert record is not None and record.state.terminal, (job_id, record)
-    wait_for("no QEMU left", lambda: not [p for p in testbed.processes("qemu-system")], 15)
+    wait_until("no QEMU left", lambda: not [p for p in testbed.processes("qemu-system")], 15)
     units = testbed.run(
         "systemctl", "list-units", "--all", "--plain", "--no-legend", "solstice-job@*"
     ).stdout

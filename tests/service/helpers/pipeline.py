@@ -29,6 +29,7 @@ from solstice.model import EventKind, JobEvent, JobRequest, JobSpec, Result, Ste
 from solstice.queue import ACK, Connection, Consumer, Decision, Delivery, EventSequencer, Names, Publisher
 from solstice.queue.connection import Backoff
 from solstice.store import JobRecord
+from tests import waiting
 
 ROOT = Path(__file__).resolve().parents[3]
 FAKE_JOB = Path(__file__).resolve().parent / "fake_job.py"
@@ -40,14 +41,7 @@ T = TypeVar("T")
 
 
 def wait_until(what: str, probe: Callable[[], T | None | bool], timeout: float, interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value  # type: ignore[return-value]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    return waiting.wait_until(what, probe, timeout, interval)
 
 
 def qemu_of(job_id: str) -> list[int]:
