@@ -6,8 +6,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from helpers.pipeline import POLLER, ROOT, Pipeline, consumers, wait_until
@@ -120,12 +118,6 @@ class RunnerProcess:
             ) from None
 
 
-def wait_task(
-    forge: FakeForgejo, probe: Callable[[], FakeTask | None], what: str, timeout: float
-) -> FakeTask:
-    return wait_until(what, probe, timeout, 0.2)
-
-
 def wait_done(
     forge: FakeForgejo, task_id: int, timeout: float, runner: RunnerProcess | None = None
 ) -> FakeTask:
@@ -151,7 +143,3 @@ def wait_done(
             f"task {task_id} not reported within {timeout:.0f} s; runner log:\n"
             + (runner.output()[-4000:] if runner else "")
         ) from None
-
-
-def started_at(seconds: float) -> float:
-    return time.monotonic() + seconds
