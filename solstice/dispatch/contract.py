@@ -31,6 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
+from solstice.files import atomic_write
 from solstice.model import EventKind, JobEvent, JobRequest, Result
 from solstice.queue.codec import encode_request
 from solstice.queue.sequencer import SYNTHETIC_SEQ
@@ -122,11 +123,7 @@ def write_request(runtime_dir: str | Path, request: JobRequest) -> Path:
         raise ValueError("refusing to write a request with plaintext secrets: seal it first")
     path = request_file(runtime_dir, request.job_id)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(encode_request(request))
-    os.replace(tmp, path)
+    atomic_write(path, encode_request(request), mode=0o600)
     return path
 
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from solstice.backoff import Backoff
 from solstice.config import Config
 from solstice.dispatch.contract import (
     cancel_marker,
@@ -116,6 +117,7 @@ class Dispatcher:
         self.orphans: set[str] = set()  # units the database does not know as running here
         self.stopping = False
         self._db_failures = 0
+        self._db_backoff = Backoff(initial=0.5, maximum=15.0, jitter=0.0)
         self._db_retry_at = 0.0
         self._consuming = False
         self._ready = False
@@ -143,7 +145,7 @@ class Dispatcher:
             self.store.reconnect()
         except StoreUnavailable as exc:
             self._db_failures += 1
-            delay = min(15.0, 0.5 * 2 ** (self._db_failures - 1))
+            delay = self._db_backoff.delay(self._db_failures)
             self._db_retry_at = now + delay
             log.warning("%s; next attempt in %.1f s", exc, delay)
             return False

@@ -27,6 +27,7 @@ from solstice import proc
 from solstice.dispatch.contract import canonical_job_id, child_environment, exit_record, unit_name
 from solstice.dispatch.spawner import ENDED, GONE, RUNNING, UnitStatus, parse_exit_record
 from solstice.dispatch.supervise import proc_start_time
+from solstice.files import atomic_write
 from solstice.model import JobRequest
 
 #: The stop timeout of a job (the job template's TimeoutStopSec=15s).
@@ -94,9 +95,8 @@ class ProcessSpawner:
             os.close(fd)
         self._children[job_id] = child
         # The supervisor writes this too; writing it here closes the window before it runs.
-        tmp = self.dir / f".{job_id}.pid.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"pid": child.pid, "start": proc_start_time(child.pid), "job_id": job_id}))
-        os.replace(tmp, self.pidfile(job_id))
+        pid_record = {"pid": child.pid, "start": proc_start_time(child.pid), "job_id": job_id}
+        atomic_write(self.pidfile(job_id), json.dumps(pid_record), mode=0o644)
 
     def _pid(self, job_id: str) -> int | None:
         """The supervisor's pid if it is still alive (and is the process the pid file means)."""

@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from solstice.files import atomic_write
+
 
 def proc_start_time(pid: int) -> str | None:
     """Field 22 of /proc/<pid>/stat (start time in clock ticks): tells a pid from its reuse."""
@@ -41,9 +43,7 @@ def proc_start_time(pid: int) -> str | None:
 
 
 def write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data), mode=0o644)
 
 
 def _leftovers(match: str, exclude: set[int]) -> list[int]:
@@ -136,9 +136,7 @@ def supervise(
 
 
 def _write_record(record: Path, line: str) -> None:
-    tmp = record.with_name(f".{record.name}.tmp")
-    tmp.write_text(line + "\n")
-    os.replace(tmp, record)
+    atomic_write(record, line + "\n", mode=0o644)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ Publisher and Consumer, per thread. Delivery is at least once; consumers dedupe 
 the database, events by ``seq`` with EventSequencer). See docs/queue.md.
 """
 
+from solstice.backoff import Backoff
 from solstice.queue.batch import BATCH_SCHEMA, decode_events, encode_batch
 from solstice.queue.codec import (
     CANCEL_SCHEMA,
@@ -29,7 +30,7 @@ from solstice.queue.codec import (
     encode_request,
     mask_secrets,
 )
-from solstice.queue.connection import Backoff, Connection, describe_url
+from solstice.queue.connection import Connection, describe_url
 from solstice.queue.consumer import (
     ACK,
     REASON_HEADER,

@@ -11,32 +11,17 @@ and delivery tags of an older epoch are void.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
+from solstice.backoff import Backoff
 from solstice.config import BrokerConfig
 from solstice.queue import _amqp
 from solstice.queue.errors import BrokerError, BrokerUnavailable, TopologyMismatch
 from solstice.queue.topology import check_address, check_label, declare_topology, queue_arguments
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Delay before reconnect attempt ``n`` (1-based): initial * factor**(n-1), capped, +-jitter."""
-
-    initial: float = 0.5
-    factor: float = 2.0
-    maximum: float = 15.0
-    jitter: float = 0.2  # fraction
-
-    def delay(self, attempt: int) -> float:
-        base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
-        return max(0.0, base * (1 + random.uniform(-self.jitter, self.jitter)))
 
 
 def describe_url(url: str) -> str:
@@ -65,7 +50,7 @@ class Connection:
         labels: Iterable[str] = (),
         addresses: Iterable[str] = (),
         control_host: str | None = None,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff | None = None,
         blocked_timeout: float = 120.0,
     ) -> None:
         queue_arguments(cfg)  # validates queue_type now, not at the first connect
@@ -73,7 +58,7 @@ class Connection:
         self.labels = tuple(check_label(x) for x in labels)
         self.addresses = tuple(check_address(x) for x in addresses)
         self.control_host = None if control_host is None else check_address(control_host)
-        self.backoff = backoff
+        self.backoff = backoff or Backoff()
         self.where = describe_url(cfg.url)
         try:
             self._params = _amqp.URLParameters(cfg.url)

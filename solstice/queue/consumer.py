@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from solstice.backoff import Backoff
 from solstice.model import JobEvent, JobRequest
 from solstice.queue import _amqp
 from solstice.queue.batch import decode_events
@@ -28,7 +29,7 @@ from solstice.queue.codec import (
     decode_request,
     mask_secrets,
 )
-from solstice.queue.connection import Backoff, Connection, raise_if_mismatch
+from solstice.queue.connection import Connection, raise_if_mismatch
 from solstice.queue.errors import BrokerError, InvalidMessage
 from solstice.queue.publisher import Publisher
 from solstice.queue.topology import Names, check_address, check_label, declare_topology

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
+from solstice.backoff import Backoff
 from solstice.errors import InfraError, SolsticeError
 from solstice.forges.forgejo import messages as m
 from solstice.forges.forgejo.client import (
-    Backoff,
     Client,
     Credentials,
     ForgeError,

@@ -15,7 +15,6 @@ with a Connect JSON body (forgejo-runner-protocol.md §1.1-§1.3). Errors are cl
 from __future__ import annotations
 
 import json
-import random
 import re
 import time
 import uuid as uuid_mod
@@ -25,6 +24,7 @@ from typing import Any, TypeVar
 
 import requests
 
+from solstice.backoff import Backoff
 from solstice.errors import InfraError, SolsticeError
 from solstice.forges.forgejo import messages as m
 
@@ -265,30 +265,6 @@ def _reason(exc: Exception) -> str:
         if marker in text:
             return marker.lower()
     return text[:200]
-
-
-class Backoff:
-    """Exponential backoff with jitter: ``initial`` doubling up to ``maximum``, ±``jitter``."""
-
-    def __init__(
-        self,
-        initial: float = 1.0,
-        maximum: float = 30.0,
-        factor: float = 2.0,
-        jitter: float = 0.2,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.initial, self.maximum, self.factor, self.jitter = initial, maximum, factor, jitter
-        self.rng = rng or random.Random()
-        self.attempts = 0
-
-    def next_delay(self) -> float:
-        base = min(self.maximum, self.initial * self.factor**self.attempts)
-        self.attempts += 1
-        return max(0.0, base * (1 + self.rng.uniform(-self.jitter, self.jitter)))
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 def retry(

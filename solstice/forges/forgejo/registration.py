@@ -9,13 +9,12 @@ atomic rename, so a crash never leaves half a credential behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from solstice.errors import ConfigError
+from solstice.files import atomic_write
 
 WARNING = "This file is written by `solstice forgejo-runner register`; do not edit or share it."
 DIR_NAME = "forgejo-runner"
@@ -49,17 +48,7 @@ def save(path: Path, reg: Registration) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     data: dict[str, Any] = {"WARNING": WARNING, **asdict(reg)}
     data["labels"] = list(reg.labels)
-    fd, tmp = tempfile.mkstemp(prefix=".runner-", dir=path.parent)  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(data, indent=2) + "\n", mode=0o600, durable=True)
 
 
 def load(path: Path) -> Registration:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from solstice import __version__
+from solstice.backoff import Backoff
 from solstice.config import Config
 from solstice.images import Catalog
 from solstice.model import JobEvent, Result
@@ -50,7 +51,6 @@ from solstice.queue.topology import check_address
 
 from . import messages as m
 from .client import (
-    Backoff,
     Client,
     Credentials,
     ForgeError,

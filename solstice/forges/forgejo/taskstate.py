@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from solstice.files import atomic_write
 from solstice.model import JobRequest
 from solstice.queue import InvalidMessage, decode_request, encode_request
 
@@ -64,16 +63,7 @@ class TaskStore:
             "mask_sealed": self.fernet.encrypt(json.dumps(mask).encode()).decode(),
             "request": encode_request(s.request).decode() if s.request is not None else None,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{s.task_id}-", dir=self.dir)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, separators=(",", ":"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._path(s.task_id))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self._path(s.task_id), json.dumps(data, separators=(",", ":")), durable=True)
 
     def remove(self, task_id: int) -> None:
         self._path(task_id).unlink(missing_ok=True)

@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 import pika
 
 from solstice import config as configmod
+from solstice.backoff import Backoff
 from solstice.config import BrokerConfig, Config
 from solstice.model import EventKind, JobEvent, JobRequest, JobSpec, Result, Step
 from solstice.queue import ACK, Connection, Consumer, Decision, Delivery, EventSequencer, Names, Publisher
-from solstice.queue.connection import Backoff
 from solstice.store import JobRecord
 from tests import waiting
 
