@@ -1,18 +1,50 @@
-"""The exception tree of Solstice.
+"""The exception tree of Solstice: every exception it raises on purpose, and where it lives.
 
     SolsticeError                 everything we raise on purpose; str() is a complete sentence
      +-- ConfigError              a configuration file or override is wrong (names key and file)
+     |    +-- TemplateError       the job unit template cannot be used (dispatch.systemd)
+     +-- UsageError               no usable job request or configuration (job.service; exit 2)
      +-- WorkflowError            a workflow cannot be translated (names file:line)
+     |    +-- WorkflowProblems    several problems of one workflow file (workflow.translate)
+     +-- LoadError                a YAML problem at a line, before translation (workflow.loader)
+     +-- MatrixError              an invalid strategy.matrix (workflow.matrix)
      +-- ExpressionError          a ${{ }} expression cannot be parsed or evaluated
+     +-- FileCommandError         a step wrote a malformed GITHUB_ENV/GITHUB_OUTPUT (job.filecmds)
      +-- CommandError             a subprocess failed (proc.run)
+     +-- InvalidMessage           a queue message we do not understand (queue.errors)
+     +-- CodecError               a forge message that does not decode (forges.forgejo.messages)
+     +-- ReportError              a task's report can no longer be made (forges.forgejo.reporter)
+     +-- StoreError               the job database refused an operation (store.errors)
+     |    +-- InvalidTransition   a job state change the state machine does not allow
+     |    +-- JobNotFound         no such job in the database
+     |    +-- SchemaError         the database schema is older or newer than this Solstice
+     +-- ForgeError               the forge refused a request (forges)
+     |    +-- RegistrationGone    the forge no longer knows this runner
+     |    +-- ForgeUnavailable    the forge cannot be reached (also an InfraError)
+     |    +-- LogArchived         the forge closed the task's log
+     |    +-- Unimplemented       the forge does not implement the call
      +-- InfraError               the job could not run for a reason that is not the user's build
           +-- ImageError          image missing or unusable
           +-- VMError             QEMU failed to start or died
           |    +-- PortForwardError   QEMU could not set up the SSH host forward (retry another port)
+          |    +-- QMPUnavailable     QMP could not be reached or a command failed (vm.qmp)
           +-- BootTimeout         the guest did not answer SSH within the boot timeout
+          |    +-- SSHNotReady    no SSH login within the timeout (vm.ssh; says the last error)
           +-- GuestConnectionLost the SSH connection to a running guest dropped
+          +-- CheckoutError       the job's source could not be fetched or packed (job.checkout)
+          +-- SecretsError        sealed secrets that this host's key cannot open (secrets)
+          +-- StoreUnavailable    PostgreSQL cannot be reached (store.errors)
+          +-- BrokerError         RabbitMQ failed us (queue.errors)
+               +-- BrokerUnavailable  the broker could not be reached within the deadline
+               +-- Unroutable         a mandatory publish had no queue to go to
+               +-- PublishNacked      the broker refused a message
+               +-- TopologyMismatch   an exchange or queue exists with other arguments
+               +-- EventDeliveryError a job's events could not be delivered (queue.eventsink)
 
-Only `solstice.cli` turns these into a message and an exit status.
+Inside a job, an InfraError, a CommandError or any other error of Solstice's own machinery ends
+the job as ``error``; only the workflow's own faults (a step's exit status, WorkflowError,
+ExpressionError, FileCommandError) end it as ``failure``. Only `solstice.cli` turns these into a
+message and an exit status. tests/unit/test_error_tree.py checks this drawing against the code.
 """
 
 from __future__ import annotations

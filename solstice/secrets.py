@@ -13,11 +13,11 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from cryptography.fernet import Fernet, InvalidToken
 
 from solstice.errors import ConfigError, InfraError
-from solstice.model import JobRequest
 
 CREDENTIAL_NAME = "secrets-key"
 DEFAULT_KEY_FILE = Path("/etc/solstice/secrets.key")
@@ -25,6 +25,21 @@ DEFAULT_KEY_FILE = Path("/etc/solstice/secrets.key")
 
 class SecretsError(InfraError):
     pass
+
+
+class Sealable(Protocol):
+    """What sealing needs of a request (solstice.model.JobRequest): the ground floor does not
+    import the model, so it names the fields instead of the class."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def secrets(self) -> Mapping[str, str]: ...
+    @property
+    def sealed_secrets(self) -> str: ...
+
+
+R = TypeVar("R", bound=Sealable)
 
 
 def key_path(configured: str | None = None, environ: Mapping[str, str] | None = None) -> Path:
@@ -61,15 +76,15 @@ def write_new_key(path: Path) -> None:
         fh.write(Fernet.generate_key() + b"\n")
 
 
-def seal(request: JobRequest, key: bytes) -> JobRequest:
+def seal(request: R, key: bytes) -> R:
     """The request with its secrets encrypted into ``sealed_secrets`` and ``secrets`` emptied."""
     if not request.secrets:
         return request
     token = Fernet(key).encrypt(json.dumps(dict(request.secrets), sort_keys=True).encode())
-    return dataclasses.replace(request, secrets={}, sealed_secrets=token.decode())
+    return dataclasses.replace(request, secrets={}, sealed_secrets=token.decode())  # type: ignore[type-var]
 
 
-def unseal(request: JobRequest, key: bytes) -> JobRequest:
+def unseal(request: R, key: bytes) -> R:
     """The request with ``secrets`` decrypted from ``sealed_secrets``."""
     if not request.sealed_secrets:
         return request
@@ -82,4 +97,4 @@ def unseal(request: JobRequest, key: bytes) -> JobRequest:
         ) from None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise SecretsError(f"job {request.job_id}: sealed secrets are not a name -> value map")
-    return dataclasses.replace(request, secrets=data, sealed_secrets="")
+    return dataclasses.replace(request, secrets=data, sealed_secrets="")  # type: ignore[type-var]

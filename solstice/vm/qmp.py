@@ -15,10 +15,12 @@ from typing import Any
 
 from qemu.qmp import QMPClient, QMPError
 
+from solstice.errors import VMError
+
 log = logging.getLogger("solstice.vm.qmp")
 
 
-class QMPUnavailable(Exception):
+class QMPUnavailable(VMError):
     """QMP could not be reached or the command failed (QEMU not up yet, or gone)."""
 
 

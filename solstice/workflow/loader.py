@@ -15,17 +15,18 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from solstice.errors import SolsticeError
+
 _TAG = "tag:yaml.org,2002:"
 _MAX_DEPTH = 100  # recursive aliases (`&a [*a]`) would otherwise never end
 
 
-class LoadError(Exception):
-    """A problem at a 1-based line of the document."""
+class LoadError(SolsticeError):
+    """A problem at a 1-based line of the document (translate turns it into a WorkflowError)."""
 
     def __init__(self, line: int, message: str) -> None:
         super().__init__(message)
         self.line = line
-        self.message = message
 
 
 class LineDict(dict[str, Any]):

@@ -16,12 +16,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from solstice.errors import SolsticeError
+
 #: GitHub's limit on the jobs one matrix may generate.
 MAX_COMBINATIONS = 256
 
 
-class MatrixError(Exception):
-    """The matrix is invalid; ``str()`` says why."""
+class MatrixError(SolsticeError):
+    """The matrix is invalid; ``str()`` says why (translate adds the file:line)."""
 
 
 def same_value(a: Any, b: Any) -> bool:

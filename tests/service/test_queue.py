@@ -450,8 +450,8 @@ def close_connection_on_broker(name: str) -> None:
         )
 
 
-@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
 def test_unacked_job_is_redelivered_after_the_connection_dies(broker_cfg: BrokerConfig, raw: Any) -> None:
+    assert shutil.which("rabbitmqctl"), "rabbitmqctl is not installed (scripts/services installs it)"
     request = make_request()
     got: list[Delivery[JobRequest]] = []
     with connection(broker_cfg, "dies", labels=["debian-12"]) as conn:
@@ -574,12 +574,12 @@ def wait_for_broker(cfg: BrokerConfig, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl (as root)")
 def test_broker_restart_loses_and_duplicates_no_event(
     broker_cfg: BrokerConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Events flow from a publisher thread to a consumer while RabbitMQ restarts: the publisher
     retries unconfirmed publishes, the consumer reconnects, the sequencer drops duplicates."""
+    assert shutil.which("rabbitmqctl"), "rabbitmqctl is not installed (scripts/services installs it)"
     job = str(uuid.uuid4())
     half = threading.Event()
     restarted = threading.Event()

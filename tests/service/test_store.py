@@ -498,8 +498,8 @@ def test_connect_errors() -> None:
     assert "hunter2" not in str(info.value) and "solstice_no_such_db" in str(info.value)
 
 
-@pytest.mark.skipif(local_cluster() is None, reason="the server is not a local pg_ctlcluster cluster")
 def test_postgres_restart(store: Store, store_url: str) -> None:
+    assert local_cluster() is not None, "the server is not a local pg_ctlcluster cluster (scripts/services)"
     request = make_request()
     assert store.record_job(request, "host-a")
     assert store.claim(request.job_id, "host-a", "unit-a")

@@ -24,13 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TESTBED_SCRIPT = ROOT / "scripts" / "nspawn-testbed"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "systemd: runs the units in a real systemd inside systemd-nspawn (root; scripts/nspawn-testbed)",
-    )
-
-
 @dataclass(frozen=True)
 class Testbed:
     """The running container; ``run`` executes a command inside it (as root, clean environment)."""

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from solstice.errors import SolsticeError
+
 
 class Result(enum.IntEnum):
     RESULT_UNSPECIFIED = 0
@@ -191,7 +193,7 @@ class UpdateLogResponse:
 M = TypeVar("M")
 
 
-class CodecError(ValueError):
+class CodecError(SolsticeError, ValueError):
     """A message that does not decode (names the field)."""
 
 
