@@ -8,10 +8,22 @@ reason (never the body: a JobRequest can carry secrets). Consumers dead-letter s
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from solstice.model import EVENT_SCHEMA, REQUEST_SCHEMA, JobEvent, JobRequest, from_dict, to_dict
+from solstice.model import (
+    EVENT_SCHEMA,
+    REQUEST_SCHEMA,
+    EventKind,
+    JobEvent,
+    JobRequest,
+    Outcome,
+    Result,
+    Stream,
+    from_dict,
+    to_dict,
+)
 from solstice.model.masking import MASK, mask_tree, mask_values
 from solstice.queue.errors import InvalidMessage
 
@@ -78,12 +90,146 @@ def decode_request(body: bytes) -> JobRequest:
     return _load(JobRequest, body, REQUEST_SCHEMA)
 
 
+# --- jobevent.v1: the one JobEvent codec ------------------------------------------------------
+# Hand-written for speed, since a job can print tens of thousands of lines a second (``from_dict``
+# validates through type hints, about 200 us per event); tests check it agrees with
+# ``to_dict``/``from_dict``. Single events and event batches (queue.batch) both use it.
+
+#: Fields of a jobevent.v1 object (the JobEvent dataclass).
+EVENT_FIELDS = frozenset(
+    {
+        "job_id",
+        "seq",
+        "time",
+        "kind",
+        "step",
+        "stream",
+        "text",
+        "outcome",
+        "conclusion",
+        "exit_code",
+        "result",
+        "message",
+        "outputs",
+        "schema_version",
+    }
+)
+
+
+def event_document(event: JobEvent) -> dict[str, Any]:
+    """``event`` as a compact jobevent.v1 object (default-valued optional fields left out)."""
+    doc: dict[str, Any] = {
+        "job_id": event.job_id,
+        "seq": event.seq,
+        "time": event.time,
+        "kind": event.kind.value,
+    }
+    if event.step is not None:
+        doc["step"] = event.step
+    if event.stream is not None:
+        doc["stream"] = event.stream.value
+    if event.text:
+        doc["text"] = event.text
+    if event.outcome is not None:
+        doc["outcome"] = event.outcome.value
+    if event.conclusion is not None:
+        doc["conclusion"] = event.conclusion.value
+    if event.exit_code is not None:
+        doc["exit_code"] = event.exit_code
+    if event.result is not None:
+        doc["result"] = event.result.value
+    if event.message:
+        doc["message"] = event.message
+    if event.outputs:
+        doc["outputs"] = dict(event.outputs)
+    doc["schema_version"] = event.schema_version
+    return doc
+
+
 def encode_event(event: JobEvent) -> bytes:
-    return _dump(event, EVENT_SCHEMA)
+    if event.schema_version != EVENT_SCHEMA:
+        raise InvalidMessage(
+            f"cannot encode schema_version {event.schema_version!r}: this code writes {EVENT_SCHEMA!r}"
+        )
+    return json.dumps(event_document(event), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+_KINDS = {k.value: k for k in EventKind}
+_STREAMS = {s.value: s for s in Stream}
+_OUTCOMES = {o.value: o for o in Outcome}
+_RESULTS = {r.value: r for r in Result}
+
+
+def _enum(table: Mapping[str, Any], value: Any, name: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return table[value]
+    except (KeyError, TypeError):
+        raise ValueError(f"JobEvent.{name}: {value!r} is not one of {sorted(table)}") from None
+
+
+def event_from_document(doc: Any) -> JobEvent:
+    """A JobEvent from a jobevent.v1 object; ValueError names the bad field (like ``from_dict``)."""
+    if type(doc) is not dict:
+        raise ValueError(f"JobEvent: expected an object, got {type(doc).__name__}")
+    if not doc.keys() <= EVENT_FIELDS:
+        unknown = doc.keys() - EVENT_FIELDS
+        raise ValueError(f"JobEvent: unknown field(s) {', '.join(sorted(unknown))}")
+    get = doc.get
+    if get("schema_version", EVENT_SCHEMA) != EVENT_SCHEMA:
+        raise ValueError(f"unknown schema_version {doc['schema_version']!r} (expected {EVENT_SCHEMA!r})")
+    job_id, seq, when, kind = get("job_id"), get("seq"), get("time"), get("kind")
+    if type(job_id) is not str:
+        raise ValueError("JobEvent.job_id: expected a string")
+    if type(seq) is not int:
+        raise ValueError("JobEvent.seq: expected an integer")
+    if type(when) is not float and type(when) is not int:
+        raise ValueError("JobEvent.time: expected a number")
+    step, exit_code = get("step"), get("exit_code")
+    if step is not None and type(step) is not int:
+        raise ValueError("JobEvent.step: expected an integer")
+    if exit_code is not None and type(exit_code) is not int:
+        raise ValueError("JobEvent.exit_code: expected an integer")
+    text, message = get("text", ""), get("message", "")
+    if type(text) is not str or type(message) is not str:
+        raise ValueError("JobEvent.text/message: expected a string")
+    outputs = get("outputs")
+    if outputs is None:
+        outputs = {}
+    elif type(outputs) is not dict or not all(type(v) is str for v in outputs.values()):
+        raise ValueError("JobEvent.outputs: expected an object of strings")
+    if kind is None:
+        raise ValueError("JobEvent: missing field kind")
+    return JobEvent(
+        job_id=job_id,
+        seq=seq,
+        time=float(when),
+        kind=_enum(_KINDS, kind, "kind"),
+        step=step,
+        stream=_enum(_STREAMS, get("stream"), "stream"),
+        text=text,
+        outcome=_enum(_OUTCOMES, get("outcome"), "outcome"),
+        conclusion=_enum(_OUTCOMES, get("conclusion"), "conclusion"),
+        exit_code=exit_code,
+        result=_enum(_RESULTS, get("result"), "result"),
+        message=message,
+        outputs=outputs,
+    )
 
 
 def decode_event(body: bytes) -> JobEvent:
-    return _load(JobEvent, body, EVENT_SCHEMA)
+    data = json_object(body)
+    if "schema_version" not in data:
+        raise InvalidMessage(f"no schema_version (expected {EVENT_SCHEMA!r})")
+    if data["schema_version"] != EVENT_SCHEMA:
+        raise InvalidMessage(
+            _clip(f"unknown schema_version {data['schema_version']!r} (expected {EVENT_SCHEMA!r})")
+        )
+    try:
+        return event_from_document(data)
+    except ValueError as exc:
+        raise InvalidMessage(_clip(f"not a valid {EVENT_SCHEMA}: {exc}")) from None
 
 
 def encode_cancel(cancel: CancelJob) -> bytes:

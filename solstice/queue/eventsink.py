@@ -27,7 +27,8 @@ from collections.abc import Callable
 from solstice.backoff import Backoff
 from solstice.config import BrokerConfig
 from solstice.model import EventKind, JobEvent
-from solstice.queue.batch import approximate_size, encode_documents, event_document
+from solstice.queue.batch import approximate_size, encode_documents
+from solstice.queue.codec import event_document
 from solstice.queue.connection import Connection
 from solstice.queue.errors import BrokerError, Unroutable
 from solstice.queue.publisher import Publisher

@@ -91,7 +91,7 @@ class Publisher:
     def publish_event_batch(
         self, job_id: str, first_seq: int, last_seq: int, body: bytes, reply_to: str
     ) -> None:
-        """Publish an already encoded ``jobevents.v1`` body (see batch.encode_batch_parts)."""
+        """Publish an already encoded ``jobevents.v1`` body (see batch.encode_documents)."""
         address = check_address(reply_to)
         props = _amqp.BasicProperties(
             content_type=CONTENT_TYPE,
