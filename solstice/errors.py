@@ -12,17 +12,22 @@
      +-- FileCommandError         a step wrote a malformed GITHUB_ENV/GITHUB_OUTPUT (job.filecmds)
      +-- CommandError             a subprocess failed (proc.run)
      +-- InvalidMessage           a queue message we do not understand (queue.errors)
-     +-- CodecError               a forge message that does not decode (forges.forgejo.messages)
+     +-- CodecError               a forge message that does not decode (forges.*.messages; names the field)
      +-- ReportError              a task's report can no longer be made (forges.forgejo.reporter)
      +-- StoreError               the job database refused an operation (store.errors)
      |    +-- InvalidTransition   a job state change the state machine does not allow
      |    +-- JobNotFound         no such job in the database
      |    +-- SchemaError         the database schema is older or newer than this Solstice
-     +-- ForgeError               the forge refused a request (forges)
+     +-- ForgeError               the forge refused a request (forges.core.errors)
      |    +-- RegistrationGone    the forge no longer knows this runner
      |    +-- ForgeUnavailable    the forge cannot be reached (also an InfraError)
      |    +-- LogArchived         the forge closed the task's log
      |    +-- Unimplemented       the forge does not implement the call
+     |    +-- SessionConflict     another process holds this runner's broker session (forges.github)
+     |    +-- SessionInvalid      the broker session is no more: create a new one (forges.github)
+     |    +-- VersionTooOld       the broker refuses the reported runner version (forges.github)
+     |    +-- JobGone             the job cannot be acquired (404/409/422): skip it (forges.github)
+     |    +-- LeaseLost           the job's lease expired server-side (forges.github)
      +-- InfraError               the job could not run for a reason that is not the user's build
           +-- ImageError          image missing or unusable
           +-- VMError             QEMU failed to start or died

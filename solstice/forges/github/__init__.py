@@ -1,0 +1,1 @@
+"""The GitHub Actions runner protocol (docs/github.md): client, registration, auth, messages."""
