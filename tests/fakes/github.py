@@ -690,7 +690,9 @@ class FakeGitHub:
                 400,
                 {
                     "error": "invalid_client_assertion",
-                    "error_description": f"The bearer token expired on {claims.get('exp')}. Current server time is {now}.",
+                    # the text R recognises as clock skew (§13.2)
+                    "error_description": f"The bearer token expired on {claims.get('exp')}. "
+                    f"Current server time is {now}.",
                 },
             ) from None
         except jwt.InvalidAudienceError:

@@ -78,12 +78,14 @@ def decode_token(data: Any, where: str = "token") -> Any:
     if kind is TokenType.STRING:
         return _string(data, where)
     if kind is TokenType.SEQUENCE:
-        items = _get(data, "seq") or []  # empty sequences omit `seq` (§13.11)
+        items = _get(data, "seq")
+        items = [] if items is None else items  # empty sequences omit `seq` (§13.11)
         if not isinstance(items, list):
             raise CodecError(f"{where}.seq", "must be a list")
         return [decode_token(item, f"{where}.seq[{i}]") for i, item in enumerate(items)]
     if kind is TokenType.MAPPING:
-        pairs = _get(data, "map") or []
+        pairs = _get(data, "map")
+        pairs = [] if pairs is None else pairs
         if not isinstance(pairs, list):
             raise CodecError(f"{where}.map", "must be a list of {key, value} pairs")
         out: dict[Any, Any] = {}
@@ -151,12 +153,14 @@ def decode_context(data: Any, where: str = "contextData") -> Any:
         value = _get(data, "s")
         return "" if value is None else str(value)
     if kind is ContextType.ARRAY:
-        items = _get(data, "a") or []
+        items = _get(data, "a")
+        items = [] if items is None else items
         if not isinstance(items, list):
             raise CodecError(f"{where}.a", "must be a list")
         return [decode_context(v, f"{where}.a[{i}]") for i, v in enumerate(items)]
     if kind in (ContextType.DICTIONARY, ContextType.CASE_SENSITIVE_DICTIONARY):
-        pairs = _get(data, "d") or []
+        pairs = _get(data, "d")
+        pairs = [] if pairs is None else pairs
         if not isinstance(pairs, list):
             raise CodecError(f"{where}.d", "must be a list of {k, v} pairs")
         out: dict[str, Any] = {}
