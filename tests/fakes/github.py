@@ -216,6 +216,7 @@ class FakeGitHub:
         self.repository = repository
         self.lock = threading.Condition()
         self.port = 0
+        self.url = ""  # http://127.0.0.1:<port> once started
         self.requests: deque[Recorded] = deque(maxlen=MAX_RECORDS)
         self.registration_tokens: set[str] = set()
         self.remove_tokens: set[str] = set()
@@ -236,10 +237,6 @@ class FakeGitHub:
         self._closing = False
 
     # --- lifecycle ---------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def github_url(self) -> str:
@@ -264,6 +261,7 @@ class FakeGitHub:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 

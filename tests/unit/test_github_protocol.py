@@ -80,6 +80,14 @@ def poll_job(client: RunnerClient, session: m.Session) -> tuple[m.TaskAgentMessa
     raise AssertionError("no job message")
 
 
+def offered_job(fake: FakeGitHub) -> tuple[RunnerClient, m.Session, m.RunnerJobRequest]:
+    """A registered runner with a session that has been offered a job of WORKFLOW."""
+    client = runner_client(enrol(fake))
+    session = client.create_session("h")
+    fake.enqueue(WORKFLOW, secrets={"TOKEN": SECRET})
+    return client, session, poll_job(client, session)[1]
+
+
 def test_scope_from_urls() -> None:
     assert RunnerScope.from_url("https://github.com/octo/repo") == RunnerScope(
         "https://github.com/octo/repo", "https://api.github.com", "repos/octo/repo"
@@ -369,11 +377,7 @@ def test_session_invalid_means_recreate(fake: FakeGitHub) -> None:
 
 
 def test_lease_expiry(fake: FakeGitHub) -> None:
-    reg = enrol(fake)
-    client = runner_client(reg)
-    session = client.create_session("h")
-    fake.enqueue(WORKFLOW, secrets={"TOKEN": SECRET})
-    _, ref = poll_job(client, session)
+    client, session, ref = offered_job(fake)
     job = client.acquire_job(ref)
     fj = fake.jobs[ref.runner_request_id]
     jc = JobClient(job)
@@ -387,11 +391,7 @@ def test_lease_expiry(fake: FakeGitHub) -> None:
 
 def test_lease_expires_by_time(fake: FakeGitHub) -> None:
     fake.lease_seconds = 0.2
-    reg = enrol(fake)
-    client = runner_client(reg)
-    session = client.create_session("h")
-    fake.enqueue(WORKFLOW, secrets={"TOKEN": SECRET})
-    _, ref = poll_job(client, session)
+    client, session, ref = offered_job(fake)
     jc = JobClient(client.acquire_job(ref))
     jc.renew()
     time.sleep(0.3)
@@ -413,11 +413,7 @@ def test_runner_deleted_is_registration_gone(fake: FakeGitHub) -> None:
 
 
 def test_acquire_gone_and_taken(fake: FakeGitHub) -> None:
-    reg = enrol(fake)
-    client = runner_client(reg)
-    session = client.create_session("h")
-    fake.enqueue(WORKFLOW, secrets={"TOKEN": SECRET})
-    _, ref = poll_job(client, session)
+    client, session, ref = offered_job(fake)
     missing = m.RunnerJobRequest("1", "00000000-0000-0000-0000-00000000dead", ref.run_service_url)
     with pytest.raises(JobGone) as err:
         client.acquire_job(missing)

@@ -265,19 +265,19 @@ class RegistrationClient:
             raise ForgeError(f"runner-registration: unsupported token schema {cred.token_schema!r}")
         return cred
 
-    def pools(self, tenant: m.TenantCredential) -> list[m.AgentPool]:
+    def pools(self, tenant: m.TenantCredential) -> list[m.RunnerGroup]:
         url = f"{tenant.url}_apis/distributedtask/pools"
         data = self._pipelines("GET", url, "pools", tenant.token, params={"poolType": "Automation"})
         values = m.Fields(data, "pools").items("value")
         return _decode(
-            "pools", lambda: [m.AgentPool.from_dict(v, f"pools.value[{i}]") for i, v in enumerate(values)]
+            "pools", lambda: [m.RunnerGroup.from_dict(v, f"pools.value[{i}]") for i, v in enumerate(values)]
         )
 
-    def default_pool(self, tenant: m.TenantCredential) -> m.AgentPool:
+    def default_pool(self, tenant: m.TenantCredential) -> m.RunnerGroup:
         """The internal group, never a hosted one (§3.3)."""
         pools = [p for p in self.pools(tenant) if not p.is_hosted]
         for pool in pools:
-            if pool.is_internal:
+            if pool.is_default:
                 return pool
         if not pools:
             raise ForgeError("pools: the server lists no self-hosted runner group")
@@ -407,7 +407,7 @@ class RegistrationClient:
         replace: bool,
     ) -> Enrolment:
         groups = [g for g in self.runner_groups(token) if not g.is_hosted]
-        group = next((g for g in groups if g.default), groups[0] if groups else None)
+        group = next((g for g in groups if g.is_default), groups[0] if groups else None)
         if group is None:
             raise ForgeError("runner-groups: no self-hosted runner group")
         existing = self.find_runner_ids(token, name)

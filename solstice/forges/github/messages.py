@@ -131,24 +131,6 @@ class TenantCredential:
 
 
 @dataclass(frozen=True)
-class AgentPool:
-    id: int
-    name: str
-    is_hosted: bool = False
-    is_internal: bool = False
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "pool") -> AgentPool:
-        f = Fields(data, where)
-        return cls(
-            id=f.integer("id"),
-            name=f.text("name", default=""),
-            is_hosted=f.flag("isHosted", default=False),
-            is_internal=f.flag("isInternal", default=False),
-        )
-
-
-@dataclass(frozen=True)
 class Label:
     name: str
     type: str = "user"  # "system" for self-hosted/OS/arch (§3.3)
@@ -238,19 +220,21 @@ class Agent:
 
 @dataclass(frozen=True)
 class RunnerGroup:
+    """A runner group: a pipelines agent pool (§3.3) or a runner-admin group (§3.4), one shape."""
+
     id: int
     name: str
-    default: bool = False
+    is_default: bool = False  # the pool `isInternal`, the group `default`
     is_hosted: bool = False
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "runner_group") -> RunnerGroup:
+    def from_dict(cls, data: Any, where: str = "group") -> RunnerGroup:
         f = Fields(data, where)
         return cls(
             id=f.integer("id"),
             name=f.text("name", default=""),
-            default=f.flag("default", default=False),
-            is_hosted=f.flag("is_hosted", default=False),
+            is_default=f.flag("isInternal", "default", default=False),
+            is_hosted=f.flag("isHosted", "is_hosted", default=False),
         )
 
 

@@ -87,16 +87,15 @@ def save(path: Path, reg: Registration) -> None:
 def load(path: Path) -> Registration:
     hint = "register first: solstice github-runner register --url URL --token TOKEN --name NAME"
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"this runner is not registered: {path} does not exist", hint=hint) from None
-    except PermissionError:
-        raise ConfigError(f"{path} is not readable by this user (it holds the runner's key)") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc})", hint=hint) from None
+    except OSError as exc:  # e.g. another user's 0600 file: it holds the runner's private key
+        raise ConfigError(f"{path} cannot be read: {exc.strerror}") from None
     try:
+        data = m.decode_json(raw, str(path))
         if not isinstance(data, dict):
-            raise m.CodecError("registration", "expected an object")
+            raise m.CodecError(str(path), "expected a JSON object")
         labels = data.get("labels", [])
         reg = Registration(
             settings=m.RunnerSettings.from_dict(data.get(".runner"), "registration..runner"),
