@@ -56,6 +56,7 @@ TENANT = "tenant1"
 MAX_RECORDS = 2000
 MAX_BLOB = 16 * 1024 * 1024
 MAX_QUEUE = 256
+MAX_BLOBS = 1000
 _STATUS_FN = re.compile(r"\b(success|failure|cancelled|always)\s*\(", re.IGNORECASE)
 _EXPR = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
 
@@ -193,6 +194,20 @@ def context_data(value: Any) -> Any:
     return value
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """Every method goes to the fake's router (HTTP/1.0: one request per connection)."""
+
+    fake: FakeGitHub
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.fake._serve(self)
+
+    do_POST = do_PUT = do_DELETE = do_GET  # noqa: N815
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 class FakeGitHub:
     def __init__(
         self,
@@ -247,18 +262,8 @@ class FakeGitHub:
         return f"{self.url}/pipelines/{TENANT}/"
 
     def __enter__(self) -> FakeGitHub:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                fake._serve(self)
-
-            do_POST = do_PUT = do_DELETE = do_GET  # noqa: N815
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -363,6 +368,8 @@ class FakeGitHub:
         seen: dict[str, int] = {}
         made = []
         with self.lock:
+            if len(self.pending) + len(wf.jobs) > MAX_QUEUE:
+                raise RuntimeError(f"the fake's job queue holds at most {MAX_QUEUE} offered jobs")
             for spec in wf.jobs:
                 index = seen.get(spec.key, 0)
                 seen[spec.key] = index + 1
@@ -708,7 +715,9 @@ class FakeGitHub:
             raise Reject(400, {"error": "invalid_client_assertion"})
         token = "rt-" + secrets_mod.token_hex(20)
         with self.lock:
-            self.runner_tokens[token] = (runner.id, time.monotonic() + self.token_lifetime)
+            now = time.monotonic()  # drop dead tokens: the table stays as small as the live ones
+            self.runner_tokens = {t: e for t, e in self.runner_tokens.items() if e[1] > now}
+            self.runner_tokens[token] = (runner.id, now + self.token_lifetime)
             self.algorithms.append(alg)
         return {"access_token": token, "token_type": "JWT", "expires_in": self.token_lifetime}
 
@@ -905,6 +914,8 @@ class FakeGitHub:
                 self.blobs[name] += body
                 if self._q(query, "seal") == "true":
                     self.sealed.add(name)
+            elif name not in self.blobs and len(self.blobs) >= MAX_BLOBS:
+                raise Reject(507, {"message": f"the fake stores at most {MAX_BLOBS} blobs"})
             elif headers.get("x-ms-blob-type") in ("BlockBlob", "AppendBlob"):
                 self.blobs[name] = bytearray(body)
             else:

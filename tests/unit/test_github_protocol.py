@@ -499,3 +499,21 @@ def _minimal_job(run_url: str) -> dict[str, object]:
             ]
         },
     }
+
+
+def test_log_upload_in_append_blocks_is_sealed(fake: FakeGitHub) -> None:
+    client, _, ref = offered_job(fake)
+    job = client.acquire_job(ref)
+    jc = JobClient(job)
+    target = m.LogsTarget(job.plan.plan_id, job.job_id, job.steps[0].id)
+    signed = jc.signed_log_url(target)
+    assert signed.soft_size_limit and signed.blob_storage_type == m.BlobStorageType.AZURE
+    jc.put_blob(signed, b"0123456789", block_size=4)
+    name = f"{job.job_id}/{job.steps[0].id}.txt"
+    assert bytes(fake.blobs[name]) == b"0123456789" and name in fake.sealed
+    puts = [r for r in fake.requests if r.path == f"/blob/{name}"]
+    assert [r.headers.get("x-ms-blob-type") for r in puts[:1]] == ["AppendBlob"]
+    assert [r.query.get("seal", [""])[0] for r in puts[1:]] == ["", "", "true"]
+    with pytest.raises(ForgeError) as err:  # sealed: no more blocks
+        jc.put_blob(signed, b"more", block_size=2)
+    assert err.value.status == 409
