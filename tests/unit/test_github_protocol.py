@@ -517,3 +517,16 @@ def test_log_upload_in_append_blocks_is_sealed(fake: FakeGitHub) -> None:
     with pytest.raises(ForgeError) as err:  # sealed: no more blocks
         jc.put_blob(signed, b"more", block_size=2)
     assert err.value.status == 409
+
+
+def test_service_locations(fake: FakeGitHub) -> None:
+    rc = RegistrationClient(RunnerScope.from_url(fake.github_url))
+    tenant = rc.tenant_credential(fake.registration_token())
+    locations = rc.service_locations(tenant)
+    # the agents resource (e298ef32-…) is where the fixed template says (§2 table)
+    assert (
+        locations["e298ef32-5878-4cab-993c-043836571f42"]
+        == "_apis/distributedtask/pools/{poolId}/agents/{agentId}"
+    )
+    call = [r for r in fake.requests if r.path.endswith("/connectionData")][0]
+    assert "Authorization" not in call.headers and call.query["connectOptions"] == ["0"]

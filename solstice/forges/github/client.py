@@ -265,6 +265,27 @@ class RegistrationClient:
             raise ForgeError(f"runner-registration: unsupported token schema {cred.token_schema!r}")
         return cred
 
+    def service_locations(self, tenant: m.TenantCredential) -> dict[str, str]:
+        """The location service (anonymous, §2, §13.16): resource GUID -> route template. The
+        calls below use the spec's fixed templates, which this lets a caller check."""
+        url = f"{tenant.url}_apis/connectionData"
+        params = {"connectOptions": "0", "lastChangeId": "-1", "lastChangeId64": "-1"}
+        data = self.http.json(
+            "GET",
+            url,
+            "connectionData",
+            params=params,
+            headers={"Accept": "application/json; api-version=1.0"},
+        )
+        location = m.Fields(data, "connectionData").child("locationServiceData")
+        assert location is not None
+        return {
+            m.Fields(d, "serviceDefinition").text("identifier").lower(): m.Fields(
+                d, "serviceDefinition"
+            ).text("relativePath", default="")
+            for d in location.items("serviceDefinitions")
+        }
+
     def pools(self, tenant: m.TenantCredential) -> list[m.RunnerGroup]:
         url = f"{tenant.url}_apis/distributedtask/pools"
         data = self._pipelines("GET", url, "pools", tenant.token, params={"poolType": "Automation"})
