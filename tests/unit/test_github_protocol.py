@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 import time
@@ -530,3 +531,15 @@ def test_service_locations(fake: FakeGitHub) -> None:
     )
     call = [r for r in fake.requests if r.path.endswith("/connectionData")][0]
     assert "Authorization" not in call.headers and call.query["connectOptions"] == ["0"]
+
+
+def test_refused_job_token_is_lease_lost_not_registration_gone(fake: FakeGitHub) -> None:
+    client, _, ref = offered_job(fake)
+    job = client.acquire_job(ref)
+    ep = dataclasses.replace(job.system_connection, parameters={"AccessToken": "job-forged"})
+    jc = JobClient(dataclasses.replace(job, endpoints=(ep,)))
+    with pytest.raises(LeaseLost) as err:
+        jc.renew()
+    assert err.value.status == 401
+    with pytest.raises(LeaseLost):
+        jc.update_steps(m.WorkflowStepsUpdate(job.plan.plan_id, job.job_id, 1, ()))

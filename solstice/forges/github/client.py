@@ -49,6 +49,16 @@ RESULTS_RECEIVER = "twirp/results.services.receiver.Receiver/"
 STEPS_UPDATE = "twirp/github.actions.results.api.v1.WorkflowStepUpdateService/WorkflowStepsUpdate"
 
 _GONE_KINDS = {"runnernotfound", "hostedrunnerdeprovisioned"}
+#: Calls made with the job's token, not the runner's: a 401 there says nothing about the runner.
+_JOB_PROCEDURES = {
+    "renewjob",
+    "completejob",
+    "WorkflowStepsUpdate",
+    "GetStepLogsSignedBlobURL",
+    "GetJobLogsSignedBlobURL",
+    "CreateStepLogsMetadata",
+    "CreateJobLogsMetadata",
+}
 
 
 def timestamp(when: datetime | None = None) -> str:
@@ -113,6 +123,8 @@ def classify(procedure: str, resp: requests.Response) -> ForgeError:
         return LeaseLost(what, **kw)
     if "agentnotfound" in kind or "runnernotfound" in kind:
         return RegistrationGone(what, **kw)
+    if procedure in _JOB_PROCEDURES and status in (401, 403):
+        return LeaseLost(what, **kw)  # the job's own token was refused: the job is over server-side
     if status == 401 or resp.status_code == 401:
         return RegistrationGone(what, **kw)
     if status >= 500 or status == 429:
@@ -522,6 +534,7 @@ class RunnerClient:
     def _authed(self, method: str, url: str, procedure: str, **kwargs: Any) -> requests.Response:
         resp = self.http.send(method, url, procedure, bearer=self.tokens.token(), **kwargs)
         if resp.status_code == 401:
+            log.info("%s: the runner token was refused (401); renewing it once", procedure)
             self.tokens.invalidate()
             resp = self.http.send(method, url, procedure, bearer=self.tokens.token(), **kwargs)
         return resp
