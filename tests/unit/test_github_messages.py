@@ -190,11 +190,14 @@ def test_complete_job_and_results_encoding() -> None:
         "j",
         m.TaskResult.FAILED,
         annotations=(ann,),
-        infrastructure_failure_category=m.InfrastructureFailureCategory.INFRASTRUCTURE,
+        infrastructure_failure_category=m.SOLSTICE_INFRASTRUCTURE_FAILURE,
     )
     d = req.to_dict()
     assert d["conclusion"] == "failed" and d["annotations"][0]["level"] == "FAILURE"
-    assert d["infrastructureFailureCategory"] == "infrastructure" and d["annotations"][0]["stepNumber"] == 2
+    assert (
+        d["infrastructureFailureCategory"] == "solstice_infrastructure_failure"
+        and d["annotations"][0]["stepNumber"] == 2
+    )
     step = m.WorkflowStep("s", 1, "Set up job", m.StepStatus.COMPLETED, "t0", "t1", m.StepConclusion.SKIPPED)
     up = m.WorkflowStepsUpdate("p", "j", 3, (step,)).to_dict()
     assert up["steps"][0]["status"] == 6 and up["steps"][0]["conclusion"] == 7 and up["change_order"] == 3
@@ -214,3 +217,21 @@ def test_secrets_never_in_repr() -> None:
     assert "s3cret" not in repr(m.TenantCredential("u", "OAuthAccessToken", "s3cret"))
     ep = m.ServiceEndpoint("SystemVssConnection", "u", parameters={"AccessToken": "s3cret"})
     assert "s3cret" not in repr(ep) and ep.access_token == "s3cret"
+
+
+def test_complete_job_omits_defaults_as_r_does() -> None:
+    """R's run-service contracts are EmitDefaultValue=false; status/conclusion always go."""
+    assert m.CompleteJobRequest("p", "j", m.TaskResult.SUCCEEDED).to_dict() == {
+        "planId": "p",
+        "jobId": "j",
+        "conclusion": "succeeded",
+    }
+    step = m.StepResult("s", 1, "Test", m.RecordState.PENDING).to_dict()
+    assert step == {
+        "external_id": "s",
+        "number": 1,
+        "name": "Test",
+        "type": "run",
+        "status": "pending",
+        "conclusion": None,
+    }

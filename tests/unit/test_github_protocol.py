@@ -192,7 +192,9 @@ def test_full_job_lifecycle_pipelines_flow(fake: FakeGitHub, tmp_path: Path) -> 
     )
     assert fj.completed is not None and fj.completed["conclusion"] == "succeeded"
     assert fj.completed["stepResults"][0]["status"] == "completed"
-    assert fj.completed["infrastructureFailureCategory"] is None
+    assert "infrastructureFailureCategory" not in fj.completed  # omitted, as R's EmitDefaultValue=false
+    ack = [r for r in fake.requests if r.path == "/broker/acknowledge"][0]
+    assert "disableUpdate" not in ack.query and ack.query["status"] == ["Online"]
     client.delete_session()
     assert fake.runners[reg.settings.agent_id].session_id == ""
     # nothing the runner sent carries the secret in clear, nor the private key

@@ -546,7 +546,6 @@ class RunnerClient:
             "runnerVersion": self.version,
             "os": self.os_name,
             "architecture": self.arch,
-            "disableUpdate": str(self.settings.disable_update).lower(),
         }
 
     def create_session(self, owner_name: str, os_description: str = "Linux") -> m.Session:
@@ -572,7 +571,11 @@ class RunnerClient:
             "GET",
             f"{self.broker}message",
             "get message",
-            params=self._status_params(session_id, status),
+            # the message poll alone carries disableUpdate (R BrokerHttpClient.GetRunnerMessageAsync)
+            params={
+                **self._status_params(session_id, status),
+                "disableUpdate": str(self.settings.disable_update).lower(),
+            },
             timeout=self.poll_timeout,
         )
         if not 200 <= resp.status_code < 300:

@@ -918,10 +918,19 @@ class AnnotationLevel(enum.StrEnum):
     FAILURE = "FAILURE"
 
 
+def _present(body: dict[str, Any]) -> dict[str, Any]:
+    """R's contracts are ``EmitDefaultValue = false``: empty and default fields are left out."""
+    return {k: v for k, v in body.items() if v not in (None, "", 0, False, [], {})}
+
+
 @dataclass(frozen=True)
 class Annotation:
+    """R src/Sdk/RSWebApi/Contracts/Annotation.cs"""
+
     level: AnnotationLevel
     message: str
+    title: str = ""
+    raw_details: str = ""
     path: str = ""
     start_line: int = 0
     end_line: int = 0
@@ -931,21 +940,28 @@ class Annotation:
     is_infrastructure_issue: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "level": self.level.value,
-            "message": self.message,
-            "path": self.path,
-            "startLine": self.start_line,
-            "endLine": self.end_line,
-            "startColumn": self.start_column,
-            "endColumn": self.end_column,
-            "stepNumber": self.step_number,
-            "isInfrastructureIssue": self.is_infrastructure_issue,
-        }
+        return _present(
+            {
+                "level": self.level.value,
+                "message": self.message,
+                "title": self.title,
+                "rawDetails": self.raw_details,
+                "path": self.path,
+                "isInfrastructureIssue": self.is_infrastructure_issue,
+                "startLine": self.start_line,
+                "endLine": self.end_line,
+                "startColumn": self.start_column,
+                "endColumn": self.end_column,
+                "stepNumber": self.step_number,
+            }
+        )
 
 
 @dataclass(frozen=True)
 class StepResult:
+    """R src/Sdk/RSWebApi/Contracts/StepResult.cs (snake_case names; status and conclusion are
+    always sent, the rest only when set)."""
+
     external_id: str
     number: int
     name: str
@@ -958,29 +974,33 @@ class StepResult:
     annotations: tuple[Annotation, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "external_id": self.external_id,
-            "number": self.number,
-            "name": self.name,
-            "status": self.status.value,
-            "conclusion": self.conclusion.value if self.conclusion else None,
-            "started_at": self.started_at or None,
-            "completed_at": self.completed_at or None,
-            "action_name": self.action_name,
-            "type": self.type,
-            "annotations": [a.to_dict() for a in self.annotations],
-        }
+        body = _present(
+            {
+                "external_id": self.external_id,
+                "number": self.number,
+                "name": self.name,
+                "action_name": self.action_name,
+                "type": self.type,
+                "started_at": self.started_at,
+                "completed_at": self.completed_at,
+                "annotations": [a.to_dict() for a in self.annotations],
+            }
+        )
+        body["status"] = self.status.value
+        body["conclusion"] = self.conclusion.value if self.conclusion else None
+        return body
 
 
-class InfrastructureFailureCategory(enum.StrEnum):
-    """R #4073. The server's own names are not documented; Solstice sends these and omits the
-    field (null) for a build's own failure."""
-
-    INFRASTRUCTURE = "infrastructure"
+#: ``infrastructureFailureCategory`` is a free snake_case string (R #4073: the category of the
+#: first infrastructure annotation; R's own is "debugger_tunnel_failure"). Solstice's, for a VM
+#: or host failure that is not the build's fault:
+SOLSTICE_INFRASTRUCTURE_FAILURE = "solstice_infrastructure_failure"
 
 
 @dataclass(frozen=True)
 class CompleteJobRequest:
+    """R src/Sdk/RSWebApi/Contracts/CompleteJobRequest.cs"""
+
     plan_id: str
     job_id: str
     conclusion: TaskResult
@@ -988,22 +1008,24 @@ class CompleteJobRequest:
     step_results: tuple[StepResult, ...] = ()
     annotations: tuple[Annotation, ...] = ()
     billing_owner_id: str = ""
-    environment_url: str | None = None
-    infrastructure_failure_category: str | None = None
+    environment_url: str = ""
+    infrastructure_failure_category: str = ""  # "" for a build's own result
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "planId": self.plan_id,
-            "jobId": self.job_id,
-            "conclusion": self.conclusion.value,
-            "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
-            "stepResults": [s.to_dict() for s in self.step_results],
-            "annotations": [a.to_dict() for a in self.annotations],
-            "telemetry": [],
-            "environmentUrl": self.environment_url,
-            "billingOwnerId": self.billing_owner_id,
-            "infrastructureFailureCategory": self.infrastructure_failure_category,
-        }
+        body = _present(
+            {
+                "planId": self.plan_id,
+                "jobId": self.job_id,
+                "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
+                "stepResults": [s.to_dict() for s in self.step_results],
+                "annotations": [a.to_dict() for a in self.annotations],
+                "environmentUrl": self.environment_url,
+                "billingOwnerId": self.billing_owner_id,
+                "infrastructureFailureCategory": self.infrastructure_failure_category,
+            }
+        )
+        body["conclusion"] = self.conclusion.value
+        return body
 
 
 # --- results service (§7.1); twirp JSON with snake_case names and numeric enums ------------------
