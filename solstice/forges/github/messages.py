@@ -1057,18 +1057,16 @@ class WorkflowStep:
     conclusion: StepConclusion = StepConclusion.UNKNOWN
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        # R Contracts.cs Step: every field is sent, the times as null until known
+        return {
             "external_id": self.external_id,
             "number": self.number,
             "name": self.name,
             "status": int(self.status),
+            "started_at": self.started_at or None,
+            "completed_at": self.completed_at or None,
             "conclusion": int(self.conclusion),
         }
-        if self.started_at:
-            out["started_at"] = self.started_at
-        if self.completed_at:
-            out["completed_at"] = self.completed_at
-        return out
 
 
 @dataclass(frozen=True)
