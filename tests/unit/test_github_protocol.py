@@ -222,6 +222,26 @@ def test_runner_admin_flow_and_unregister(fake: FakeGitHub) -> None:
     assert fake.runners[s.agent_id].deleted
 
 
+def test_ephemeral_runner_admin_flow_runs_one_job_from_a_file(fake: FakeGitHub, tmp_path: Path) -> None:
+    fake.admin_flow = True
+    reg = enrol(fake, ephemeral=True)
+    client = runner_client(reg)
+    session = client.create_session("h")
+    workflow = tmp_path / "ci.yml"
+    workflow.write_text(WORKFLOW)
+    fake.enqueue(workflow, secrets={"TOKEN": SECRET})
+    _, ref = poll_job(client, session)
+    job = client.acquire_job(ref)
+    assert job.file_table == (str(workflow),)
+    jc = JobClient(job)
+    jc.renew()
+    jc.complete(m.CompleteJobRequest(job.plan.plan_id, job.job_id, m.TaskResult.FAILED))
+    assert fake.jobs[ref.runner_request_id].completed is not None
+    # GitHub removes an ephemeral runner after its job: the next poll says so
+    with pytest.raises(RegistrationGone):
+        client.get_message(session.session_id)
+
+
 def test_runner_admin_auth_migration(fake: FakeGitHub) -> None:
     fake.admin_flow = fake.legacy_auth = True
     reg = enrol(fake)
