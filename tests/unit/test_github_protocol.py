@@ -317,12 +317,12 @@ def test_token_expiry_and_renewal_after_401(fake: FakeGitHub) -> None:
 
 
 def test_token_renewed_before_expiry(fake: FakeGitHub) -> None:
-    fake.token_lifetime = 1.0
+    fake.token_lifetime = 2.0
     reg = enrol(fake)
-    tokens = auth.TokenSource(reg.credentials, reg.key, margin=0.5)
+    tokens = auth.TokenSource(reg.credentials, reg.key, margin=1.0)
     first = tokens.token()
     assert tokens.token() == first
-    time.sleep(0.6)
+    time.sleep(1.1)
     assert tokens.token() != first and tokens.exchanges == 2
 
 
@@ -413,11 +413,11 @@ def test_lease_expiry(fake: FakeGitHub) -> None:
 
 
 def test_lease_expires_by_time(fake: FakeGitHub) -> None:
-    fake.lease_seconds = 0.2
+    fake.lease_seconds = 1.0
     client, session, ref = offered_job(fake)
     jc = JobClient(client.acquire_job(ref))
     jc.renew()
-    time.sleep(0.3)
+    time.sleep(1.2)
     with pytest.raises(LeaseLost):
         jc.renew()
 

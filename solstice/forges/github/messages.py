@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from solstice.forges.github.templates import CodecError, Expression, decode_context, decode_token
-
-__all__ = ["CodecError", "Expression"]
+# CodecError and Expression are re-exported: callers use m.CodecError and m.Expression
+from solstice.forges.github.templates import CodecError as CodecError
+from solstice.forges.github.templates import Expression as Expression
+from solstice.forges.github.templates import decode_context, decode_token
 
 _MISSING = object()
 
