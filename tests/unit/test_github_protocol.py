@@ -273,8 +273,9 @@ def test_name_taken_and_replace(fake: FakeGitHub) -> None:
 
 def test_bad_registration_token(fake: FakeGitHub) -> None:
     rc = RegistrationClient(RunnerScope.from_url(fake.github_url))
-    with pytest.raises(RegistrationGone):
+    with pytest.raises(RegistrationGone) as err:
         rc.register("AABFwrong", name="x", key=auth.new_private_key(), labels=[])
+    assert err.value.hint and "expired" in err.value.hint and "AABFwrong" not in str(err.value)
 
 
 def test_jit_config(fake: FakeGitHub, tmp_path: Path) -> None:

@@ -261,7 +261,15 @@ class RegistrationClient:
 
     def _rest(self, method: str, path: str, procedure: str, token: str, **kwargs: Any) -> Any:
         headers = {"Authorization": f"RemoteAuth {token}", "Accept": "application/json"}
-        return self.http.json(method, f"{self.scope.api_url}/{path}", procedure, headers=headers, **kwargs)
+        try:
+            return self.http.json(
+                method, f"{self.scope.api_url}/{path}", procedure, headers=headers, **kwargs
+            )
+        except RegistrationGone as exc:
+            exc.hint = (
+                "the registration or remove token is wrong or expired (they last one hour): get a new one"
+            )
+            raise
 
     def _pipelines(self, method: str, url: str, procedure: str, bearer: str, **kwargs: Any) -> Any:
         media = f"application/json; api-version={PIPELINES_API}"
