@@ -247,3 +247,11 @@ def test_the_poller_imports_no_vm_images_or_job() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+def test_register_says_how_to_start_the_runner_on_this_host(tmp_path: Path) -> None:
+    from solstice.cli.forgejo import start_hint
+
+    assert "systemctl enable --now solstice-forgejo-runner" in start_hint(tmp_path)  # systemd runs
+    hint = start_hint(tmp_path / "absent")
+    assert "systemctl" not in hint and "solstice forgejo-runner run" in hint
