@@ -68,6 +68,7 @@ class FakeBackend:
     cancel: bool = False
     fetches: int = 0
     declares: int = 0
+    forge: str = "fake"
     name: str = "fake"
     url: str = "https://forge.invalid"
     labels: tuple[str, ...] = ("self-hosted",)  # generic only: no queue to check for backlog

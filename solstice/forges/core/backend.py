@@ -97,6 +97,8 @@ class PollerSettings:
 class Backend(Protocol[T]):
     """A forge's runner protocol as the core drives it (``T`` is the forge's task type)."""
 
+    #: The forge's registry name (``forgejo``, ``github``): logs, the broker connection's name.
+    forge: str
     #: For logs and STATUS: the runner's name and the forge's URL.
     name: str
     url: str

@@ -124,7 +124,7 @@ class Poller:
         # started waits in its queue instead of being unroutable.
         self.conn = Connection(
             broker,
-            name=f"{type(backend).__name__} {backend.name}",
+            name=f"{backend.forge}-runner {backend.name}",
             labels=self.queue_labels,
             addresses=(self.address,),
         )

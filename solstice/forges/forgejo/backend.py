@@ -47,6 +47,7 @@ class ForgejoBackend:
             timeout=fcfg.request_timeout,
             user_agent=VERSION.replace(" ", "/"),
         )
+        self.forge = "forgejo"
         self.name = registration.name
         self.url = registration.address
         self.labels = tuple(registration.labels)
