@@ -13,7 +13,9 @@
      +-- CommandError             a subprocess failed (proc.run)
      +-- InvalidMessage           a queue message we do not understand (queue.errors)
      +-- CodecError               a forge message that does not decode (forges.*.messages; names the field)
-     +-- ReportError              a task's report can no longer be made (forges.forgejo.reporter)
+     +-- RoutingError             runs-on names none or several of the runner's labels (model.labels)
+     +-- ReportBroken             one task's report cannot go on: give it up (forges.core)
+     |    +-- ReportError         the forge lost log rows it had acknowledged (forges.forgejo.reporter)
      +-- StoreError               the job database refused an operation (store.errors)
      |    +-- InvalidTransition   a job state change the state machine does not allow
      |    +-- JobNotFound         no such job in the database

@@ -10,13 +10,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from solstice import expr
 from solstice.config import Config, parse_size_mib
 from solstice.errors import ConfigError
 from solstice.job import checkout
 from solstice.job.runner import JobSettings
 from solstice.model import JobRequest, JobSpec, Result, Size, Source
 from solstice.vm.machine import Guest
+from solstice.workflow import needs_context
 
 
 def builtin_example() -> Path:
@@ -80,50 +80,6 @@ def checkout_origin(workflow_path: Path, explicit: bool) -> Origin:
     base = workflow_path.resolve().parent if explicit else Path.cwd()
     root = checkout.find_repo_root(base)
     return Origin(root=root, commit=checkout.head_commit(root))
-
-
-def order_jobs(jobs: Sequence[JobSpec]) -> list[JobSpec]:
-    """Jobs in an order that runs every job after the jobs it needs (file order otherwise)."""
-    done: set[str] = set()
-    ordered: list[JobSpec] = []
-    pending = list(jobs)
-    while pending:
-        progressed = False
-        for job in list(pending):
-            if all(n in done for n in job.needs):
-                ordered.append(job)
-                pending.remove(job)
-                progressed = True
-        done.update(j.key for j in ordered if all(o.key != j.key for o in pending))
-        if not progressed:
-            ordered.extend(pending)  # a cycle: the workflow translation reports it
-            break
-    return ordered
-
-
-def needs_result(results: Sequence[Result]) -> str:
-    """``needs.<job>.result`` of a job key from the results of its runs (matrix combinations)."""
-    if not results:
-        return "skipped"
-    if all(r is Result.SUCCESS for r in results):
-        return "success"
-    if any(r is Result.CANCELLED for r in results):
-        return "cancelled"
-    return "failure"
-
-
-def needs_context(job: JobSpec, results: Mapping[str, Sequence[Result]]) -> dict[str, dict[str, str]]:
-    return {n: {"result": needs_result(results.get(n, []))} for n in job.needs}
-
-
-def should_run(job: JobSpec, results: Mapping[str, Sequence[Result]]) -> bool:
-    """The job's ``if:`` (default ``success()``: every needed job succeeded)."""
-    needs_ok = all(r is Result.SUCCESS for n in job.needs for r in results.get(n, [Result.FAILURE]))
-    ctx = expr.Context(
-        values={"github": {}, "needs": needs_context(job, results)},
-        job_status="success" if needs_ok else "failure",
-    )
-    return expr.evaluate_condition(job.if_ or "", ctx)
 
 
 def local_request(

@@ -2,8 +2,10 @@
 
 ``register --url URL --token TOKEN --name NAME --labels a,b`` registers this installation as a
 runner with the registration token from the forge's *Settings -> Actions -> Runners* and stores
-the runner's credentials (mode 0600) under the state directory; every label must name an image of
-the catalog (or be a generic label such as ``self-hosted``). ``run`` is the service
+the runner's credentials (mode 0600) under the state directory; labels are names (no
+``:docker://`` schemes), at least one of them not generic. A job goes to the queue of its label,
+served by the dispatchers that have the label's image (docs/queue.md): no image is needed here.
+``run`` is the service
 (solstice-forgejo-runner.service): it takes tasks into the pipeline and reports them back.
 ``show`` prints the registration (without its token) and the tasks being reported.
 See docs/forgejo.md.
@@ -88,12 +90,10 @@ def _read_token(value: str) -> str:
     return token
 
 
-def parse_labels(text: str, cfg: configmod.Config) -> list[str]:
-    """The label names, each checked against the image catalog."""
-    from solstice.images import Catalog
-    from solstice.images.catalog import GENERIC_LABELS
+def parse_labels(text: str) -> list[str]:
+    """The label names, checked for their syntax (the images are the dispatchers' business)."""
+    from solstice.model.labels import is_generic
 
-    catalog = Catalog.from_config(cfg)
     labels = [x.strip() for x in text.split(",") if x.strip()]
     if not labels:
         raise ConfigError("--labels: give at least one label")
@@ -103,27 +103,28 @@ def parse_labels(text: str, cfg: configmod.Config) -> list[str]:
                 f"label {label!r}: Solstice labels are names only (no ':docker://...' or ':host' schema)",
                 hint=f"use {label.split(':', 1)[0]!r}; every job runs in a VM of that label's image",
             )
-    unknown = [x for x in labels if catalog.canonical(x) is None and x.lower() not in GENERIC_LABELS]
-    if unknown:
-        raise ConfigError(
-            f"no image for label(s) {', '.join(unknown)} in the catalog ({cfg.source})",
-            hint=f"labels with an image here: {', '.join(catalog.labels) or 'none'}; add an "
-            "[images.<label>] table (docs/images.md)",
-        )
-    if all(catalog.canonical(x) is None for x in labels):
+    if all(is_generic(x) for x in labels):
         raise ConfigError(
             "give at least one image label: generic labels alone (" + ", ".join(labels) + ") pick no image"
         )
     return labels
 
 
+def start_hint(systemd_dir: Path = Path("/run/systemd/system")) -> str:
+    """How to start the runner on this host: the unit where systemd runs, else the command."""
+    if systemd_dir.is_dir():
+        return "start the service: systemctl enable --now solstice-forgejo-runner"
+    return "start the runner: solstice forgejo-runner run  (systemd is not running on this host)"
+
+
 def register(cfg: configmod.Config, args: argparse.Namespace) -> int:
-    from solstice.forges.forgejo.client import Client, ForgeUnavailable, retry
+    from solstice.forges.core import ForgeUnavailable
+    from solstice.forges.forgejo.backend import VERSION
+    from solstice.forges.forgejo.client import Client, retry
     from solstice.forges.forgejo.registration import Registration, load, save
-    from solstice.forges.forgejo.service import VERSION
 
     path = _registration_path(cfg)
-    labels = parse_labels(args.labels, cfg)
+    labels = parse_labels(args.labels)
     url = args.url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"--url {args.url!r}: must start with https:// (or http://)")
@@ -162,7 +163,7 @@ def register(cfg: configmod.Config, args: argparse.Namespace) -> int:
     print(f"registered runner {reg.name!r} (id {reg.id}) with {url}")
     print(f"labels: {', '.join(labels)}")
     print(f"credentials: {path} (mode 0600)")
-    print("start the service: systemctl enable --now solstice-forgejo-runner")
+    print(start_hint())
     return 0
 
 
@@ -179,36 +180,32 @@ def _hand_to_service_user(path: Path) -> None:
 
 
 def run(cfg: configmod.Config, args: argparse.Namespace) -> int:
-    from solstice.forges.forgejo.client import RegistrationGone
-    from solstice.forges.forgejo.registration import load
-    from solstice.forges.forgejo.service import RunnerService
-    from solstice.job.notify import Notifier
+    # Only the forge-neutral core and the Forgejo backend: no vm, images or job (DESIGN.md).
+    from solstice.forges.core import Poller, RegistrationGone, open_backend
+    from solstice.notify import Notifier
     from solstice.secrets import key_path, load_key
 
     if not args.debug:
         logging.getLogger("solstice").setLevel(logging.INFO)
         logging.getLogger("pika").setLevel(logging.CRITICAL)
-    path = _registration_path(cfg)
-    reg = load(path)
     key = load_key(key_path(cfg.secrets.key_file))
-    notify = Notifier().send
-    service = RunnerService(cfg, reg, key=key, state_dir=path.parent, notify=notify)
+    backend = open_backend("forgejo", cfg, key)
+    poller = Poller(cfg.broker, backend, key=key, notify=Notifier().send)
 
     def on_signal(signum: int, frame: types.FrameType | None) -> None:
         log.info(
             "%s: stopping (the jobs keep running; the next start resumes their reports)",
             signal.Signals(signum).name,
         )
-        service.stop()
+        poller.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        service.run()
+        poller.run()
     except RegistrationGone as exc:
         print(
-            f"solstice: error: the forge at {reg.address} no longer knows runner {reg.name!r} "
-            f"(uuid {reg.uuid}): {exc}",
+            f"solstice: error: the forge at {backend.url} no longer knows runner {backend.name!r}: {exc}",
             file=sys.stderr,
         )
         print(
@@ -218,7 +215,7 @@ def run(cfg: configmod.Config, args: argparse.Namespace) -> int:
         )
         return EXIT_REGISTRATION_GONE
     finally:
-        service.close()
+        poller.close()
     return 0
 
 

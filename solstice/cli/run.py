@@ -15,16 +15,14 @@ from solstice.images.catalog import image_from_directory, image_from_file
 from solstice.job.runner import run_job
 from solstice.model import JobSpec, Result, Size
 from solstice.vm.machine import Guest
-from solstice.workflow import load_workflow
+from solstice.workflow import load_workflow, order_jobs, should_run
 
 from .common import (
     builtin_example,
     checkout_origin,
     job_settings,
     local_request,
-    order_jobs,
     parse_secrets,
-    should_run,
 )
 from .render import JobSummary, TerminalSink, summary_table
 

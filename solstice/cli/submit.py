@@ -26,15 +26,13 @@ from typing import TYPE_CHECKING, TextIO, cast
 from solstice import config as configmod
 from solstice.errors import ConfigError
 from solstice.model import EventKind, JobEvent, JobRequest, JobSpec, Result, Size
-from solstice.workflow import load_workflow
+from solstice.workflow import load_workflow, order_jobs, should_run
 
 from .common import (
     builtin_example,
     checkout_origin,
     local_request,
-    order_jobs,
     parse_secrets,
-    should_run,
 )
 from .render import JobSummary, TerminalSink, summary_table
 

@@ -12,13 +12,9 @@ from pathlib import Path
 
 from solstice.config import Config, ImageConfig, parse_size_mib
 from solstice.errors import ImageError
+from solstice.model.labels import GENERIC_LABELS
 from solstice.vm.machine import BootMode
 from solstice.vm.profiles import GuestProfile, get_profile
-
-#: Labels that say nothing about the image (GitHub's defaults); ignored when choosing one.
-GENERIC_LABELS = frozenset(
-    {"self-hosted", "solstice", "x64", "amd64", "x86_64", "linux", "illumos", "freebsd"}
-)
 
 TEST_IMAGE_LABEL = "debian-12"
 TEST_IMAGE_CMDLINE = "root=/dev/vda rw console=ttyS0"

@@ -5,6 +5,7 @@
 ``file:line: message``.
 """
 
+from solstice.workflow.orchestrate import job_if, needs_context, needs_result, order_jobs, should_run
 from solstice.workflow.translate import (
     DEFAULT_TIMEOUT_MINUTES,
     Problem,
@@ -24,6 +25,11 @@ __all__ = [
     "Workflow",
     "WorkflowProblems",
     "check_shell",
+    "job_if",
+    "needs_context",
+    "needs_result",
+    "order_jobs",
+    "should_run",
     "checkout_ref",
     "load_workflow",
     "matrix_suffix",

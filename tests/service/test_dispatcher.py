@@ -58,7 +58,7 @@ from solstice.queue import (
     encode_request,
     peek_dead_letters,
 )
-from solstice.queue.batch import EVENT_FIELDS
+from solstice.queue.codec import EVENT_FIELDS
 from solstice.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]

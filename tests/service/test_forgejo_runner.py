@@ -110,10 +110,10 @@ def test_register_checks_labels_and_stores_credentials(
     bad = cli(
         pipeline,
         *("forgejo-runner", "register", "--url", forge.url, "--token", token, "--name", "r"),
-        *("--labels", "debian-12,omnios-bloody"),
+        *("--labels", "self-hosted,linux"),
     )
     assert bad.returncode == 1
-    assert "no image for label(s) omnios-bloody" in bad.stderr and "[images.<label>]" in bad.stderr
+    assert "give at least one image label" in bad.stderr and "self-hosted, linux" in bad.stderr
     assert not forge.runners  # nothing registered
     schema = cli(
         pipeline,
@@ -171,7 +171,12 @@ def test_task_runs_through_the_pipeline_and_is_reported(
     lines = task.lines()
     assert any("fake job ok" in line for line in lines), lines
     assert lines[-1] == "Job succeeded"
-    assert any(f"journalctl -u solstice-job@{job_uuid(forge.url, task.id)}" in line for line in lines)
+    job_id = job_uuid(forge.url, task.id)
+    assert (
+        f"Solstice CI: job {job_id} for label debian-12; `solstice status {job_id}` on the dispatcher's host"
+        in lines
+    )
+    assert not any("journalctl" in line for line in lines), lines
     assert task.stopped_at is not None and task.stopped_at.year > 2000
     # the job is the pipeline's, known to the database by the task's uuid
     rec = wait_state(db, job_uuid(forge.url, task.id), {"succeeded"}, 20)
@@ -355,4 +360,76 @@ def test_the_jobs_if_decides_whether_it_runs(
         "Job skipped",
     ]
     assert db.get(job_uuid(forge.url, release.id)) is None  # no job, no VM for it
+    runner.terminate()
+
+
+# --- routing: a job goes to the queue of its label; only the dispatchers know the images ------------
+
+
+def test_a_runner_with_no_image_catalog_routes_to_its_labels_queue(
+    broker_cfg: BrokerConfig, database_url: str, forgejo_only: FakeForgejo
+) -> None:
+    forge = forgejo_only
+    # images_dir is <state_dir>/images: an empty state dir has no image files at all, and
+    # omnios-bloody is in no catalog: the runner registers and routes it by its label alone
+    made = _pipeline(broker_cfg, database_url)
+    pipeline = next(made)
+    try:
+        assert not pipeline.cfg.paths.images_dir.exists()
+        register(pipeline, forge, labels="self-hosted,omnios-bloody")
+        pipeline.dispatcher(args=("--labels", "omnios-bloody"))
+        runner = RunnerProcess(pipeline).start()
+        forge.enqueue(workflow("ok").replace("runs-on: debian-12", "runs-on: [self-hosted, omnios-bloody]"))
+        task = wait_done(forge, one_task(forge).id, 60, runner)
+        assert task.status == "success", task.lines()
+        assert any("fake job ok" in line for line in task.lines())
+        job_id = job_uuid(forge.url, task.id)
+        assert [line.split()[1] for line in pipeline.runs(job_id)] == ["host-a"]
+        assert f"for label omnios-bloody; `solstice status {job_id}`" in "\n".join(task.lines())
+        runner.terminate()
+    finally:
+        made.close()
+
+
+def _host_config(pipeline: Pipeline, name: str, labels: str, extra: str = "") -> Path:
+    """The pipeline's configuration for another host: its own images and [dispatcher] labels
+    (``labels`` "" : none, so it consumes the queues of its catalog's labels and aliases)."""
+    text = pipeline.config_file.read_text()
+    assert 'labels = ["debian-12"]\n' in text
+    path = pipeline.runtime_dir / f"{name}.toml"
+    path.write_text(text.replace('labels = ["debian-12"]\n', labels) + extra)
+    return path
+
+
+def test_each_labels_jobs_reach_only_the_dispatchers_with_its_image(
+    pipeline: Pipeline, forgejo_only: FakeForgejo
+) -> None:
+    forge = forgejo_only
+    # host-a has the built-in debian-12 with an alias; host-b only the [dispatcher] labels it names
+    a_cfg = _host_config(
+        pipeline, "host-a", "", '[images.debian-12]\npath = "debian-12/base.qcow2"\naliases = ["bookworm"]\n'
+    )
+    b_cfg = _host_config(pipeline, "host-b", 'labels = ["omnios-bloody"]\n')
+    register(pipeline, forge, labels="self-hosted,debian-12,bookworm,omnios-bloody")
+    pipeline.dispatcher("host-a", env={"SOLSTICE_CONFIG": str(a_cfg)})
+    pipeline.dispatcher("host-b", env={"SOLSTICE_CONFIG": str(b_cfg)})
+    runner = RunnerProcess(pipeline).start()
+    wanted = {"debian-12": "host-a", "bookworm": "host-a", "omnios-bloody": "host-b"}
+    for label in wanted:
+        forge.enqueue(workflow("ok").replace("runs-on: debian-12", f"runs-on: {label}"))
+
+    def all_done() -> list[FakeTask] | None:
+        with forge.lock:
+            done = [t for t in forge.tasks.values() if t.archived]
+        return done if len(done) == len(wanted) else None
+
+    try:
+        done = wait_until("the three tasks to be reported", all_done, 90, 0.2)
+    except AssertionError:
+        raise AssertionError(runner.output()[-3000:]) from None
+    for task in done:
+        assert task.status == "success", task.lines()
+        (label,) = task.job.runs_on
+        hosts = [line.split()[1] for line in pipeline.runs(job_uuid(forge.url, task.id))]
+        assert hosts == [wanted[label]], (label, hosts)
     runner.terminate()

@@ -359,3 +359,71 @@ def test_a_skipped_task_reports_skipped_with_the_reason() -> None:
     assert [s.result for s in final.state.steps] == [m.Result.RESULT_SKIPPED] * 2
     rep.on_task_ack(m.UpdateTaskResponse(state=final.state))
     assert rep.done
+
+
+def test_a_failed_steps_reason_is_logged_once(fake: FakeForgejo) -> None:
+    client, task = start(fake)
+    ev = Stream()
+    rep = Reporter(task.id, 3)
+    rep.feed(ev(EventKind.STEP_STARTED, step=1, text="Run one"))
+    rep.feed(ev(EventKind.LOG, step=1, text="working"))
+    # what the job process sends: the reason as a log line, then in STEP_FINISHED
+    rep.feed(ev(EventKind.LOG, step=1, text="Error: checkout: no source tree"))
+    rep.feed(
+        ev(
+            EventKind.STEP_FINISHED,
+            step=1,
+            outcome=Outcome.FAILURE,
+            conclusion=Outcome.FAILURE,
+            message="checkout: no source tree",
+        )
+    )
+    # an infrastructure failure has the reason only in STEP_FINISHED: it is written then
+    rep.feed(ev(EventKind.STEP_STARTED, step=2, text="Run two"))
+    rep.feed(
+        ev(
+            EventKind.STEP_FINISHED,
+            step=2,
+            outcome=Outcome.FAILURE,
+            conclusion=Outcome.FAILURE,
+            message="ssh lost",
+        )
+    )
+    rep.feed(ev(EventKind.JOB_FINISHED, result=Result.FAILURE))
+    finish(rep, client)
+    ft = fake.tasks[task.id]
+    assert ft.step_lines(0) == ["working", "Error: checkout: no source tree"]
+    assert ft.step_lines(1) == ["ssh lost"]
+
+
+def test_a_skipped_step_has_no_start_time(fake: FakeForgejo) -> None:
+    client, task = start(fake)
+    ev = Stream()
+    rep = Reporter(task.id, 3)
+    rep.feed(ev(EventKind.STEP_STARTED, step=1, text="Run one"))
+    rep.feed(ev(EventKind.LOG, step=1, text="one"))
+    rep.feed(
+        ev(EventKind.STEP_FINISHED, step=1, outcome=Outcome.FAILURE, conclusion=Outcome.FAILURE, exit_code=1)
+    )
+    # the job process starts a step before it evaluates its if: (solstice/job/runner.py)
+    for n in (2, 3):
+        rep.feed(ev(EventKind.STEP_STARTED, step=n, text=f"Run {n}"))
+        rep.feed(ev(EventKind.STEP_FINISHED, step=n, outcome=Outcome.SKIPPED, conclusion=Outcome.SKIPPED))
+    rep.feed(ev(EventKind.JOB_FINISHED, result=Result.FAILURE))
+    finish(rep, client)
+    ft = fake.tasks[task.id]
+    assert [s.status for s in ft.steps] == ["failure", "skipped", "skipped"]
+    assert ft.steps[0].started_at is not None
+    assert ft.steps[1].started_at is None and ft.steps[2].started_at is None
+    states = [b["state"] for p, _, b in fake.requests if p.endswith("UpdateTask")]
+    assert all("startedAt" not in st for state in states for st in state.get("steps", [])[1:]), states
+
+
+def test_masking_uses_the_one_rule_lines_of_a_secret_too(fake: FakeForgejo) -> None:
+    client, task = start(fake)
+    ev = Stream()
+    rep = Reporter(task.id, 3, mask=["line-one\nline-two"])
+    rep.feed(ev(EventKind.LOG, step=1, text="a line-two b"))
+    rep.feed(ev(EventKind.JOB_FINISHED, result=Result.SUCCESS))
+    finish(rep, client)
+    assert fake.tasks[task.id].step_lines(0) == ["a *** b"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from solstice.forges.forgejo.translate import (
 from solstice.images.catalog import Catalog
 from solstice.model import Source, StepKind, from_dict, to_dict
 from solstice.model.core import JobRequest
+from solstice.model.labels import route
 from solstice.secrets import unseal
 from tests.fakes.forgejo import FakeForgejo
 
@@ -230,3 +232,33 @@ def test_a_bad_job_if_is_rejected_with_the_reason(fake: FakeForgejo, catalog: Ca
     result = run(task, fake, catalog)
     assert isinstance(result, Rejected), result
     assert "nosuch" in "\n".join(result.log_lines())
+
+
+def test_gitea_token_is_the_task_token_when_the_server_sends_none(
+    fake: FakeForgejo, catalog: Catalog
+) -> None:
+    (sent,) = fetch(fake, "jobs:\n  a:\n    runs-on: debian-12\n    steps: [{run: x}]\n", ["debian-12"])
+    token = str(sent.context["token"])
+    bare = dataclasses.replace(sent, secrets={"API_KEY": "s3cret"})  # an old server: no token secrets
+    tr = run(bare, fake, catalog)
+    assert isinstance(tr, Translated)
+    opened = unseal(tr.request, KEY).secrets
+    assert opened["GITEA_TOKEN"] == opened["GITHUB_TOKEN"] == token
+    assert token in tr.mask
+    # the server's own value wins where it sends one
+    tr2 = run(dataclasses.replace(sent, secrets={"GITEA_TOKEN": "from-server"}), fake, catalog)
+    assert isinstance(tr2, Translated) and unseal(tr2.request, KEY).secrets["GITEA_TOKEN"] == "from-server"
+
+
+def test_the_job_goes_to_the_queue_of_the_runners_label_without_a_catalog(fake: FakeForgejo) -> None:
+    labels = ("self-hosted", "omnios-bloody")
+    (task,) = fetch(
+        fake, "jobs:\n  a:\n    runs-on: [self-hosted, omnios-bloody]\n    steps: [{run: x}]\n", list(labels)
+    )
+    tr = translate(task, server_url=fake.url, secrets_key=KEY, resolve_label=lambda r: route(r, labels))
+    assert isinstance(tr, Translated) and tr.request.label == "omnios-bloody"
+    (other,) = fetch(fake, "jobs:\n  a:\n    runs-on: [self-hosted]\n    steps: [{run: x}]\n", list(labels))
+    refused = translate(
+        other, server_url=fake.url, secrets_key=KEY, resolve_label=lambda r: route(r, labels)
+    )
+    assert isinstance(refused, Rejected) and "names no image label" in refused.reason

@@ -10,6 +10,9 @@ with a Connect JSON body (forgejo-runner-protocol.md §1.1-§1.3). Errors are cl
 * ``LogArchived``: ``already_exists`` from UpdateLog: the task's log was closed; terminal for it.
 * ``Unimplemented``: the procedure does not exist (HTTP 404): an old server (e.g. Declare, §3.2).
 * ``ForgeError``: anything else, with the server's message.
+
+``ForgeError``, ``ForgeUnavailable`` and ``RegistrationGone`` are the poller core's
+(solstice.forges.core.errors), so the core handles them alike for every forge.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ from typing import Any, TypeVar
 import requests
 
 from solstice.backoff import Backoff
-from solstice.errors import InfraError, SolsticeError
+
+# The core's errors (every backend raises the same), re-exported for the Forgejo callers.
+from solstice.forges.core.errors import ForgeError as ForgeError
+from solstice.forges.core.errors import ForgeUnavailable as ForgeUnavailable
+from solstice.forges.core.errors import RegistrationGone as RegistrationGone
 from solstice.forges.forgejo import messages as m
 
 T = TypeVar("T")
@@ -69,25 +76,6 @@ _GRPC_TO_CONNECT = {
     "DataLoss": "data_loss",
     "Unauthenticated": "unauthenticated",
 }
-
-
-class ForgeError(SolsticeError):
-    """The forge refused a call. ``code`` is the Connect code (``""`` if none), ``status`` the HTTP
-    status (0 when no response came)."""
-
-    def __init__(self, message: str, *, code: str = "", status: int = 0, procedure: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-        self.procedure = procedure
-
-
-class RegistrationGone(ForgeError):
-    """The runner's registration was deleted or its token is wrong: register again."""
-
-
-class ForgeUnavailable(ForgeError, InfraError):
-    """The forge cannot be reached or failed transiently: retry with backoff."""
 
 
 class LogArchived(ForgeError):

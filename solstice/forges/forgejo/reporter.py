@@ -47,8 +47,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from solstice.errors import SolsticeError
+from solstice.forges.core.errors import ReportBroken
 from solstice.model import EventKind, JobEvent, Outcome, Result
+from solstice.model.masking import mask_text, mask_values
 
 from . import messages as m
 
@@ -77,7 +78,7 @@ _CLOSING = {
 }
 
 
-class ReportError(SolsticeError):
+class ReportError(ReportBroken):
     """The server's log is behind what it acknowledged before: rows were lost."""
 
 
@@ -116,6 +117,7 @@ class _State:
     cancel_requested: bool = False
     server_result: int = 0
     skipped: bool = False  # the job's if: was false: result SKIPPED, every step skipped
+    last_row: str = ""  # the content of the last row placed (to write a step's failure once)
 
 
 def _ts(seconds: float | None) -> datetime | None:
@@ -133,7 +135,7 @@ class Reporter:
         max_rows: int = MAX_ROWS_PER_REQUEST,
     ) -> None:
         self.s = _State(task_id=task_id, step_count=step_count, steps=[_Step() for _ in range(step_count)])
-        self.mask = tuple(sorted({v for v in mask if v}, key=len, reverse=True))
+        self.mask = tuple(mask_values(mask))
         self.cancel_on_failure = cancel_on_failure
         self.max_rows = max_rows
 
@@ -142,6 +144,11 @@ class Reporter:
     @property
     def task_id(self) -> int:
         return self.s.task_id
+
+    @property
+    def result(self) -> str:
+        """The job's ``Result`` value once finished, else ``""``."""
+        return self.s.result
 
     @property
     def cancel_requested(self) -> bool:
@@ -253,8 +260,7 @@ class Reporter:
         return number - 1
 
     def _lines(self, text: str) -> list[str]:
-        for value in self.mask:
-            text = text.replace(value, "***")
+        text = mask_text(text, self.mask)
         return [line.rstrip("\r") for line in text.rstrip("\r\n").split("\n")] if text else [""]
 
     def _append_row(self, time: float, content: str) -> None:
@@ -262,6 +268,7 @@ class Reporter:
         if s.next_index >= s.log_offset:  # rows below the ack are on the server already (restart)
             s.buffer.append((time, content))
         s.next_index += 1
+        s.last_row = content
 
     def _place(self, time: float, text: str, sid: int | None) -> None:
         s = self.s
@@ -314,15 +321,23 @@ class Reporter:
         elif st.started_at is None:
             st.log_index = s.next_index  # skipped: never started, no rows
         if sid == s.running_step or (st.log_length and sid == s.last_placed_step):
-            if event.message:
+            if event.message and not self._logged_already(event.message, sid):
                 self._place(event.time, event.message, sid)
             elif event.outcome == Outcome.FAILURE and event.exit_code:
                 self._place(event.time, f"Process completed with exit code {event.exit_code}.", sid)
         conclusion = event.conclusion or event.outcome or Outcome.SUCCESS
+        if conclusion == Outcome.SKIPPED:
+            st.started_at = None  # a skipped step never ran: no start time in the forge (§3.5)
         st.result = int(_STEP_RESULT[conclusion])
         st.stopped_at = event.time
         if s.running_step == sid:
             s.running_step = None
+
+    def _logged_already(self, message: str, sid: int) -> bool:
+        """The job logs a failed step's reason as ``Error: <message>`` before its STEP_FINISHED
+        carries the same message: the forge gets it once."""
+        st = self.s.steps[sid]
+        return bool(st.log_length) and self.s.last_row == self._lines(f"Error: {message}")[-1]
 
     def _finish_job(self, event: JobEvent, synthetic: bool) -> None:
         s = self.s

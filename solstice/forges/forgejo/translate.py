@@ -8,15 +8,16 @@ What a task carries (forgejo-runner-protocol.md §3.4) and where it goes:
 * ``context``: the github context -> ``contexts["github"]``, **without** its tokens (``token`` and
   the runtime/OIDC tokens), which travel sealed with the secrets instead;
 * ``secrets`` (with the automatic GITHUB_TOKEN/GITEA_TOKEN/FORGEJO_TOKEN) -> sealed with the
-  installation's key (``solstice.secrets.seal``); GITHUB_TOKEN is the task token even on a server
-  that sends none, because checkout needs it;
+  installation's key (``solstice.secrets.seal``); GITHUB_TOKEN and GITEA_TOKEN are the task token
+  even on a server that sends none (checkout needs the first; docs/forgejo.md promises both);
 * ``vars``, ``needs`` (result as ``success``/``failure``/...) and the event's ``inputs`` -> contexts;
 * checkout: ``checkout_source`` = the repository's clone URL (no credentials in it: it may be
   logged), ``commit``/``ref`` from the context; the host authenticates with the sealed secret
   named by ``CHECKOUT_TOKEN_SECRET``.
 
-A task that cannot run (bad YAML, an unsupported ``uses:``, several jobs, a label this host has no
-image for) is ``Rejected``: the runner reports it as a failed task with ``lines`` in its log.
+A task that cannot run (bad YAML, an unsupported ``uses:``, several jobs, a ``runs-on`` that names
+none or several of the runner's labels) is ``Rejected``: the runner reports it as a failed task
+with ``lines`` in its log.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from solstice import expr
 from solstice.errors import ExpressionError, SolsticeError, WorkflowError
 from solstice.model import JobRequest, Source
+from solstice.model.masking import mask_values
 from solstice.secrets import seal
-from solstice.workflow import parse_workflow, plain
+from solstice.workflow import job_if, parse_workflow, plain
 from solstice.workflow.loader import LoadError
 from solstice.workflow.loader import load as load_yaml
 
@@ -38,6 +39,8 @@ from . import messages as m
 
 #: The sealed secret that authenticates the host's fetch of the repository (the task token).
 CHECKOUT_TOKEN_SECRET = "GITHUB_TOKEN"
+#: Secrets that hold the task token on Gitea and Forgejo (FORGEJO_TOKEN only where Forgejo sends it).
+AUTOMATIC_TOKEN_SECRETS = (CHECKOUT_TOKEN_SECRET, "GITEA_TOKEN")
 #: Context keys that are credentials: moved out of the plain github context (§3.4).
 TOKEN_KEYS = (
     "token",
@@ -126,8 +129,9 @@ def translate(
 ) -> Translated | Rejected | Skipped:
     """The JobRequest for ``task`` (secrets sealed with ``secrets_key``), or why it cannot run.
 
-    ``resolve_label`` maps a job's ``runs-on`` to one image label, raising a SolsticeError when the
-    host has none (``Catalog.resolve``).
+    ``resolve_label`` maps a job's ``runs-on`` to the label whose queue the job goes to, raising a
+    SolsticeError when there is no such label (``solstice.model.labels.route`` with the runner's
+    labels).
     """
     context = plain(dict(task.context))
     try:
@@ -155,7 +159,9 @@ def translate(
     token = str(context.get("token") or "")
     secrets = dict(task.secrets)
     if token:
-        secrets.setdefault(CHECKOUT_TOKEN_SECRET, token)
+        # the automatic token secrets (§3.4), also when the server sends none of them
+        for name in AUTOMATIC_TOKEN_SECRETS:
+            secrets.setdefault(name, token)
     runtime = context_value(context, "runtime_token") or token
     if runtime:
         secrets.setdefault("ACTIONS_RUNTIME_TOKEN", str(runtime))
@@ -180,13 +186,8 @@ def translate(
         contexts["inputs"] = inputs
     # The job's `if:` is the runner's to evaluate (the server only holds back jobs whose needs
     # failed, unless their `if:` mentions always() or failure()).
-    needs_ok = all(n["result"] == "success" for n in needs.values())
-    condition_ctx = expr.Context(
-        values={**contexts, "matrix": dict(job.matrix), "env": {}, "job": {}, "steps": {}},
-        job_status="success" if needs_ok else "failure",
-    )
     try:
-        run_it = expr.evaluate_condition(job.if_ or "", condition_ctx)
+        run_it = job_if(job, needs, contexts)
     except ExpressionError as exc:
         return Rejected(task.id, f"the job's if: cannot be evaluated: {exc}", (f"if: {job.if_}",), count)
     if not run_it:
@@ -215,6 +216,6 @@ def translate(
         contexts=contexts,
         reply_to=reply_to,
     )
-    mask = tuple(sorted({v for v in secrets.values() if v}, key=len, reverse=True))
+    mask = tuple(mask_values(secrets.values()))
     steps = len(job.steps)
     return Translated(request=seal(request, secrets_key), step_count=steps, mask=mask)

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -111,8 +111,11 @@ class Pipeline:
         capacity: int = 4,
         env: Mapping[str, str] | None = None,
         wait: bool = True,
+        args: Sequence[str] = (),
     ) -> DispatcherProcess:
-        d = DispatcherProcess(self, host, capacity, dict(env or {}))
+        """``args``: more command-line arguments (e.g. ``--labels``); ``env`` may name another
+        SOLSTICE_CONFIG (a host with other images)."""
+        d = DispatcherProcess(self, host, capacity, dict(env or {}), tuple(args))
         d.start()
         self.dispatchers.append(d)
         if wait:
@@ -153,8 +156,11 @@ def kill_processes_with_env(name: str, value: str) -> list[int]:
 class DispatcherProcess:
     """``solstice dispatcher --host HOST --capacity N`` as a child process, its log in a file."""
 
-    def __init__(self, pipeline: Pipeline, host: str, capacity: int, env: dict[str, str]) -> None:
+    def __init__(
+        self, pipeline: Pipeline, host: str, capacity: int, env: dict[str, str], args: tuple[str, ...] = ()
+    ) -> None:
         self.pipeline = pipeline
+        self.args = args
         self.host = host
         self.capacity = capacity
         self.extra_env = env
@@ -173,6 +179,7 @@ class DispatcherProcess:
                     self.host,
                     "--capacity",
                     str(self.capacity),
+                    *self.args,
                 ],
                 env={**self.pipeline.env, "FAKE_HOST": self.host, **self.extra_env},
                 stdin=subprocess.DEVNULL,
