@@ -6,8 +6,12 @@ import json
 from typing import Any
 
 import pytest
+import requests
 
+from solstice.forges.core.errors import ForgeError, ForgeUnavailable, RegistrationGone
 from solstice.forges.github import messages as m
+from solstice.forges.github.client import classify
+from solstice.forges.github.errors import JobGone, LeaseLost, SessionConflict, SessionInvalid, VersionTooOld
 from solstice.forges.github.templates import CodecError, Directive, Expression, decode_context, decode_token
 from tests.fakes.github import condition_of, context_data, token_of
 
@@ -235,3 +239,34 @@ def test_complete_job_omits_defaults_as_r_does() -> None:
         "status": "pending",
         "conclusion": None,
     }
+
+
+def _response(status: int, body: object = None, text: str = "") -> requests.Response:
+    resp = requests.Response()
+    resp.status_code = status
+    resp._content = (json.dumps(body) if body is not None else text).encode()
+    return resp
+
+
+@pytest.mark.parametrize(
+    ("procedure", "status", "body", "error"),
+    [
+        ("get message", 503, None, ForgeUnavailable),
+        ("get message", 429, None, ForgeUnavailable),
+        ("get message", 400, {"errorKind": "RunnerNotFound", "statusCode": 404}, RegistrationGone),
+        ("get message", 403, {"errorKind": "HostedRunnerDeprovisioned"}, RegistrationGone),
+        ("get message", 403, {"errorKind": "RunnerVersionTooOld"}, VersionTooOld),
+        ("get message", 404, {"errorKind": "RunnerSessionInvalid"}, SessionInvalid),
+        ("create session", 409, None, SessionConflict),
+        ("create session", 400, {"typeKey": "TaskAgentSessionConflictException"}, SessionConflict),
+        # the body's statusCode wins over the HTTP status (§13.5)
+        ("acquirejob", 400, {"source": "actions-run-service", "statusCode": 422}, JobGone),
+        ("acquirejob", 500, None, ForgeUnavailable),
+        ("renewjob", 404, None, LeaseLost),
+        ("get message", 401, None, RegistrationGone),
+        ("get message", 400, {"message": "nope"}, ForgeError),
+    ],
+)
+def test_classify(procedure: str, status: int, body: object, error: type[ForgeError]) -> None:
+    err = classify(procedure, _response(status, body, text="<html>proxy</html>"))
+    assert type(err) is error and err.status == status and err.procedure == procedure
