@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import stat
 import time
 from collections.abc import Iterator
@@ -304,7 +305,8 @@ def test_jit_config_errors_name_the_field() -> None:
         registration.from_jit_config(partial)
 
 
-def test_token_expiry_and_renewal_after_401(fake: FakeGitHub) -> None:
+def test_token_expiry_and_renewal_after_401(fake: FakeGitHub, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     reg = enrol(fake)
     tokens = auth.TokenSource(reg.credentials, reg.key)
     client = RunnerClient(reg.settings, tokens)
@@ -315,6 +317,9 @@ def test_token_expiry_and_renewal_after_401(fake: FakeGitHub) -> None:
     assert tokens.exchanges == 2
     unauthorized = [r for r in fake.requests if r.path == "/broker/message"]
     assert len(unauthorized) == 2  # the 401, then the retry with the new token
+    assert "renewing it once" in caplog.text
+    tokens_seen = [r.headers["Authorization"].split()[1] for r in unauthorized]
+    assert tokens_seen[0] != tokens_seen[1] and not any(t in caplog.text for t in tokens_seen)
 
 
 def test_token_renewed_before_expiry(fake: FakeGitHub) -> None:
