@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 import typing
@@ -232,6 +233,45 @@ class ForgejoConfig:
 
 
 @dataclass(frozen=True)
+class GithubConfig:
+    """The GitHub runner, ``solstice github-runner`` (docs/github.md)."""
+
+    #: The official runner release this runner reports to the broker, which refuses versions
+    #: about 30 days after a newer release (protocol §5.2, §12): raise it when the log says
+    #: "RunnerVersionTooOld". Empty: the release this Solstice version was tested with.
+    runner_version: str = ""
+    #: At most this many GitHub jobs in the pipeline at once (queued or running).
+    capacity: int = 2
+    #: Seconds between two looks at the messages the broker long-poll brought in.
+    fetch_interval: float = 1.0
+    #: Seconds between two report rounds (step status, finished steps' logs) of a running job.
+    report_interval: float = 2.0
+    #: HTTP timeout of one short call (renew, results service), in seconds; the long-poll has its own.
+    request_timeout: float = 30.0
+    #: The longest wait between two attempts while GitHub cannot be reached, in seconds.
+    max_backoff: float = 60.0
+    #: The RabbitMQ address (reply_to) the jobs' events come back to. Empty: github-<runner id>.
+    address: str = ""
+
+    def validate(self, where: str) -> None:
+        if self.runner_version and not re.fullmatch(r"\d+\.\d+\.\d+", self.runner_version):
+            raise ConfigError(
+                f"{where}: [github] runner_version = {self.runner_version!r}: must look like 2.336.0"
+            )
+        if self.capacity < 1:
+            raise ConfigError(f"{where}: [github] capacity must be 1 or more")
+        if not 0.2 <= self.fetch_interval <= 10 or not 0.2 <= self.report_interval <= 30:
+            raise ConfigError(
+                f"{where}: [github] fetch_interval must be 0.2 to 10 seconds, report_interval 0.2 to 30"
+            )
+        if not 0 < self.request_timeout <= 50 or not 1 <= self.max_backoff <= 300:
+            raise ConfigError(
+                f"{where}: [github] request_timeout must be 0 to 50 seconds (below the unit's "
+                "watchdog) and max_backoff 1 to 300 seconds"
+            )
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     """One ``runs-on`` label: which disk to boot, how, and which guest profile it has."""
 
@@ -268,6 +308,7 @@ class Config:
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     forgejo: ForgejoConfig = field(default_factory=ForgejoConfig)
+    github: GithubConfig = field(default_factory=GithubConfig)
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
     source: str = "built-in defaults"  # where it was loaded from, for messages
 
@@ -280,6 +321,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "secrets": SecretsConfig,
     "dispatcher": DispatcherConfig,
     "forgejo": ForgejoConfig,
+    "github": GithubConfig,
 }
 
 
@@ -407,6 +449,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     built["vm"].validate(where)
     built["dispatcher"].validate(where)
     built["forgejo"].validate(where)
+    built["github"].validate(where)
 
     images: dict[str, ImageConfig] = {}
     raw_images = raw.get("images", {})
@@ -433,6 +476,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         secrets=built["secrets"],
         dispatcher=built["dispatcher"],
         forgejo=built["forgejo"],
+        github=built["github"],
         images=images,
         source=where,
     )

@@ -25,6 +25,7 @@ VERBS: dict[str, str] = {
     "job": "job",
     "secrets": "secrets_cmd",
     "forgejo-runner": "forgejo",
+    "github-runner": "github",
 }
 
 EXIT_USAGE = 2

@@ -24,7 +24,10 @@ from .errors import ForgeError, ForgeUnavailable, RegistrationGone, ReportBroken
 from .poller import Poller
 
 #: Backend name -> the module whose ``open_backend(cfg, key)`` makes it (imported on demand).
-backends: dict[str, str] = {"forgejo": "solstice.forges.forgejo.backend"}
+backends: dict[str, str] = {
+    "forgejo": "solstice.forges.forgejo.backend",
+    "github": "solstice.forges.github.backend",
+}
 
 
 def open_backend(name: str, cfg: Config, key: bytes) -> Backend[Any]:

@@ -1,0 +1,451 @@
+"""One GitHub job's reporting state: JobEvents in, what the results and run services need out.
+
+No I/O here (backend.py sends). The step list GitHub shows is::
+
+    1        "Set up job"     synthetic (§7.1: fresh ids): the job's lines before its first step
+    2..n+1   the job's steps  external_id = the message's steps[].id
+    n+2      "Complete job"   synthetic: the job's lines after its steps, and the final line
+
+A job-level line (``step`` None) goes to the running step, else to "Set up job" before any step
+started, else to "Complete job". Every line also goes to the job log. Lines are masked and
+formatted (``<.NET 'O' UTC timestamp> <text>``, §7.1) when fed.
+
+Memory is bounded: a step keeps at most ``MAX_STEP_LINES`` lines and the job log
+``MAX_JOB_LINES``; past that the lines are counted, not kept, and a truncation note is added. A
+step's lines are dropped once its log is uploaded (when it finishes, §7.1).
+
+Restart safety: ``checkpoint()`` holds everything (the core writes it before acknowledging the
+events it covers); events already fed (by seq) are ignored. A log is uploaded whole to its signed
+URL, so uploading it again after a restart replaces it: no line is duplicated or lost.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from solstice.model import EventKind, JobEvent, Outcome, Result
+from solstice.model.masking import mask_text, mask_values
+
+from . import messages as m
+
+SYNTHETIC_SEQ = 2**31 - 1  # solstice.queue.SYNTHETIC_SEQ: the dispatcher's or finish_here's
+MAX_STEP_LINES = 5_000
+MAX_JOB_LINES = 10_000
+MAX_LINE = 16 * 1024  # characters kept of one line
+
+_CONCLUSION = {
+    Outcome.SUCCESS: (m.StepConclusion.SUCCESS, m.TaskResult.SUCCEEDED),
+    Outcome.FAILURE: (m.StepConclusion.FAILURE, m.TaskResult.FAILED),
+    Outcome.CANCELLED: (m.StepConclusion.CANCELLED, m.TaskResult.CANCELED),
+    Outcome.SKIPPED: (m.StepConclusion.SKIPPED, m.TaskResult.SKIPPED),
+}
+_JOB_CONCLUSION = {
+    Result.SUCCESS: m.TaskResult.SUCCEEDED,
+    Result.FAILURE: m.TaskResult.FAILED,
+    Result.CANCELLED: m.TaskResult.CANCELED,
+    Result.ERROR: m.TaskResult.FAILED,  # with the infrastructure category and annotation
+}
+_CLOSING = {
+    Result.SUCCESS: "Job succeeded",
+    Result.FAILURE: "Job failed",
+    Result.CANCELLED: "Job cancelled",
+    Result.ERROR: "Job failed: infrastructure error (not a problem of the build)",
+}
+
+
+class Phase(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+
+
+def line_time(t: float) -> str:
+    """.NET's round-trip 'O' format, 7 fractional digits (§7.1 line format)."""
+    d = datetime.fromtimestamp(t, UTC)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond:06d}0Z"
+
+
+def iso(t: float | None) -> str:
+    return "" if t is None else m_timestamp(t)
+
+
+def m_timestamp(t: float) -> str:
+    d = datetime.fromtimestamp(t, UTC)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class StepLog:
+    external_id: str
+    name: str
+    phase: str = Phase.PENDING.value
+    outcome: str = ""  # Outcome value (the conclusion, after continue-on-error)
+    started: float | None = None
+    completed: float | None = None
+    lines: list[str] = field(default_factory=list)
+    count: int = 0
+    uploaded: bool = False
+
+
+@dataclass
+class _State:
+    plan_id: str
+    job_id: str  # GitHub's
+    billing_owner_id: str
+    run_url: str
+    results_url: str
+    steps: list[StepLog]
+    last_seq: int = 0
+    job_lines: list[str] = field(default_factory=list)
+    job_count: int = 0
+    finished: bool = False
+    result: str = ""
+    message: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    refused: str = ""
+    steps_dirty: bool = True
+    change_order: int = 0
+    job_log_uploaded: bool = False
+    completed: bool = False
+    cancel_requested: bool = False
+    lease_lost: str = ""
+    failed_step: int = 0  # number (GitHub's) of the first failed step, for the annotation
+
+
+class Reporter:
+    def __init__(
+        self,
+        job: m.AgentJobRequestMessage | None,
+        steps: list[tuple[str, str]],
+        *,
+        mask: tuple[str, ...] | list[str] = (),
+        token: str = "",
+        state: _State | None = None,
+    ) -> None:
+        if state is None:
+            assert job is not None
+            seed = uuid.UUID(job.job_id) if _is_uuid(job.job_id) else uuid.uuid4()
+            logs = [StepLog(str(uuid.uuid5(seed, "set-up-job")), "Set up job")]
+            logs += [StepLog(ext, name) for ext, name in steps]
+            logs.append(StepLog(str(uuid.uuid5(seed, "complete-job")), "Complete job"))
+            state = _State(
+                plan_id=job.plan.plan_id,
+                job_id=job.job_id,
+                billing_owner_id=job.billing_owner_id,
+                run_url=job.system_connection.url,
+                results_url=job.results_url,
+                steps=logs,
+            )
+        self.s = state
+        self.mask = tuple(mask_values(mask))
+        self.token = token  # the job's SystemVssConnection token; sealed in checkpoints
+
+    # --- the core's Report protocol -------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.s.finished
+
+    @property
+    def done(self) -> bool:
+        return self.s.completed
+
+    @property
+    def last_seq(self) -> int:
+        return self.s.last_seq
+
+    @property
+    def buffered_rows(self) -> int:
+        return len(self.s.job_lines) + sum(len(st.lines) for st in self.s.steps)
+
+    @property
+    def result(self) -> str:
+        return self.s.result
+
+    @property
+    def job_id(self) -> str:
+        return self.s.job_id
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.s.cancel_requested
+
+    def request_cancel(self) -> None:
+        self.s.cancel_requested = True
+
+    def lose_lease(self, why: str, time: float) -> None:
+        if not self.s.lease_lost:
+            self.s.lease_lost = why
+            self.note(f"GitHub ended this job's lease ({why}): the job is being stopped", time)
+            self.s.cancel_requested = True
+
+    @property
+    def lease_lost(self) -> bool:
+        return bool(self.s.lease_lost)
+
+    def feed(self, event: JobEvent) -> None:
+        s = self.s
+        if event.seq <= s.last_seq and event.seq != SYNTHETIC_SEQ:
+            return
+        if s.finished:  # the first final event wins (a later synthetic one changes nothing sent)
+            if event.seq != SYNTHETIC_SEQ:
+                s.last_seq = event.seq
+            return
+        if event.seq != SYNTHETIC_SEQ:
+            s.last_seq = event.seq
+        step = self._main(event.step)
+        if event.kind is EventKind.STEP_STARTED and step is not None:
+            self._close_setup(event.time)
+            step.phase, step.started = Phase.RUNNING.value, event.time
+            s.steps_dirty = True
+        elif event.kind is EventKind.LOG:
+            self._line(step, event.text, event.time)
+        elif event.kind is EventKind.PHASE:
+            self._line(None, f"[{event.text}] {event.message}".rstrip(), event.time)
+        elif event.kind is EventKind.STEP_FINISHED and step is not None:
+            if step.phase == Phase.PENDING.value:
+                step.started = event.time
+                self._close_setup(event.time)
+            step.phase, step.completed = Phase.DONE.value, event.time
+            step.outcome = (event.conclusion or event.outcome or Outcome.FAILURE).value
+            if event.outcome is Outcome.FAILURE and not s.failed_step:
+                s.failed_step = s.steps.index(step) + 1
+            s.steps_dirty = True
+        elif event.kind is EventKind.JOB_FINISHED:
+            self._finish(event.result or Result.ERROR, event.message, dict(event.outputs), event.time)
+
+    def note(self, text: str, time: float) -> None:
+        if not self.s.finished:
+            self._line(None, text, time)
+
+    def finish_here(self, result: Result, message: str, time: float) -> None:
+        self.feed(
+            JobEvent(
+                job_id="",
+                seq=SYNTHETIC_SEQ,
+                time=time,
+                kind=EventKind.JOB_FINISHED,
+                result=result,
+                message=message,
+            )
+        )
+
+    def refuse(self, reason: str, details: tuple[str, ...], time: float) -> None:
+        """The job cannot run here: every line in "Set up job", the job fails visibly."""
+        self.s.refused = reason
+        self._line(None, f"##[error]Solstice cannot run this job: {reason}", time)
+        for line in details:
+            self._line(None, line, time)
+        self._finish(Result.FAILURE, reason, {}, time)
+
+    def checkpoint(self) -> dict[str, Any]:
+        data = asdict(self.s)
+        data["mask"] = {"values": list(self.mask), "token": self.token}
+        return data
+
+    @classmethod
+    def restore(cls, data: dict[str, Any]) -> Reporter:
+        data = dict(data)
+        sealed = data.pop("mask", {}) or {}
+        steps = [StepLog(**st) for st in data.pop("steps")]
+        state = _State(steps=steps, **data)
+        return cls(
+            None, [], mask=tuple(sealed.get("values", ())), token=str(sealed.get("token", "")), state=state
+        )
+
+    # --- what to send --------------------------------------------------------------------------
+
+    def steps_update(self, now: float) -> m.WorkflowStepsUpdate | None:
+        """The step list, when it changed. ``change_order`` follows the clock (ms), so it still
+        increases after a restart that lost the last number (§7.1: monotonic per job)."""
+        s = self.s
+        if not s.steps_dirty:
+            return None
+        s.change_order = max(s.change_order + 1, int(now * 1000))
+        return m.WorkflowStepsUpdate(s.plan_id, s.job_id, s.change_order, tuple(self._workflow_steps()))
+
+    def steps_sent(self) -> None:
+        self.s.steps_dirty = False
+
+    def logs_to_upload(self) -> list[tuple[m.LogsTarget, list[str]]]:
+        """The finished steps' logs not uploaded yet (§7.1: after each step ends)."""
+        out = []
+        for st in self.s.steps:
+            if st.phase == Phase.DONE.value and not st.uploaded:
+                out.append(
+                    (m.LogsTarget(self.s.plan_id, self.s.job_id, st.external_id), self._with_note(st))
+                )
+        return out
+
+    def log_uploaded(self, target: m.LogsTarget) -> None:
+        for st in self.s.steps:
+            if st.external_id == target.step_id:
+                st.uploaded = True
+                st.lines = []  # GitHub has them: memory back
+
+    def job_log(self) -> tuple[m.LogsTarget, list[str]] | None:
+        """The whole job log, once the job finished and every step log is up."""
+        s = self.s
+        if not s.finished or s.job_log_uploaded or any(not st.uploaded for st in s.steps):
+            return None
+        lines = list(s.job_lines)
+        if s.job_count > len(lines):
+            lines.append(
+                f"{line_time(0)} ... {s.job_count - len(lines)} more lines not kept (the log is capped)"
+            )
+        return m.LogsTarget(s.plan_id, s.job_id), lines
+
+    def job_log_sent(self) -> None:
+        self.s.job_log_uploaded = True
+        self.s.job_lines = []
+
+    def completion(self) -> m.CompleteJobRequest | None:
+        s = self.s
+        if not s.job_log_uploaded or s.steps_dirty or s.completed:
+            return None
+        result = Result(s.result)
+        annotations = []
+        category = ""
+        if result is Result.ERROR:
+            category = m.SOLSTICE_INFRASTRUCTURE_FAILURE
+            annotations.append(
+                m.Annotation(
+                    m.AnnotationLevel.FAILURE,
+                    mask_text(s.message or "infrastructure error", self.mask),
+                    title="Solstice CI: infrastructure error (not a problem of the build)",
+                    is_infrastructure_issue=True,
+                )
+            )
+        elif result is Result.FAILURE and s.message:
+            annotations.append(
+                m.Annotation(
+                    m.AnnotationLevel.FAILURE, mask_text(s.message, self.mask), step_number=s.failed_step
+                )
+            )
+        return m.CompleteJobRequest(
+            plan_id=s.plan_id,
+            job_id=s.job_id,
+            conclusion=_JOB_CONCLUSION[result],
+            outputs={k: m.Variable(mask_text(v, self.mask)) for k, v in s.outputs.items()},
+            step_results=tuple(self._step_results()),
+            annotations=tuple(annotations),
+            billing_owner_id=s.billing_owner_id,
+            infrastructure_failure_category=category,
+        )
+
+    def completed(self) -> None:
+        self.s.completed = True
+
+    def abandon(self) -> None:
+        """GitHub took the job back (lease lost): nothing more can be reported."""
+        self.s.completed = True
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _main(self, number: int | None) -> StepLog | None:
+        if number is None or not 1 <= number <= len(self.s.steps) - 2:
+            return None
+        return self.s.steps[number]
+
+    def _close_setup(self, t: float) -> None:
+        setup = self.s.steps[0]
+        if setup.phase != Phase.DONE.value:
+            setup.started = setup.started or t
+            setup.phase, setup.completed, setup.outcome = Phase.DONE.value, t, Outcome.SUCCESS.value
+            self.s.steps_dirty = True
+
+    def _line(self, step: StepLog | None, text: str, t: float) -> None:
+        s = self.s
+        if step is None:
+            running = [st for st in s.steps[1:-1] if st.phase == Phase.RUNNING.value]
+            if running:
+                step = running[-1]
+            elif s.steps[0].phase != Phase.DONE.value:
+                step = s.steps[0]
+                if step.phase == Phase.PENDING.value:
+                    step.phase, step.started = Phase.RUNNING.value, t
+                    s.steps_dirty = True
+            else:
+                step = s.steps[-1]
+                if step.phase == Phase.PENDING.value:
+                    step.phase, step.started = Phase.RUNNING.value, t
+                    s.steps_dirty = True
+        line = f"{line_time(t)} {mask_text(text[:MAX_LINE], self.mask)}"
+        if step.phase != Phase.DONE.value or not step.uploaded:
+            step.count += 1
+            if len(step.lines) < MAX_STEP_LINES:
+                step.lines.append(line)
+        s.job_count += 1
+        if len(s.job_lines) < MAX_JOB_LINES:
+            s.job_lines.append(line)
+
+    def _with_note(self, st: StepLog) -> list[str]:
+        if st.count > len(st.lines):
+            return [*st.lines, f"... {st.count - len(st.lines)} more lines not kept (a step log is capped)"]
+        return list(st.lines)
+
+    def _finish(self, result: Result, message: str, outputs: dict[str, str], t: float) -> None:
+        s = self.s
+        self._close_setup(t)
+        if message and result is not Result.SUCCESS:
+            self._line(s.steps[-1] if not s.refused else s.steps[0], f"##[error]{message}", t)
+        self._line(s.steps[-1] if not s.refused else s.steps[0], _CLOSING[result], t)
+        for st in s.steps[1:-1]:
+            if st.phase != Phase.DONE.value:
+                # never started: skipped; cut off: cancelled (§7.1 steps that never ran)
+                st.outcome = (
+                    Outcome.CANCELLED if st.phase == Phase.RUNNING.value else Outcome.SKIPPED
+                ).value
+                st.phase, st.completed = Phase.DONE.value, t
+                st.started = st.started or t
+        last = s.steps[-1]
+        last.started = last.started or t
+        last.phase, last.completed = Phase.DONE.value, t
+        last.outcome = Outcome.SUCCESS.value
+        s.finished, s.result, s.message, s.outputs = True, result.value, message, outputs
+        s.steps_dirty = True
+
+    def _workflow_steps(self) -> list[m.WorkflowStep]:
+        out = []
+        for n, st in enumerate(self.s.steps, 1):
+            status = {
+                Phase.PENDING.value: m.StepStatus.PENDING,
+                Phase.RUNNING.value: m.StepStatus.IN_PROGRESS,
+                Phase.DONE.value: m.StepStatus.COMPLETED,
+            }[st.phase]
+            conclusion = _CONCLUSION[Outcome(st.outcome)][0] if st.outcome else m.StepConclusion.UNKNOWN
+            out.append(
+                m.WorkflowStep(
+                    st.external_id, n, st.name, status, iso(st.started), iso(st.completed), conclusion
+                )
+            )
+        return out
+
+    def _step_results(self) -> list[m.StepResult]:
+        out = []
+        for n, st in enumerate(self.s.steps[1:-1], 2):
+            conclusion = _CONCLUSION[Outcome(st.outcome)][1] if st.outcome else m.TaskResult.SKIPPED
+            out.append(
+                m.StepResult(
+                    external_id=st.external_id,
+                    number=n,
+                    name=st.name,
+                    status=m.RecordState.COMPLETED,
+                    conclusion=conclusion,
+                    started_at=iso(st.started),
+                    completed_at=iso(st.completed),
+                )
+            )
+        return out
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
