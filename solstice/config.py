@@ -252,6 +252,8 @@ class GithubConfig:
     max_backoff: float = 60.0
     #: The RabbitMQ address (reply_to) the jobs' events come back to. Empty: github-<runner id>.
     address: str = ""
+    #: Seconds between two renewals of a running job's lease (the official runner: 60, §6.3).
+    lease_renewal: float = 60.0
 
     def validate(self, where: str) -> None:
         if self.runner_version and not re.fullmatch(r"\d+\.\d+\.\d+", self.runner_version):
@@ -260,6 +262,8 @@ class GithubConfig:
             )
         if self.capacity < 1:
             raise ConfigError(f"{where}: [github] capacity must be 1 or more")
+        if not 1 <= self.lease_renewal <= 120:
+            raise ConfigError(f"{where}: [github] lease_renewal must be 1 to 120 seconds")
         if not 0.2 <= self.fetch_interval <= 10 or not 0.2 <= self.report_interval <= 30:
             raise ConfigError(
                 f"{where}: [github] fetch_interval must be 0.2 to 10 seconds, report_interval 0.2 to 30"

@@ -106,6 +106,7 @@ class FakeJob:
     change_order: int = 0
     log_lines: dict[str, int] = field(default_factory=dict)  # CreateLogsMetadata line_count by step ("" job)
     message: dict[str, Any] = field(default_factory=dict)
+    uses: dict[int, str] = field(default_factory=dict)  # step number -> an action reference
 
 
 class Reject(Exception):
@@ -357,8 +358,11 @@ class FakeGitHub:
         job: str | None = None,
         secrets: Mapping[str, str] | None = None,
         vars: Mapping[str, str] | None = None,
+        uses: Mapping[int, str] | None = None,
     ) -> list[FakeJob]:
-        """Offer the jobs of a workflow (file path or YAML text), one per matrix combination."""
+        """Offer the jobs of a workflow (file path or YAML text), one per matrix combination.
+        ``uses`` makes step N (1-based) a ``uses: OWNER/REPO@REF`` action step, which
+        solstice.workflow would refuse to parse but GitHub sends as a repository reference."""
         text = workflow.read_text() if isinstance(workflow, Path) else workflow
         name = str(workflow) if isinstance(workflow, Path) else ".github/workflows/ci.yml"
         wf = parse_workflow(text, name, job=job, github={"repository": self.repository})
@@ -382,6 +386,7 @@ class FakeGitHub:
                     total=totals[spec.key],
                     secrets=dict(secrets or {}),
                     vars=dict(vars or {}),
+                    uses=dict(uses or {}),
                 )
                 self.jobs[fj.request_id] = fj
                 self.pending.append(fj)
@@ -1005,7 +1010,10 @@ class FakeGitHub:
             },
             "variables": variables,
             "mask": [{"type": "regex", "value": job.token}],
-            "steps": [self._step(s, n) for s, n in zip(spec.steps, _context_names(spec.steps), strict=True)],
+            "steps": [
+                self._step(s, n, job.uses.get(s.number, ""))
+                for s, n in zip(spec.steps, _context_names(spec.steps), strict=True)
+            ],
             "fileTable": [spec.workflow_file],
             "jobOutputs": mapping_token({k: token_of(v) for k, v in spec.outputs.items()})
             if spec.outputs
@@ -1024,7 +1032,7 @@ class FakeGitHub:
             message["defaults"] = [mapping_token({"run": mapping_token(run_defaults)})]
         return message
 
-    def _step(self, step: Step, context_name: str) -> dict[str, Any]:
+    def _step(self, step: Step, context_name: str, uses: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {
             "type": "action",
             "id": str(uuid.uuid4()),
@@ -1033,7 +1041,11 @@ class FakeGitHub:
             "displayNameToken": token_of(step.name, step.line),
             "condition": condition_of(step.if_),
         }
-        if step.kind is StepKind.CHECKOUT:
+        if uses:
+            name, _, ref = uses.partition("@")
+            out["reference"] = {"type": "repository", "name": name, "ref": ref, "repositoryType": "GitHub"}
+            out["inputs"] = mapping_token({})
+        elif step.kind is StepKind.CHECKOUT:
             out["reference"] = {
                 "type": "repository",
                 "name": "actions/checkout",

@@ -43,8 +43,6 @@ from .translate import Refused, translate
 log = logging.getLogger("solstice.github")
 
 USER_AGENT = f"solstice-ci/{__version__}"
-#: §6.3: the official runner renews every 60 s.
-RENEW_EVERY = 60.0
 #: Job requests held between two fetches (the listener's inbox is bounded too).
 MAX_PENDING = 16
 
@@ -95,6 +93,7 @@ class GitHubBackend:
         self.state_dir = state_dir
         self.owner = owner_name(socket.gethostname(), os.getpid())
         self.max_backoff = g.max_backoff
+        self.renew_every = g.lease_renewal
         self.listener: Listener | None = None
         self.pending: deque[m.RunnerJobRequest] = deque()
         self.reports: dict[str, Reporter] = {}  # GitHub job id -> its live report
@@ -340,7 +339,7 @@ class GitHubBackend:
             return
         now = self.clock()
         last = self.renewed.get(report.job_id)
-        if last is not None and now - last < RENEW_EVERY:
+        if last is not None and now - last < self.renew_every:
             return
         jc.renew()
         self.renewed[report.job_id] = now

@@ -11,6 +11,8 @@ after its final event. What it does comes from the job's env ``FAKE``:
     exit:N                     a log line, then exit N without a final event
     signal:NAME                a log line, then kill itself with SIGNAME (no final event)
     stubborn:S                 like sleep:S, but ignores SIGTERM
+    steps[:S]                  each step of the request: started, a line naming it (and every S s
+                               a tick while it "runs"), finished success
 
 Every start appends ``<pid> <FAKE_HOST>`` to ``$FAKE_RUNS_DIR/<uuid>`` (when set), so tests can
 count how often a job really ran.
@@ -34,7 +36,7 @@ from solstice.cli.job import ServiceSink, UsageError, load_config, read_request 
 from solstice.dispatch.contract import EXIT_USAGE, RESULT_EXIT  # noqa: E402
 from solstice.job.events import Emitter  # noqa: E402
 from solstice.job.mask import Masker  # noqa: E402
-from solstice.model import Result  # noqa: E402
+from solstice.model import Outcome, Result  # noqa: E402
 
 
 def main() -> int:
@@ -74,6 +76,21 @@ def main() -> int:
             n += 1
             emit.log(f"tick {n}", step=None)
             time.sleep(0.1)
+    elif mode == "steps":
+        for step in request.job.steps:
+            if cancel.is_set():
+                result, message = Result.CANCELLED, "the job was cancelled"
+                break
+            emit.step_started(step.number, step.name)
+            emit.log(f"step {step.number}: {step.name}", step=step.number)
+            deadline = time.monotonic() + float(arg or 0)
+            n = 0
+            while time.monotonic() < deadline and not cancel.is_set():
+                n += 1
+                emit.log(f"step {step.number} tick {n}", step=step.number)
+                time.sleep(0.1)
+            outcome = Outcome.CANCELLED if cancel.is_set() else Outcome.SUCCESS
+            emit.step_finished(step.number, outcome, outcome)
     elif mode == "lines":
         for i in range(1, int(arg) + 1):
             emit.log(f"line {i}", step=1)

@@ -65,15 +65,17 @@ class RunnerProcess:
     """``solstice forgejo-runner run`` as a child process; its log in a file (appended across
     restarts)."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, verb: str = "forgejo-runner", address: str = ADDRESS) -> None:
         self.pipeline = pipeline
-        self.log = pipeline.runtime_dir / "forgejo-runner.log"
+        self.verb = verb
+        self.address = address
+        self.log = pipeline.runtime_dir / f"{verb}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait: bool = True) -> RunnerProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "solstice", "forgejo-runner", "run"],
+                [sys.executable, "-m", "solstice", self.verb, "run"],
                 env=self.pipeline.env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -88,7 +90,7 @@ class RunnerProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def wait_consuming(self, timeout: float = 30.0) -> None:
-        queue = Names(self.pipeline.cfg.broker).events_queue(ADDRESS)
+        queue = Names(self.pipeline.cfg.broker).events_queue(self.address)
 
         def consuming() -> bool:
             assert self.proc is not None
