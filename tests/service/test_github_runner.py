@@ -180,7 +180,11 @@ def test_lease_lost_stops_the_job_and_says_so(pipeline: Pipeline, fake: FakeGitH
     wait_acquired(fake, job)
     wait_until("the job to run", lambda: list(pipeline.runs_dir.iterdir()), 30)
     fake.expire_lease(job)
-    wait_until("the runner to give the job up", lambda: "lease" in proc.output() and "ends here" in proc.output(), 40)
+    wait_until(
+        "the runner to give the job up",
+        lambda: "lease" in proc.output() and "ends here" in proc.output(),
+        40,
+    )
     assert job.completed is None  # GitHub took it back: nothing completes it any more
     proc.terminate()
 
@@ -203,7 +207,9 @@ def test_session_conflict_at_start_is_retried(pipeline: Pipeline, fake: FakeGitH
         r.session_id = "held-by-another-process"
     pipeline.dispatcher()
     proc = runner(pipeline).start(wait=False)
-    wait_until("the conflict to be logged", lambda: "another process holds the broker session" in proc.output(), 20)
+    wait_until(
+        "the conflict to be logged", lambda: "another process holds the broker session" in proc.output(), 20
+    )
     with fake.lock:
         r.session_id = ""
     (job,) = fake.enqueue(workflow("ok"))
@@ -244,7 +250,9 @@ def test_runner_restart_mid_job_loses_and_duplicates_no_line(pipeline: Pipeline,
     proc = start_all(pipeline, fake)
     (job,) = fake.enqueue(workflow("steps:4", steps=TWO_STEPS))
     wait_acquired(fake, job)
-    wait_until("the job to tick", lambda: "tick" in fake.log_text(job) or list(pipeline.runs_dir.iterdir()), 30)
+    wait_until(
+        "the job to tick", lambda: "tick" in fake.log_text(job) or list(pipeline.runs_dir.iterdir()), 30
+    )
     time.sleep(2)
     proc.kill()
     with fake.lock:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from solstice import __version__
-from solstice.config import Config
+from solstice.config import Config, GithubConfig
 from solstice.errors import ConfigError, SolsticeError
 from solstice.forges.core.backend import Admission, PollerSettings, Report, Verdict
 from solstice.forges.core.errors import ForgeError, ForgeUnavailable, RegistrationGone
@@ -60,19 +60,10 @@ def the_label(labels: Sequence[str]) -> str:
 
 
 class GitHubBackend:
-    def __init__(
-        self,
-        cfg: Config,
-        registration: Registration,
-        *,
-        key: bytes,
-        state_dir: Path,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        g = cfg.github
+    def __init__(self, registration: Registration, g: GithubConfig, key: bytes, state_dir: Path) -> None:
         self.reg = registration
         self.key = key
-        self.clock = clock
+        self.clock = time.monotonic
         self.version = g.runner_version or DEFAULT_RUNNER_VERSION
         self.timeout = g.request_timeout
         self.tokens = auth.TokenSource(registration.credentials, registration.key, timeout=g.request_timeout)
@@ -144,7 +135,7 @@ class GitHubBackend:
         token = task.system_connection.access_token
         steps = [(s.external_id, s.name) for s in result.steps]
         mask = (*result.mask, token) if not isinstance(result, Refused) else (*task.secret_values, token)
-        report = Reporter(task, steps, mask=mask, token=token)
+        report = Reporter.for_job(task, steps, mask=mask, token=token)
         self.reports[task.job_id] = report
         if isinstance(result, Refused):
             report.refuse(result.reason, result.details, time.time())
@@ -184,7 +175,7 @@ class GitHubBackend:
                 log.warning(
                     "job %s: GitHub no longer holds it (%s); its report ends here", report.job_id, exc
                 )
-                report.abandon()
+                report.completed()
                 self._forget(report)
         except m.CodecError as exc:
             raise ForgeError(str(exc)) from None
@@ -315,7 +306,7 @@ class GitHubBackend:
     def _job_client(self, report: Reporter) -> JobClient:
         jc = self.clients.get(report.job_id)
         if jc is None:
-            s = report.s
+            s = report
             endpoint = m.ServiceEndpoint(
                 name=m.SYSTEM_CONNECTION,
                 url=s.run_url,
@@ -355,4 +346,4 @@ class GitHubBackend:
 def open_backend(cfg: Config, key: bytes) -> GitHubBackend:
     """The backend of this installation's registration (ConfigError when there is none)."""
     path = default_path(cfg.paths.state_dir)
-    return GitHubBackend(cfg, load(path), key=key, state_dir=path.parent)
+    return GitHubBackend(load(path), cfg.github, key, path.parent)

@@ -92,7 +92,10 @@ class StepLog:
 
 
 @dataclass
-class _State:
+class Reporter:
+    """The state is the object's fields (all JSON-able: ``checkpoint`` is ``asdict`` of them), and
+    the core's Report protocol reads ``finished``, ``done``, ``last_seq`` and ``result`` directly."""
+
     plan_id: str
     job_id: str  # GitHub's
     billing_owner_id: str
@@ -103,105 +106,72 @@ class _State:
     job_lines: list[str] = field(default_factory=list)
     job_count: int = 0
     finished: bool = False
-    result: str = ""
+    result: str = ""  # solstice.model.Result value once finished
     message: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
     refused: str = ""
     steps_dirty: bool = True
     change_order: int = 0
     job_log_uploaded: bool = False
-    completed: bool = False
+    done: bool = False  # completejob succeeded (or GitHub took the job back)
     cancel_requested: bool = False
     lease_lost: str = ""
     failed_step: int = 0  # number (GitHub's) of the first failed step, for the annotation
+    # not in checkpoints' clear part: the core seals the "mask" entry
+    mask: tuple[str, ...] = ()
+    token: str = ""  # the job's SystemVssConnection token
 
-
-class Reporter:
-    def __init__(
-        self,
-        job: m.AgentJobRequestMessage | None,
+    @classmethod
+    def for_job(
+        cls,
+        job: m.AgentJobRequestMessage,
         steps: list[tuple[str, str]],
         *,
         mask: tuple[str, ...] | list[str] = (),
         token: str = "",
-        state: _State | None = None,
-    ) -> None:
-        if state is None:
-            assert job is not None
-            seed = uuid.UUID(job.job_id) if _is_uuid(job.job_id) else uuid.uuid4()
-            logs = [StepLog(str(uuid.uuid5(seed, "set-up-job")), "Set up job")]
-            logs += [StepLog(ext, name) for ext, name in steps]
-            logs.append(StepLog(str(uuid.uuid5(seed, "complete-job")), "Complete job"))
-            state = _State(
-                plan_id=job.plan.plan_id,
-                job_id=job.job_id,
-                billing_owner_id=job.billing_owner_id,
-                run_url=job.system_connection.url,
-                results_url=job.results_url,
-                steps=logs,
-            )
-        self.s = state
-        self.mask = tuple(mask_values(mask))
-        self.token = token  # the job's SystemVssConnection token; sealed in checkpoints
-
-    # --- the core's Report protocol -------------------------------------------------------------
-
-    @property
-    def finished(self) -> bool:
-        return self.s.finished
-
-    @property
-    def done(self) -> bool:
-        return self.s.completed
-
-    @property
-    def last_seq(self) -> int:
-        return self.s.last_seq
+    ) -> Reporter:
+        seed = uuid.UUID(job.job_id) if _is_uuid(job.job_id) else uuid.uuid4()
+        logs = [StepLog(str(uuid.uuid5(seed, "set-up-job")), "Set up job")]
+        logs += [StepLog(ext, name) for ext, name in steps]
+        logs.append(StepLog(str(uuid.uuid5(seed, "complete-job")), "Complete job"))
+        return cls(
+            plan_id=job.plan.plan_id,
+            job_id=job.job_id,
+            billing_owner_id=job.billing_owner_id,
+            run_url=job.system_connection.url,
+            results_url=job.results_url,
+            steps=logs,
+            mask=tuple(mask_values(mask)),
+            token=token,
+        )
 
     @property
     def buffered_rows(self) -> int:
-        return len(self.s.job_lines) + sum(len(st.lines) for st in self.s.steps)
-
-    @property
-    def result(self) -> str:
-        return self.s.result
-
-    @property
-    def job_id(self) -> str:
-        return self.s.job_id
-
-    @property
-    def cancel_requested(self) -> bool:
-        return self.s.cancel_requested
+        return len(self.job_lines) + sum(len(st.lines) for st in self.steps)
 
     def request_cancel(self) -> None:
-        self.s.cancel_requested = True
+        self.cancel_requested = True
 
     def lose_lease(self, why: str, time: float) -> None:
-        if not self.s.lease_lost:
-            self.s.lease_lost = why
+        if not self.lease_lost:
+            self.lease_lost = why
             self.note(f"GitHub ended this job's lease ({why}): the job is being stopped", time)
-            self.s.cancel_requested = True
-
-    @property
-    def lease_lost(self) -> bool:
-        return bool(self.s.lease_lost)
+            self.cancel_requested = True
 
     def feed(self, event: JobEvent) -> None:
-        s = self.s
-        if event.seq <= s.last_seq and event.seq != SYNTHETIC_SEQ:
+        if event.seq <= self.last_seq and event.seq != SYNTHETIC_SEQ:
             return
-        if s.finished:  # the first final event wins (a later synthetic one changes nothing sent)
+        if self.finished:  # the first final event wins (a later synthetic one changes nothing sent)
             if event.seq != SYNTHETIC_SEQ:
-                s.last_seq = event.seq
+                self.last_seq = event.seq
             return
         if event.seq != SYNTHETIC_SEQ:
-            s.last_seq = event.seq
+            self.last_seq = event.seq
         step = self._main(event.step)
         if event.kind is EventKind.STEP_STARTED and step is not None:
             self._close_setup(event.time)
             step.phase, step.started = Phase.RUNNING.value, event.time
-            s.steps_dirty = True
+            self.steps_dirty = True
         elif event.kind is EventKind.LOG:
             self._line(step, event.text, event.time)
         elif event.kind is EventKind.PHASE:
@@ -212,39 +182,32 @@ class Reporter:
                 self._close_setup(event.time)
             step.phase, step.completed = Phase.DONE.value, event.time
             step.outcome = (event.conclusion or event.outcome or Outcome.FAILURE).value
-            if event.outcome is Outcome.FAILURE and not s.failed_step:
-                s.failed_step = s.steps.index(step) + 1
-            s.steps_dirty = True
+            if event.outcome is Outcome.FAILURE and not self.failed_step:
+                self.failed_step = self.steps.index(step) + 1
+            self.steps_dirty = True
         elif event.kind is EventKind.JOB_FINISHED:
             self._finish(event.result or Result.ERROR, event.message, dict(event.outputs), event.time)
 
     def note(self, text: str, time: float) -> None:
-        if not self.s.finished:
+        if not self.finished:
             self._line(None, text, time)
 
     def finish_here(self, result: Result, message: str, time: float) -> None:
-        self.feed(
-            JobEvent(
-                job_id="",
-                seq=SYNTHETIC_SEQ,
-                time=time,
-                kind=EventKind.JOB_FINISHED,
-                result=result,
-                message=message,
-            )
-        )
+        """The core ends the job without its final event; later events change nothing."""
+        if not self.finished:
+            self._finish(result, message, {}, time)
 
     def refuse(self, reason: str, details: tuple[str, ...], time: float) -> None:
         """The job cannot run here: every line in "Set up job", the job fails visibly."""
-        self.s.refused = reason
+        self.refused = reason
         self._line(None, f"##[error]Solstice cannot run this job: {reason}", time)
         for line in details:
             self._line(None, line, time)
         self._finish(Result.FAILURE, reason, {}, time)
 
     def checkpoint(self) -> dict[str, Any]:
-        data = asdict(self.s)
-        data["mask"] = {"values": list(self.mask), "token": self.token}
+        data = asdict(self)
+        data["mask"] = {"values": list(data.pop("mask")), "token": data.pop("token")}
         return data
 
     @classmethod
@@ -252,62 +215,56 @@ class Reporter:
         data = dict(data)
         sealed = data.pop("mask", {}) or {}
         steps = [StepLog(**st) for st in data.pop("steps")]
-        state = _State(steps=steps, **data)
-        return cls(
-            None, [], mask=tuple(sealed.get("values", ())), token=str(sealed.get("token", "")), state=state
-        )
+        mask = tuple(str(x) for x in sealed.get("values", ()))
+        return cls(steps=steps, mask=mask, token=str(sealed.get("token", "")), **data)
 
     # --- what to send --------------------------------------------------------------------------
 
     def steps_update(self, now: float) -> m.WorkflowStepsUpdate | None:
         """The step list, when it changed. ``change_order`` follows the clock (ms), so it still
         increases after a restart that lost the last number (§7.1: monotonic per job)."""
-        s = self.s
-        if not s.steps_dirty:
+        if not self.steps_dirty:
             return None
-        s.change_order = max(s.change_order + 1, int(now * 1000))
-        return m.WorkflowStepsUpdate(s.plan_id, s.job_id, s.change_order, tuple(self._workflow_steps()))
+        self.change_order = max(self.change_order + 1, int(now * 1000))
+        steps = tuple(self._workflow_steps())
+        return m.WorkflowStepsUpdate(self.plan_id, self.job_id, self.change_order, steps)
 
     def steps_sent(self) -> None:
-        self.s.steps_dirty = False
+        self.steps_dirty = False
 
     def logs_to_upload(self) -> list[tuple[m.LogsTarget, list[str]]]:
         """The finished steps' logs not uploaded yet (§7.1: after each step ends)."""
         out = []
-        for st in self.s.steps:
+        for st in self.steps:
             if st.phase == Phase.DONE.value and not st.uploaded:
-                out.append(
-                    (m.LogsTarget(self.s.plan_id, self.s.job_id, st.external_id), self._with_note(st))
-                )
+                out.append((m.LogsTarget(self.plan_id, self.job_id, st.external_id), self._with_note(st)))
         return out
 
     def log_uploaded(self, target: m.LogsTarget) -> None:
-        for st in self.s.steps:
+        for st in self.steps:
             if st.external_id == target.step_id:
                 st.uploaded = True
                 st.lines = []  # GitHub has them: memory back
 
     def job_log(self) -> tuple[m.LogsTarget, list[str]] | None:
         """The whole job log, once the job finished and every step log is up."""
-        s = self.s
-        if not s.finished or s.job_log_uploaded or any(not st.uploaded for st in s.steps):
+        if not self.finished or self.job_log_uploaded or any(not st.uploaded for st in self.steps):
             return None
-        lines = list(s.job_lines)
-        if s.job_count > len(lines):
+        lines = list(self.job_lines)
+        if self.job_count > len(lines):
             lines.append(
-                f"{line_time(0)} ... {s.job_count - len(lines)} more lines not kept (the log is capped)"
+                f"{line_time(0)} ... {self.job_count - len(lines)} more lines not kept (the log is capped)"
             )
-        return m.LogsTarget(s.plan_id, s.job_id), lines
+        return m.LogsTarget(self.plan_id, self.job_id), lines
 
     def job_log_sent(self) -> None:
-        self.s.job_log_uploaded = True
-        self.s.job_lines = []
+        self.job_log_uploaded = True
+        self.job_lines = []
 
     def completion(self) -> m.CompleteJobRequest | None:
-        s = self.s
-        if not s.job_log_uploaded or s.steps_dirty or s.completed:
+        if not self.job_log_uploaded or self.steps_dirty or self.done:
             return None
-        result = Result(s.result)
+        result = Result(self.result)
         annotations = []
         category = ""
         if result is Result.ERROR:
@@ -315,73 +272,71 @@ class Reporter:
             annotations.append(
                 m.Annotation(
                     m.AnnotationLevel.FAILURE,
-                    mask_text(s.message or "infrastructure error", self.mask),
+                    mask_text(self.message or "infrastructure error", self.mask),
                     title="Solstice CI: infrastructure error (not a problem of the build)",
                     is_infrastructure_issue=True,
                 )
             )
-        elif result is Result.FAILURE and s.message:
+        elif result is Result.FAILURE and self.message:
             annotations.append(
                 m.Annotation(
-                    m.AnnotationLevel.FAILURE, mask_text(s.message, self.mask), step_number=s.failed_step
+                    m.AnnotationLevel.FAILURE,
+                    mask_text(self.message, self.mask),
+                    step_number=self.failed_step,
                 )
             )
         return m.CompleteJobRequest(
-            plan_id=s.plan_id,
-            job_id=s.job_id,
+            plan_id=self.plan_id,
+            job_id=self.job_id,
             conclusion=_JOB_CONCLUSION[result],
-            outputs={k: m.Variable(mask_text(v, self.mask)) for k, v in s.outputs.items()},
+            outputs={k: m.Variable(mask_text(v, self.mask)) for k, v in self.outputs.items()},
             step_results=tuple(self._step_results()),
             annotations=tuple(annotations),
-            billing_owner_id=s.billing_owner_id,
+            billing_owner_id=self.billing_owner_id,
             infrastructure_failure_category=category,
         )
 
     def completed(self) -> None:
-        self.s.completed = True
-
-    def abandon(self) -> None:
-        """GitHub took the job back (lease lost): nothing more can be reported."""
-        self.s.completed = True
+        """completejob succeeded, or GitHub took the job back (lease lost): nothing more to send."""
+        self.done = True
 
     # --- internals -----------------------------------------------------------------------------
 
     def _main(self, number: int | None) -> StepLog | None:
-        if number is None or not 1 <= number <= len(self.s.steps) - 2:
+        if number is None or not 1 <= number <= len(self.steps) - 2:
             return None
-        return self.s.steps[number]
+        return self.steps[number]
 
     def _close_setup(self, t: float) -> None:
-        setup = self.s.steps[0]
+        setup = self.steps[0]
         if setup.phase != Phase.DONE.value:
             setup.started = setup.started or t
             setup.phase, setup.completed, setup.outcome = Phase.DONE.value, t, Outcome.SUCCESS.value
-            self.s.steps_dirty = True
+            self.steps_dirty = True
 
     def _line(self, step: StepLog | None, text: str, t: float) -> None:
-        s = self.s
         if step is None:
-            running = [st for st in s.steps[1:-1] if st.phase == Phase.RUNNING.value]
+            running = [st for st in self.steps[1:-1] if st.phase == Phase.RUNNING.value]
             if running:
                 step = running[-1]
-            elif s.steps[0].phase != Phase.DONE.value:
-                step = s.steps[0]
+            elif self.steps[0].phase != Phase.DONE.value:
+                step = self.steps[0]
                 if step.phase == Phase.PENDING.value:
                     step.phase, step.started = Phase.RUNNING.value, t
-                    s.steps_dirty = True
+                    self.steps_dirty = True
             else:
-                step = s.steps[-1]
+                step = self.steps[-1]
                 if step.phase == Phase.PENDING.value:
                     step.phase, step.started = Phase.RUNNING.value, t
-                    s.steps_dirty = True
+                    self.steps_dirty = True
         line = f"{line_time(t)} {mask_text(text[:MAX_LINE], self.mask)}"
         if step.phase != Phase.DONE.value or not step.uploaded:
             step.count += 1
             if len(step.lines) < MAX_STEP_LINES:
                 step.lines.append(line)
-        s.job_count += 1
-        if len(s.job_lines) < MAX_JOB_LINES:
-            s.job_lines.append(line)
+        self.job_count += 1
+        if len(self.job_lines) < MAX_JOB_LINES:
+            self.job_lines.append(line)
 
     def _with_note(self, st: StepLog) -> list[str]:
         if st.count > len(st.lines):
@@ -389,12 +344,11 @@ class Reporter:
         return list(st.lines)
 
     def _finish(self, result: Result, message: str, outputs: dict[str, str], t: float) -> None:
-        s = self.s
         self._close_setup(t)
         if message and result is not Result.SUCCESS:
-            self._line(s.steps[-1] if not s.refused else s.steps[0], f"##[error]{message}", t)
-        self._line(s.steps[-1] if not s.refused else s.steps[0], _CLOSING[result], t)
-        for st in s.steps[1:-1]:
+            self._line(self.steps[-1] if not self.refused else self.steps[0], f"##[error]{message}", t)
+        self._line(self.steps[-1] if not self.refused else self.steps[0], _CLOSING[result], t)
+        for st in self.steps[1:-1]:
             if st.phase != Phase.DONE.value:
                 # never started: skipped; cut off: cancelled (§7.1 steps that never ran)
                 st.outcome = (
@@ -402,16 +356,16 @@ class Reporter:
                 ).value
                 st.phase, st.completed = Phase.DONE.value, t
                 st.started = st.started or t
-        last = s.steps[-1]
+        last = self.steps[-1]
         last.started = last.started or t
         last.phase, last.completed = Phase.DONE.value, t
         last.outcome = Outcome.SUCCESS.value
-        s.finished, s.result, s.message, s.outputs = True, result.value, message, outputs
-        s.steps_dirty = True
+        self.finished, self.result, self.message, self.outputs = True, result.value, message, outputs
+        self.steps_dirty = True
 
     def _workflow_steps(self) -> list[m.WorkflowStep]:
         out = []
-        for n, st in enumerate(self.s.steps, 1):
+        for n, st in enumerate(self.steps, 1):
             status = {
                 Phase.PENDING.value: m.StepStatus.PENDING,
                 Phase.RUNNING.value: m.StepStatus.IN_PROGRESS,
@@ -427,7 +381,7 @@ class Reporter:
 
     def _step_results(self) -> list[m.StepResult]:
         out = []
-        for n, st in enumerate(self.s.steps[1:-1], 2):
+        for n, st in enumerate(self.steps[1:-1], 2):
             conclusion = _CONCLUSION[Outcome(st.outcome)][1] if st.outcome else m.TaskResult.SKIPPED
             out.append(
                 m.StepResult(

@@ -30,7 +30,9 @@ def register(
 ) -> FakeRunner:
     token = fake.registration_token()
     args = ["github-runner", "register", "--url", fake.github_url, "--token", "-", "--name", name]
-    proc = cli(pipeline, *args, "--labels", labels, *(["--ephemeral"] if ephemeral else []), stdin=token + "\n")
+    proc = cli(
+        pipeline, *args, "--labels", labels, *(["--ephemeral"] if ephemeral else []), stdin=token + "\n"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert token not in proc.stdout + proc.stderr
     with fake.lock:
@@ -41,9 +43,16 @@ def runner(pipeline: Pipeline) -> RunnerProcess:
     return RunnerProcess(pipeline, verb="github-runner", address=ADDRESS)
 
 
-def wait_completed(fake: FakeGitHub, job: FakeJob, timeout: float, proc: RunnerProcess | None = None) -> FakeJob:
+def wait_completed(
+    fake: FakeGitHub, job: FakeJob, timeout: float, proc: RunnerProcess | None = None
+) -> FakeJob:
     def done() -> FakeJob | None:
-        if proc is not None and proc.proc is not None and proc.proc.poll() is not None and proc.proc.returncode:
+        if (
+            proc is not None
+            and proc.proc is not None
+            and proc.proc.poll() is not None
+            and proc.proc.returncode
+        ):
             raise AssertionError(f"the runner exited {proc.proc.returncode}:\n{proc.output()}")
         with fake.lock:
             return job if job.completed is not None else None
