@@ -38,7 +38,6 @@ import contextlib
 import gzip
 import itertools
 import json
-import os
 import re
 import secrets as secrets_mod
 import socket
@@ -53,11 +52,12 @@ from typing import Any
 
 import yaml
 
-from solstice import expr, proc
+from solstice import expr
 from solstice.forges.forgejo import messages as m
 from solstice.workflow import matrix as matrix_mod
 from solstice.workflow import matrix_suffix
 from solstice.workflow.loader import load as load_yaml
+from tests.fakes.gitrepo import http_backend, read_git_body
 
 DONE = {"success", "failure", "cancelled", "skipped"}
 _RESULT_OF = {
@@ -596,20 +596,6 @@ class FakeForgejo:
         # Gitea's basic auth: the token is the password, or the user name with an empty password.
         return user, password if password not in ("", "x-oauth-basic") else user
 
-    def _git_body(self, h: BaseHTTPRequestHandler) -> bytes:
-        if "chunked" in h.headers.get("Transfer-Encoding", "").lower():
-            parts: list[bytes] = []
-            while True:
-                size = int(h.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while h.rfile.readline().strip():  # trailers up to the empty line
-                        pass
-                    return b"".join(parts)
-                parts.append(h.rfile.read(size))
-                h.rfile.readline()  # the CRLF after each chunk
-        length = int(h.headers.get("Content-Length", "0") or 0)
-        return h.rfile.read(length) if length else b""
-
     def _git_reply(self, h: BaseHTTPRequestHandler, status: int, body: bytes, **headers: str) -> None:
         h.send_response(status)
         h.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -623,7 +609,7 @@ class FakeForgejo:
         route = self._git_route(h)
         assert route is not None
         full_name, endpoint = route
-        body = self._git_body(h)
+        body = read_git_body(h)
         path, _, query = h.path.partition("?")
         service = endpoint if endpoint != "info/refs" else ""
         for part in query.split("&"):
@@ -671,75 +657,9 @@ class FakeForgejo:
             record.status = 403
             self._git_reply(h, 403, b"User permission denied\n")
             return
-        record.status = self._http_backend(h, repo, endpoint, query, body, record.user)
-
-    def _http_backend(
-        self,
-        h: BaseHTTPRequestHandler,
-        repo: FakeRepository,
-        endpoint: str,
-        query: str,
-        body: bytes,
-        user: str,
-    ) -> int:
-        """Run ``git http-backend`` as a CGI for one request; relay its answer; return the status."""
-        env = {
-            "PATH": os.environ.get("PATH", os.defpath),
-            "HOME": os.fspath(repo.git_dir),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-            "GIT_HTTP_EXPORT_ALL": "1",
-            "PATH_TRANSLATED": f"{repo.git_dir}/{endpoint}",
-            "PATH_INFO": f"/{repo.full_name}.git/{endpoint}",
-            "REQUEST_METHOD": h.command,
-            "QUERY_STRING": query,
-            "CONTENT_TYPE": h.headers.get("Content-Type", ""),
-            "CONTENT_LENGTH": str(len(body)),
-            "REMOTE_USER": user,
-            "REMOTE_ADDR": h.client_address[0],
-            "GATEWAY_INTERFACE": "CGI/1.1",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-        }
-        if h.headers.get("Content-Encoding"):
-            env["HTTP_CONTENT_ENCODING"] = h.headers["Content-Encoding"]
-        if repo.sha_fetch:
-            # what Forgejo sets in its git config (modules/git/git.go), and protocol v2
-            env.update(
-                {
-                    "GIT_CONFIG_COUNT": "2",
-                    "GIT_CONFIG_KEY_0": "uploadpack.allowAnySHA1InWant",
-                    "GIT_CONFIG_VALUE_0": "true",
-                    "GIT_CONFIG_KEY_1": "uploadpack.allowFilter",
-                    "GIT_CONFIG_VALUE_1": "true",
-                }
-            )
-            if h.headers.get("Git-Protocol"):
-                env["GIT_PROTOCOL"] = h.headers["Git-Protocol"]
-        result = proc.run(["git", "http-backend"], check=False, input=body, env=env, timeout=120)
-        out = result.stdout
-        ends = [i for i in (out.find(b"\r\n\r\n"), out.find(b"\n\n")) if i >= 0]
-        if result.returncode != 0 and not ends:
-            self._git_reply(h, 500, result.stderr or b"git http-backend failed\n")
-            return 500
-        cut = min(ends) if ends else len(out)
-        head, payload = out[:cut], out[cut + (4 if out.startswith(b"\r\n\r\n", cut) else 2) :]
-        status = 200
-        headers: list[tuple[str, str]] = []
-        for line in head.decode("latin-1").splitlines():
-            name, _, value = line.partition(":")
-            if not name.strip():
-                continue
-            if name.strip().lower() == "status":
-                status = int(value.strip().split()[0])
-            elif name.strip().lower() != "content-length":
-                headers.append((name.strip(), value.strip()))
-        h.send_response(status)
-        for name, value in headers:
-            h.send_header(name, value)
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
-        return status
+        record.status = http_backend(
+            h, repo.git_dir, repo.full_name, endpoint, query, body, record.user, sha_fetch=repo.sha_fetch
+        )
 
     def _authenticate(self, h: BaseHTTPRequestHandler) -> FakeRunner:
         uuid = h.headers.get("x-runner-uuid", "")

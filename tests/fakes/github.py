@@ -51,6 +51,7 @@ from solstice.forges.github import auth
 from solstice.model import Step, StepKind
 from solstice.model.core import JobSpec
 from solstice.workflow import parse_workflow
+from tests.fakes.gitrepo import http_backend, read_git_body, reply
 
 TENANT = "tenant1"
 MAX_RECORDS = 2000
@@ -59,6 +60,7 @@ MAX_QUEUE = 256
 MAX_BLOBS = 1000
 _STATUS_FN = re.compile(r"\b(success|failure|cancelled|always)\s*\(", re.IGNORECASE)
 _EXPR = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
+_GIT_PATH = re.compile(r"/([^/]+)/([^/]+?)\.git/(info/refs|git-upload-pack)")
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class FakeJob:
     log_lines: dict[str, int] = field(default_factory=dict)  # CreateLogsMetadata line_count by step ("" job)
     message: dict[str, Any] = field(default_factory=dict)
     uses: dict[int, str] = field(default_factory=dict)  # step number -> an action reference
+    github_token: str = ""  # the job's GITHUB_TOKEN (system.github.token): git fetches use it
+    sha: str = "4e3f" + "0" * 36
 
 
 class Reject(Exception):
@@ -249,6 +253,8 @@ class FakeGitHub:
         self._blob_sigs: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._message_ids = itertools.count(1)
+        self.repositories: dict[str, Path] = {}  # owner/name -> a local git repository
+        self.git_fetches: deque[tuple[str, int]] = deque(maxlen=MAX_RECORDS)  # (job id, status)
         self._server: ThreadingHTTPServer | None = None
         self._closing = False
 
@@ -359,6 +365,7 @@ class FakeGitHub:
         secrets: Mapping[str, str] | None = None,
         vars: Mapping[str, str] | None = None,
         uses: Mapping[int, str] | None = None,
+        sha: str = "",
     ) -> list[FakeJob]:
         """Offer the jobs of a workflow (file path or YAML text), one per matrix combination.
         ``uses`` makes step N (1-based) a ``uses: OWNER/REPO@REF`` action step, which
@@ -388,6 +395,8 @@ class FakeGitHub:
                     vars=dict(vars or {}),
                     uses=dict(uses or {}),
                 )
+                if sha:
+                    fj.sha = sha
                 self.jobs[fj.request_id] = fj
                 self.pending.append(fj)
                 made.append(fj)
@@ -402,7 +411,48 @@ class FakeGitHub:
 
     # --- HTTP plumbing -----------------------------------------------------------------------
 
+    def add_repository(self, full_name: str, path: Path) -> None:
+        """Serve a local repository as ``<url>/<owner>/<name>.git`` (git smart HTTP, read-only),
+        to a job's GITHUB_TOKEN as actions/checkout sends it (Basic ``x-access-token:<token>``)."""
+        with self.lock:
+            self.repositories[full_name.lower()] = path
+
+    def _git(self, h: BaseHTTPRequestHandler, full_name: str, endpoint: str) -> None:
+        scheme, _, value = h.headers.get("Authorization", "").partition(" ")
+        token = ""
+        if scheme.lower() == "basic":
+            try:
+                token = base64.b64decode(value.strip()).decode().partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                token = ""
+        body = read_git_body(h)
+        path, _, query = h.path.partition("?")
+        with self.lock:
+            repo = self.repositories.get(full_name.lower())
+            job = next(
+                (j for j in self.jobs.values() if token and j.github_token == token and j.completed is None),
+                None,
+            )
+        service = (
+            "git-upload-pack" if endpoint == "git-upload-pack" or "service=git-upload-pack" in query else ""
+        )
+        if repo is None:
+            status = 404
+            reply(h, 404, b"Repository not found.\n")
+        elif job is None or full_name.lower() != self.repository.lower() or not service:
+            status = 401 if job is None else 403
+            reply(h, status, b"Authentication failed\n")
+        else:
+            dot = repo / ".git"
+            status = http_backend(h, dot if dot.is_dir() else repo, full_name, endpoint, query, body, "x")
+        with self.lock:
+            self.git_fetches.append((job.job_id if job else "", status))
+
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
+        git = _GIT_PATH.fullmatch(urlsplit(h.path).path)
+        if git:
+            self._git(h, f"{git[1]}/{git[2]}", git[3])
+            return
         parts = urlsplit(h.path)
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
@@ -937,11 +987,12 @@ class FakeGitHub:
 
     def _job_message(self, job: FakeJob) -> dict[str, Any]:
         spec = job.spec
+        job.github_token = "ghs_" + secrets_mod.token_hex(16)
         owner = self.repository.split("/")[0]
         github = {
             "repository": self.repository,
             "repository_owner": owner,
-            "sha": "4e3f" + "0" * 36,
+            "sha": job.sha,
             "ref": "refs/heads/main",
             "run_id": "289",
             "run_number": "7",
@@ -953,7 +1004,7 @@ class FakeGitHub:
             "event": {"ref": "refs/heads/main"},
         }
         variables: dict[str, Any] = {
-            "system.github.token": {"value": "ghs_" + secrets_mod.token_hex(16), "isSecret": True},
+            "system.github.token": {"value": job.github_token, "isSecret": True},
             "system.github.results_endpoint": {"value": f"{self.url}/results/"},
             "system.github.job": {"value": spec.key},
         }
