@@ -31,6 +31,10 @@ from solstice.errors import ConfigError, SolsticeError
 
 log = logging.getLogger("solstice.github")
 
+#: 78 (EX_CONFIG), as for Forgejo: the unit does not restart (RestartPreventExitStatus=), since
+#: only registering again (runner removed) or a configuration change (runner_version) helps.
+EXIT_CONFIG = EXIT_REGISTRATION_GONE
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="github_verb", metavar="COMMAND", required=True)
@@ -223,11 +227,15 @@ def run(cfg: configmod.Config, args: argparse.Namespace) -> int:
             "`solstice github-runner register --force ...`; its running jobs were cancelled)",
             file=sys.stderr,
         )
-        return EXIT_REGISTRATION_GONE
+        return EXIT_CONFIG
     finally:
         poller.close()
     if backend.fatal is not None:
-        raise backend.fatal
+        # e.g. RunnerVersionTooOld: a restart cannot help until the configuration changes
+        print(f"solstice: error: {backend.fatal}", file=sys.stderr)
+        if backend.fatal.hint:
+            print(f"  ({backend.fatal.hint})", file=sys.stderr)
+        return EXIT_CONFIG
     if backend.exhausted:
         log.info("runner %s took its one job: exiting", backend.name)
     return 0

@@ -193,11 +193,15 @@ def test_token_expiry_mid_job_is_renewed(pipeline: Pipeline, fake: FakeGitHub) -
     proc = start_all(pipeline, fake)
     (job,) = fake.enqueue(workflow("steps:3", steps=TWO_STEPS))
     wait_acquired(fake, job)
+    with fake.lock:
+        exchanges = len(fake.algorithms)
     fake.expire_tokens()
     done = wait_completed(fake, job, 60, proc)
     assert done.completed is not None and done.completed["conclusion"] == "succeeded"
     (second,) = fake.enqueue(workflow("ok"))  # the runner still polls with a new token
     assert wait_completed(fake, second, 60, proc).completed is not None
+    with fake.lock:
+        assert len(fake.algorithms) > exchanges  # a new runner token was minted
     proc.terminate()
 
 
@@ -255,6 +259,7 @@ def test_runner_restart_mid_job_loses_and_duplicates_no_line(pipeline: Pipeline,
     )
     time.sleep(2)
     proc.kill()
+    assert job.completed is None  # killed mid-job
     with fake.lock:
         fake.runners[job.runner_id].session_id = ""  # the dead process's session expires
     proc.start()
@@ -268,3 +273,27 @@ def test_runner_restart_mid_job_loses_and_duplicates_no_line(pipeline: Pipeline,
     assert len(list(pipeline.runs_dir.iterdir())) == 1
     assert len(pipeline.runs(next(iter(pipeline.runs_dir.iterdir())).name)) == 1
     proc.terminate()
+
+
+def test_ephemeral_runner_exits_cleanly_when_its_job_is_taken(pipeline: Pipeline, fake: FakeGitHub) -> None:
+    register(pipeline, fake, ephemeral=True)
+    (job,) = fake.enqueue(workflow("ok"))
+    with fake.lock:
+        job.token = "acquired-by-another-runner"  # acquirejob answers 409 (§6.1)
+    pipeline.dispatcher()
+    proc = runner(pipeline).start()
+    assert proc.wait_exit(30) == 0
+    assert "another runner has it" in proc.output()
+    assert not list(pipeline.runs_dir.iterdir())
+
+
+def test_a_refused_runner_version_stops_with_the_setting_to_change(
+    broker_cfg: BrokerConfig, database_url: str
+) -> None:
+    with FakeGitHub(min_version="9.0.0") as fake:
+        for pipeline in _pipeline(broker_cfg, database_url):
+            register(pipeline, fake)
+            proc = runner(pipeline).start(wait=False)
+            assert proc.wait_exit(30) == 78
+            out = proc.output()
+            assert "RunnerVersionTooOld" in out and "runner_version in the [github] section" in out

@@ -591,7 +591,7 @@ class RunnerClient:
             if isinstance(err, VersionTooOld):
                 err.hint = (
                     f"this runner reports version {self.version}; set a current official runner "
-                    "release as the GitHub runner's runner_version"
+                    "release as runner_version in the [github] section of the configuration"
                 )
             raise err
         try:
