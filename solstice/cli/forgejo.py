@@ -18,10 +18,8 @@ import json
 import logging
 import os
 import pwd
-import signal
 import sys
 import time
-import types
 from pathlib import Path
 
 from solstice import config as configmod
@@ -180,32 +178,12 @@ def _hand_to_service_user(path: Path) -> None:
 
 
 def run(cfg: configmod.Config, args: argparse.Namespace) -> int:
-    # Only the forge-neutral core and the Forgejo backend: no vm, images or job (DESIGN.md).
-    from solstice.forges.core import Poller, RegistrationGone, open_backend
-    from solstice.notify import Notifier
-    from solstice.secrets import key_path, load_key
+    from solstice.cli.poller import serve
 
-    if not args.debug:
-        logging.getLogger("solstice").setLevel(logging.INFO)
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
-    key = load_key(key_path(cfg.secrets.key_file))
-    backend = open_backend("forgejo", cfg, key)
-    poller = Poller(cfg.broker, backend, key=key, notify=Notifier().send)
-
-    def on_signal(signum: int, frame: types.FrameType | None) -> None:
-        log.info(
-            "%s: stopping (the jobs keep running; the next start resumes their reports)",
-            signal.Signals(signum).name,
-        )
-        poller.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        poller.run()
-    except RegistrationGone as exc:
+    backend, gone = serve(cfg, args, "forgejo")
+    if gone is not None:
         print(
-            f"solstice: error: the forge at {backend.url} no longer knows runner {backend.name!r}: {exc}",
+            f"solstice: error: the forge at {backend.url} no longer knows runner {backend.name!r}: {gone}",
             file=sys.stderr,
         )
         print(
@@ -214,8 +192,6 @@ def run(cfg: configmod.Config, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_REGISTRATION_GONE
-    finally:
-        poller.close()
     return 0
 
 

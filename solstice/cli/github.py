@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import time
-import types
 from pathlib import Path
 
 from solstice import config as configmod
@@ -191,45 +189,24 @@ def unregister(cfg: configmod.Config, args: argparse.Namespace) -> int:
 
 
 def run(cfg: configmod.Config, args: argparse.Namespace) -> int:
-    # Only the forge-neutral core and the GitHub backend: no vm, images or job (DESIGN.md).
-    from solstice.forges.core import Poller, RegistrationGone, open_backend
-    from solstice.forges.github.backend import GitHubBackend
-    from solstice.notify import Notifier
-    from solstice.secrets import key_path, load_key
+    from solstice.cli.poller import serve
 
-    if not args.debug:
-        logging.getLogger("solstice").setLevel(logging.INFO)
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
-        logging.getLogger("urllib3").setLevel(logging.WARNING)
-    key = load_key(key_path(cfg.secrets.key_file))
-    backend = open_backend("github", cfg, key)
-    assert isinstance(backend, GitHubBackend)
-    poller = Poller(cfg.broker, backend, key=key, notify=Notifier().send)
-
-    def on_signal(signum: int, frame: types.FrameType | None) -> None:
-        log.info(
-            "%s: stopping (the jobs keep running; the next start resumes their reports)",
-            signal.Signals(signum).name,
-        )
-        poller.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        # fatal: stop now (jobs keep running; a restart resumes them); one job done: once reported
-        poller.run(
-            should_stop=lambda: backend.fatal is not None or (backend.should_stop() and not poller.tasks)
-        )
-    except RegistrationGone as exc:
-        print(f"solstice: error: GitHub no longer knows runner {backend.name!r}: {exc}", file=sys.stderr)
+    # a fatal error stops at once (jobs keep running; a restart resumes them); the one job of an
+    # ephemeral/JIT runner, once it is fully reported
+    backend, gone = serve(
+        cfg,
+        args,
+        "github",
+        stop_when=lambda b, p: b.fatal is not None or (b.should_stop() and not p.tasks),
+    )
+    if gone is not None:
+        print(f"solstice: error: GitHub no longer knows runner {backend.name!r}: {gone}", file=sys.stderr)
         print(
             "  (it was removed in GitHub's settings: register again with "
             "`solstice github-runner register --force ...`; its running jobs were cancelled)",
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    finally:
-        poller.close()
     if backend.fatal is not None:
         # e.g. RunnerVersionTooOld: a restart cannot help until the configuration changes
         print(f"solstice: error: {backend.fatal}", file=sys.stderr)

@@ -123,6 +123,7 @@ class GitHubBackend:
             job = self._take(ref)
             if job is not None:
                 jobs.append(job)
+        self._set_status(len(jobs))
         return jobs
 
     def task_key(self, task: m.AgentJobRequestMessage) -> str:
@@ -168,6 +169,7 @@ class GitHubBackend:
                 jc.complete(done)
                 report.completed()
                 self._forget(report)
+                self._set_status()
                 log.info("job %s: completed as %s", report.job_id, done.conclusion.value)
         except LeaseLost as exc:
             report.lose_lease(str(exc), time.time())
@@ -277,6 +279,13 @@ class GitHubBackend:
             log.info("ignoring a runner configuration refresh (%s)", body.config_type)
         else:
             log.debug("ignoring broker message type %s", message.message_type)
+
+    def _set_status(self, coming: int = 0) -> None:
+        """Busy on the long-poll while the runner is full (R polls Busy while it runs its job, §9)."""
+        if self.listener is not None:
+            running = coming + sum(1 for r in self.reports.values() if not r.finished)
+            full = running >= self.settings.capacity
+            self.listener.status = m.RunnerStatus.BUSY if full else m.RunnerStatus.ONLINE
 
     def _take(self, ref: m.RunnerJobRequest) -> m.AgentJobRequestMessage | None:
         assert self.listener is not None

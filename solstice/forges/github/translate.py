@@ -121,7 +121,7 @@ def _name(step: m.JobStep, number: int) -> str:
     return step.reference.name or f"step {number}"
 
 
-def _step(step: m.JobStep, number: int, run_shell: str | None) -> Step:
+def _step(step: m.JobStep, number: int) -> Step:
     where = f"step {number}"
     common: dict[str, Any] = {
         "number": number,
@@ -164,10 +164,7 @@ def translate(
     secrets_key: bytes,
     reply_to: str,
 ) -> Translated | Refused:
-    steps_info = tuple(
-        StepInfo(s.id, _name(s, i) if not isinstance(s.display_name, Expression) else s.context_name or s.id)
-        for i, s in enumerate(job.steps, 1)
-    )
+    steps_info = tuple(StepInfo(s.id, _name(s, i)) for i, s in enumerate(job.steps, 1))
     defaults: dict[str, Any] = {}
     for d in job.defaults:  # workflow defaults, then the job's (§6.2)
         run = d.get("run")
@@ -177,7 +174,7 @@ def translate(
         run_shell = as_text(defaults.get("shell"), "defaults.run.shell") or None
         if run_shell and check_shell(run_shell):
             raise _Unsupported(f"defaults.run.shell: {check_shell(run_shell)}")
-        steps = tuple(_step(s, i, run_shell) for i, s in enumerate(job.steps, 1))
+        steps = tuple(_step(s, i) for i, s in enumerate(job.steps, 1))
         env: dict[str, str] = {}
         for layer in job.environment_variables:
             env.update(_text_map(layer, "env"))
