@@ -26,7 +26,7 @@ from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
 from solstice.config import BrokerConfig
 from solstice.secrets import write_new_key
-from tests.fakes.github import FakeGitHub
+from tests.fakes.github import FakeGitHub, FakeJob
 
 SECRET = "canary-7f3b-github-secret"
 
@@ -70,6 +70,16 @@ def start_all(pipeline: Pipeline, fake: FakeGitHub, **kw: bool) -> RunnerProcess
     register(pipeline, fake, **kw)
     pipeline.dispatcher()
     return runner(pipeline).start()
+
+
+def wait_running(fake: FakeGitHub, job: FakeJob, step: str) -> None:
+    """Until GitHub shows ``step`` in progress: the job runs in the pipeline and is reported."""
+
+    def running() -> bool:
+        with fake.lock:
+            return any(s["name"] == step and s["status"] == 3 for s in job.steps.values())
+
+    wait_until(f"step {step!r} to be in progress", running, 30)
 
 
 def all_bodies(fake: FakeGitHub) -> bytes:
@@ -134,6 +144,25 @@ def test_job_runs_and_its_steps_logs_and_result_reach_github(pipeline: Pipeline,
     proc.terminate()
 
 
+def test_secrets_never_reach_github_unmasked_even_when_the_job_leaks_them(
+    pipeline: Pipeline, fake: FakeGitHub
+) -> None:
+    proc = start_all(pipeline, fake)
+    (job,) = fake.enqueue(workflow("leak"), secrets={"API_KEY": SECRET})
+    done = wait_completed(fake, job, 60, proc)
+    assert done.completed is not None and done.completed["conclusion"] == "succeeded"
+    logs = step_logs(fake, job)
+    assert "secret API_KEY is ***" in logs["Set up job"], (logs, fake.log_text(job))
+    assert "secret GITHUB_TOKEN is ***" in logs["Set up job"]  # the job's token is masked too
+    bodies = all_bodies(fake)
+    assert SECRET.encode() not in bodies and job.github_token.encode() not in bodies
+    assert job.token.encode() not in bodies  # the job's results/run-service token
+    tasks = Path(pipeline.cfg.paths.state_dir) / "github-runner" / "tasks"
+    for path in tasks.glob("*.json"):  # a report still on disk holds no secret in clear
+        assert SECRET not in path.read_text()
+    proc.terminate()
+
+
 def test_matrix_jobs_each_run_and_report(pipeline: Pipeline, fake: FakeGitHub) -> None:
     proc = start_all(pipeline, fake)
     jobs = fake.enqueue(workflow("ok", extra="    strategy:\n      matrix:\n        v: [a, b]\n"))
@@ -165,12 +194,17 @@ def test_cancellation_in_github_stops_the_job(pipeline: Pipeline, fake: FakeGitH
     proc = start_all(pipeline, fake)
     (job,) = fake.enqueue(workflow("steps:30", steps=TWO_STEPS))
     wait_acquired(fake, job)
-    wait_until("the job to run", lambda: list(pipeline.runs_dir.iterdir()), 30)
+    wait_running(fake, job, "First")
     started = time.monotonic()
     fake.send(job.runner_id, "JobCancellation", {"jobId": job.job_id, "timeout": "00:05:00"})
     done = wait_completed(fake, job, 30, proc)
     assert time.monotonic() - started < 10
     assert done.completed is not None and done.completed["conclusion"] == "canceled"
+    (run,) = pipeline.runs_dir.iterdir()
+    pid = int(pipeline.runs(run.name)[0].split()[0])
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    logs = step_logs(fake, job)
+    assert "Job cancelled" in logs["Complete job"]
     proc.terminate()
 
 
@@ -178,13 +212,14 @@ def test_lease_lost_stops_the_job_and_says_so(pipeline: Pipeline, fake: FakeGitH
     proc = start_all(pipeline, fake)
     (job,) = fake.enqueue(workflow("steps:30", steps=TWO_STEPS))
     wait_acquired(fake, job)
-    wait_until("the job to run", lambda: list(pipeline.runs_dir.iterdir()), 30)
+    wait_running(fake, job, "First")
     fake.expire_lease(job)
     wait_until(
         "the runner to give the job up",
         lambda: "lease" in proc.output() and "ends here" in proc.output(),
         40,
     )
+    assert "is being stopped" in proc.output()  # the core published the cancel
     assert job.completed is None  # GitHub took it back: nothing completes it any more
     proc.terminate()
 
@@ -254,9 +289,7 @@ def test_runner_restart_mid_job_loses_and_duplicates_no_line(pipeline: Pipeline,
     proc = start_all(pipeline, fake)
     (job,) = fake.enqueue(workflow("steps:4", steps=TWO_STEPS))
     wait_acquired(fake, job)
-    wait_until(
-        "the job to tick", lambda: "tick" in fake.log_text(job) or list(pipeline.runs_dir.iterdir()), 30
-    )
+    wait_running(fake, job, "First")
     time.sleep(2)
     proc.kill()
     assert job.completed is None  # killed mid-job

@@ -11,6 +11,8 @@ after its final event. What it does comes from the job's env ``FAKE``:
     exit:N                     a log line, then exit N without a final event
     signal:NAME                a log line, then kill itself with SIGNAME (no final event)
     stubborn:S                 like sleep:S, but ignores SIGTERM
+    leak                       every secret's value in a line, the job's own masking off (a
+                               job-side masking bug: the runner must still mask), then success
     steps[:S]                  each step of the request: started, a line naming it (and every S s
                                a tick while it "runs"), finished success
 
@@ -61,7 +63,8 @@ def main() -> int:
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sink = ServiceSink(request, cfg)
-    emit = Emitter(request.job_id, sink, Masker(list(request.secrets.values())))
+    masked = [] if mode == "leak" else list(request.secrets.values())
+    emit = Emitter(request.job_id, sink, Masker(masked))
     emit.job_started(request.job.name)
     emit.log(f"fake job {mode} {arg}".strip(), step=None)
     result = Result.SUCCESS
@@ -76,6 +79,12 @@ def main() -> int:
             n += 1
             emit.log(f"tick {n}", step=None)
             time.sleep(0.1)
+    elif mode == "leak":
+        from solstice.secrets import key_path, load_key, unseal
+
+        plain = unseal(request, load_key(key_path(cfg.secrets.key_file)))  # as `job run` does
+        for name, value in sorted(plain.secrets.items()):
+            emit.log(f"secret {name} is {value}", step=None)
     elif mode == "steps":
         for step in request.job.steps:
             if cancel.is_set():
