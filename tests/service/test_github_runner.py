@@ -330,3 +330,28 @@ def test_a_refused_runner_version_stops_with_the_setting_to_change(
             assert proc.wait_exit(30) == 78
             out = proc.output()
             assert "RunnerVersionTooOld" in out and "runner_version in the [github] section" in out
+
+
+def test_an_infrastructure_error_fails_with_its_category(pipeline: Pipeline, fake: FakeGitHub) -> None:
+    proc = start_all(pipeline, fake)
+    (job,) = fake.enqueue(workflow("error"))
+    done = wait_completed(fake, job, 60, proc)
+    assert done.completed is not None and done.completed["conclusion"] == "failed"
+    assert done.completed["infrastructureFailureCategory"] == "solstice_infrastructure_failure"
+    (note,) = done.completed["annotations"]
+    assert note["isInfrastructureIssue"] and "fake error" in note["message"]
+    assert "infrastructure error" in step_logs(fake, job)["Complete job"]
+    proc.terminate()
+
+
+def test_an_invalid_session_is_recreated(pipeline: Pipeline, fake: FakeGitHub) -> None:
+    proc = start_all(pipeline, fake)
+    with fake.lock:
+        (r,) = fake.runners.values()
+        old = r.session_id
+        r.session_id = ""  # the broker forgot it: the next poll answers RunnerSessionInvalid
+    wait_until("a new session", lambda: r.session_id not in ("", old), 20)
+    assert "creating a new one" in proc.output()
+    (job,) = fake.enqueue(workflow("ok"))
+    assert wait_completed(fake, job, 60, proc).completed is not None
+    proc.terminate()
