@@ -133,10 +133,16 @@ class GitHubBackend:
         result = translate(
             task, github_url=self.url, label=self.label, secrets_key=self.key, reply_to=reply_to
         )
-        token = task.system_connection.access_token
         steps = [(s.external_id, s.name) for s in result.steps]
-        mask = (*result.mask, token) if not isinstance(result, Refused) else (*task.secret_values, token)
-        report = Reporter.for_job(task, steps, mask=mask, token=token)
+        try:
+            token = task.system_connection.access_token
+            mask = (*result.mask, token) if not isinstance(result, Refused) else (*task.secret_values, token)
+            report = Reporter.for_job(task, steps, mask=mask, token=token)
+        except m.CodecError as exc:
+            # no run/results service to report to: nothing can be said to GitHub (it times the job out)
+            log.error("job %s cannot be reported (%s); leaving it", task.job_id, exc)
+            gone = Reporter(task.plan.plan_id, task.job_id, "", "", "", [], finished=True, done=True)
+            return Admission(task.job_id, Verdict.REFUSED, gone, reason=str(exc))
         self.reports[task.job_id] = report
         if isinstance(result, Refused):
             report.refuse(result.reason, result.details, time.time())
