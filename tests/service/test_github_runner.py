@@ -141,6 +141,12 @@ def test_job_runs_and_its_steps_logs_and_result_reach_github(pipeline: Pipeline,
     assert "step 1: First" in job_log and job_log.index("step 1") < job_log.index("step 2")
     assert SECRET.encode() not in all_bodies(fake)
     assert job.token.encode() not in all_bodies(fake)
+    state = Path(pipeline.cfg.paths.state_dir) / "github-runner"
+    wait_until(
+        "the job's checkpoint and log spool files to go",
+        lambda: not list((state / "tasks").glob("*")) and not list((state / "logs").glob("*")),
+        10,
+    )
     proc.terminate()
 
 

@@ -4,10 +4,15 @@ restart-safe."""
 from __future__ import annotations
 
 import json
+import stat
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from solstice.forges.github import messages as m
 from solstice.forges.github import reporter as rep
+from solstice.forges.github import spool
 from solstice.forges.github.reporter import Reporter
 from solstice.model import EventKind, JobEvent, Outcome, Result, Stream
 from tests.unit.test_github_translate import message
@@ -30,9 +35,15 @@ class Events:
 MESSAGE, _ = message()
 
 
-def reporter() -> Reporter:
-    msg = MESSAGE
-    return Reporter.for_job(msg, [("s-1", "Checkout"), ("s-2", "Build")], mask=[SECRET], token="tok")
+@pytest.fixture(autouse=True)
+def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def reporter(spool: str = "spool") -> Reporter:
+    steps = [("s-1", "Checkout"), ("s-2", "Build")]
+    return Reporter.for_job(MESSAGE, steps, mask=[SECRET], token="tok", spool_dir=Path(spool))
 
 
 def run_job(r: Reporter, ev: Events, *, result: Result = Result.SUCCESS, message: str = "") -> None:
@@ -130,18 +141,31 @@ def test_step_status_goes_out_while_the_job_runs() -> None:
     assert [t.step_id for t, _ in r.logs_to_upload()] == [r.steps[0].external_id, "s-1"]
 
 
-def test_logs_are_capped_with_a_note(monkeypatch: Any) -> None:
-    monkeypatch.setattr(rep, "MAX_STEP_LINES", 3)
-    monkeypatch.setattr(rep, "MAX_JOB_LINES", 4)
+def test_logs_are_spooled_to_files_and_capped_with_a_note(monkeypatch: Any, spool_dir: Path) -> None:
+    line = len(rep.line_time(0)) + len(" line 0\n")
+    monkeypatch.setattr(rep, "MAX_STEP_BYTES", 3 * line + 1)
+    monkeypatch.setattr(spool, "FLUSH_AT", 2)
     r, ev = reporter(), Events()
     r.feed(ev(EventKind.STEP_STARTED, step=1, text="step 1"))
     for i in range(10):
         r.feed(ev(EventKind.LOG, step=1, text=f"line {i}"))
-    assert r.buffered_rows == 3 + 4
+    assert r.buffered_rows <= 2 * 2  # at most FLUSH_AT lines a log in memory
+    r.checkpoint()
+    assert r.buffered_rows == 0
+    assert (spool_dir / "spool" / f"{MESSAGE.job_id}.job.log").read_text().count("line") == 10
+    assert stat.S_IMODE((spool_dir / "spool" / f"{MESSAGE.job_id}.1.log").stat().st_mode) == 0o600
     r.feed(ev(EventKind.STEP_FINISHED, step=1, outcome=Outcome.SUCCESS, conclusion=Outcome.SUCCESS))
-    ((_, lines),) = [(t, x) for t, x in r.logs_to_upload() if t.step_id == "s-1"]
+    ((target, lines),) = [(t, x) for t, x in r.logs_to_upload() if t.step_id == "s-1"]
     assert text(lines[:3]) == ["line 0", "line 1", "line 2"]
     assert "7 more lines not kept" in lines[3]
+    r.log_uploaded(target)
+    assert not (spool_dir / "spool" / f"{MESSAGE.job_id}.1.log").exists()
+    run_rest = r.steps_update(1e9)
+    assert run_rest is not None
+    r.finish_here(Result.CANCELLED, "stop", 1e9)
+    deliver(r)
+    r.completed()
+    assert not list((spool_dir / "spool").iterdir())  # every spool file is gone
 
 
 def test_restart_from_a_checkpoint_loses_and_duplicates_nothing() -> None:
@@ -149,10 +173,13 @@ def test_restart_from_a_checkpoint_loses_and_duplicates_nothing() -> None:
     run_job(straight, ev)
     expected = deliver(straight)
 
-    first = reporter()
+    first = reporter("spool2")
     for e in ev.all[:5]:
         first.feed(e)
     saved = json.loads(json.dumps(first.checkpoint()))
+    for e in ev.all[5:8]:  # fed and spooled after the checkpoint, then the process dies
+        first.feed(e)
+    first.checkpoint()
     assert SECRET not in json.dumps({k: v for k, v in saved.items() if k != "mask"})
     assert saved["mask"]["token"] == "tok"
     again = Reporter.restore(saved)

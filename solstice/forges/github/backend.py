@@ -137,7 +137,7 @@ class GitHubBackend:
         try:
             token = task.system_connection.access_token
             mask = (*result.mask, token) if not isinstance(result, Refused) else (*task.secret_values, token)
-            report = Reporter.for_job(task, steps, mask=mask, token=token)
+            report = Reporter.for_job(task, steps, mask=mask, token=token, spool_dir=self.state_dir / "logs")
         except m.CodecError as exc:
             # no run/results service to report to: nothing can be said to GitHub (it times the job out)
             log.error("job %s cannot be reported (%s); leaving it", task.job_id, exc)

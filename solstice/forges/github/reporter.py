@@ -10,13 +10,15 @@ A job-level line (``step`` None) goes to the running step, else to "Set up job" 
 started, else to "Complete job". Every line also goes to the job log. Lines are masked and
 formatted (``<.NET 'O' UTC timestamp> <text>``, §7.1) when fed.
 
-Memory is bounded: a step keeps at most ``MAX_STEP_LINES`` lines and the job log
-``MAX_JOB_LINES``; past that the lines are counted, not kept, and a truncation note is added. A
-step's lines are dropped once its log is uploaded (when it finishes, §7.1).
+Memory is bounded: each log is spooled to a file under the state directory (spool.py), at most
+``MAX_STEP_BYTES`` a step and ``MAX_JOB_BYTES`` the job log; past that the lines are counted, not
+kept, and a truncation note says how many. A step's file goes once its log is uploaded (when the
+step finishes, §7.1), the rest once the job is completed.
 
 Restart safety: ``checkpoint()`` holds everything (the core writes it before acknowledging the
 events it covers); events already fed (by seq) are ignored. A log is uploaded whole to its signed
-URL, so uploading it again after a restart replaces it: no line is duplicated or lost.
+URL, so uploading it again after a restart replaces it: no line is duplicated or lost. The spool
+files are cut back to the sizes in the checkpoint on restore.
 """
 
 from __future__ import annotations
@@ -25,16 +27,18 @@ import enum
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from solstice.model import EventKind, JobEvent, Outcome, Result
 from solstice.model.masking import mask_text, mask_values
 
 from . import messages as m
+from .spool import Spool
 
 SYNTHETIC_SEQ = 2**31 - 1  # solstice.queue.SYNTHETIC_SEQ: the dispatcher's or finish_here's
-MAX_STEP_LINES = 5_000
-MAX_JOB_LINES = 10_000
+MAX_STEP_BYTES = 16 * 1024 * 1024
+MAX_JOB_BYTES = 32 * 1024 * 1024
 MAX_LINE = 16 * 1024  # characters kept of one line
 
 _CONCLUSION = {
@@ -86,8 +90,7 @@ class StepLog:
     outcome: str = ""  # Outcome value (the conclusion, after continue-on-error)
     started: float | None = None
     completed: float | None = None
-    lines: list[str] = field(default_factory=list)
-    count: int = 0
+    log: Spool = field(default_factory=lambda: Spool("", 0))
     uploaded: bool = False
 
 
@@ -103,8 +106,7 @@ class Reporter:
     results_url: str
     steps: list[StepLog]
     last_seq: int = 0
-    job_lines: list[str] = field(default_factory=list)
-    job_count: int = 0
+    job_spool: Spool = field(default_factory=lambda: Spool("", 0))
     finished: bool = False
     result: str = ""  # solstice.model.Result value once finished
     message: str = ""
@@ -129,11 +131,15 @@ class Reporter:
         *,
         mask: tuple[str, ...] | list[str] = (),
         token: str = "",
+        spool_dir: Path,
     ) -> Reporter:
         seed = uuid.UUID(job.job_id) if _is_uuid(job.job_id) else uuid.uuid4()
-        logs = [StepLog(str(uuid.uuid5(seed, "set-up-job")), "Set up job")]
-        logs += [StepLog(ext, name) for ext, name in steps]
-        logs.append(StepLog(str(uuid.uuid5(seed, "complete-job")), "Complete job"))
+        names = [(str(uuid.uuid5(seed, "set-up-job")), "Set up job"), *steps]
+        names.append((str(uuid.uuid5(seed, "complete-job")), "Complete job"))
+        logs = [
+            StepLog(ext, name, log=Spool(str(spool_dir / f"{job.job_id}.{n}.log"), MAX_STEP_BYTES))
+            for n, (ext, name) in enumerate(names)
+        ]
         return cls(
             plan_id=job.plan.plan_id,
             job_id=job.job_id,
@@ -141,13 +147,15 @@ class Reporter:
             run_url=job.system_connection.url,
             results_url=job.results_url,
             steps=logs,
+            job_spool=Spool(str(spool_dir / f"{job.job_id}.job.log"), MAX_JOB_BYTES),
             mask=tuple(mask_values(mask)),
             token=token,
         )
 
     @property
     def buffered_rows(self) -> int:
-        return len(self.job_lines) + sum(len(st.lines) for st in self.steps)
+        """Lines in memory (the rest is spooled to files)."""
+        return len(self.job_spool.pending) + sum(len(st.log.pending) for st in self.steps)
 
     def request_cancel(self) -> None:
         self.cancel_requested = True
@@ -206,6 +214,8 @@ class Reporter:
         self._finish(Result.FAILURE, reason, {}, time)
 
     def checkpoint(self) -> dict[str, Any]:
+        for spool in self._spools():
+            spool.flush()  # the sizes in the checkpoint are on disk
         data = asdict(self)
         data["mask"] = {"values": list(data.pop("mask")), "token": data.pop("token")}
         return data
@@ -214,9 +224,13 @@ class Reporter:
     def restore(cls, data: dict[str, Any]) -> Reporter:
         data = dict(data)
         sealed = data.pop("mask", {}) or {}
-        steps = [StepLog(**st) for st in data.pop("steps")]
+        steps = [StepLog(**{**st, "log": Spool(**st["log"])}) for st in data.pop("steps")]
         mask = tuple(str(x) for x in sealed.get("values", ()))
-        return cls(steps=steps, mask=mask, token=str(sealed.get("token", "")), **data)
+        job_spool = Spool(**data.pop("job_spool"))
+        r = cls(steps=steps, job_spool=job_spool, mask=mask, token=str(sealed.get("token", "")), **data)
+        for spool in r._spools():
+            spool.reopen()
+        return r
 
     # --- what to send --------------------------------------------------------------------------
 
@@ -237,29 +251,26 @@ class Reporter:
         out = []
         for st in self.steps:
             if st.phase == Phase.DONE.value and not st.uploaded:
-                out.append((m.LogsTarget(self.plan_id, self.job_id, st.external_id), self._with_note(st)))
+                target = m.LogsTarget(self.plan_id, self.job_id, st.external_id)
+                out.append((target, st.log.lines("more lines not kept (a step log is capped)")))
         return out
 
     def log_uploaded(self, target: m.LogsTarget) -> None:
         for st in self.steps:
             if st.external_id == target.step_id:
                 st.uploaded = True
-                st.lines = []  # GitHub has them: memory back
+                st.log.remove()  # GitHub has them
 
     def job_log(self) -> tuple[m.LogsTarget, list[str]] | None:
         """The whole job log, once the job finished and every step log is up."""
         if not self.finished or self.job_log_uploaded or any(not st.uploaded for st in self.steps):
             return None
-        lines = list(self.job_lines)
-        if self.job_count > len(lines):
-            lines.append(
-                f"{line_time(0)} ... {self.job_count - len(lines)} more lines not kept (the log is capped)"
-            )
+        lines = self.job_spool.lines("more lines not kept (the job log is capped)")
         return m.LogsTarget(self.plan_id, self.job_id), lines
 
     def job_log_sent(self) -> None:
         self.job_log_uploaded = True
-        self.job_lines = []
+        self.job_spool.remove()
 
     def completion(self) -> m.CompleteJobRequest | None:
         if not self.job_log_uploaded or self.steps_dirty or self.done:
@@ -299,6 +310,8 @@ class Reporter:
     def completed(self) -> None:
         """completejob succeeded, or GitHub took the job back (lease lost): nothing more to send."""
         self.done = True
+        for spool in self._spools():
+            spool.remove()
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -330,18 +343,12 @@ class Reporter:
                     step.phase, step.started = Phase.RUNNING.value, t
                     self.steps_dirty = True
         line = f"{line_time(t)} {mask_text(text[:MAX_LINE], self.mask)}"
-        if step.phase != Phase.DONE.value or not step.uploaded:
-            step.count += 1
-            if len(step.lines) < MAX_STEP_LINES:
-                step.lines.append(line)
-        self.job_count += 1
-        if len(self.job_lines) < MAX_JOB_LINES:
-            self.job_lines.append(line)
+        if not step.uploaded:
+            step.log.add(line)
+        self.job_spool.add(line)
 
-    def _with_note(self, st: StepLog) -> list[str]:
-        if st.count > len(st.lines):
-            return [*st.lines, f"... {st.count - len(st.lines)} more lines not kept (a step log is capped)"]
-        return list(st.lines)
+    def _spools(self) -> list[Spool]:
+        return [st.log for st in self.steps] + [self.job_spool]
 
     def _finish(self, result: Result, message: str, outputs: dict[str, str], t: float) -> None:
         self._close_setup(t)
