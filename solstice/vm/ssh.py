@@ -198,6 +198,15 @@ def run_command(
         chan.close()
 
 
+def ping(transport: paramiko.Transport) -> None:
+    """Return once sshd has answered a keepalive request (it answers with a refusal, which is the
+    point: an answer at all). A guest whose vCPUs stopped never answers, and the TCP connection to
+    SLIRP stays up, so paramiko's own keepalive (no reply wanted) cannot tell."""
+    transport.global_request("keepalive@openssh.com", wait=True)
+    if not transport.is_active():
+        raise _lost("waiting for an answer to a keepalive")
+
+
 class SFTP:
     """One SFTP session per guest, opened on first use and kept: every new session starts an
     sftp-server process in the guest, which costs a noticeable fraction of a second under emulation.
