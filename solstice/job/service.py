@@ -33,6 +33,7 @@ from solstice.dispatch.contract import (
     EXIT_CANCELLED,
     EXIT_ERROR,
     EXIT_UNDELIVERED,
+    JOB_LOG_ENV,
     RESULT_EXIT,
     canonical_job_id,
     request_file,
@@ -47,9 +48,6 @@ from solstice.model import JobRequest, Result
 from solstice.queue import InvalidMessage, decode_request
 
 log = logging.getLogger("solstice.job")
-
-#: Set by the process spawner (solstice.dispatch.process) for its job: the job's log file.
-JOB_LOG_ENV = "SOLSTICE_JOB_LOG"
 
 
 class UsageError(SolsticeError):
