@@ -1,0 +1,120 @@
+"""The liveness rule behind the job's watchdog, the watchdog itself (a real sd_notify socket), and
+where the job says its host-side log is."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from solstice.job import liveness
+from solstice.job.liveness import GuestMonitor, Liveness, Stage
+from solstice.job.notify import Notifier
+from solstice.job.service import host_log
+from tests.fakes.localguest import LocalGuest
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_alive_while_booting_within_the_boot_timeout() -> None:
+    clock = Clock()
+    live = Liveness(boot_timeout=300, shutdown_timeout=10, clock=clock)
+    assert live.stage is Stage.STARTING and live.alive()
+    clock.now += 300 + liveness.PREPARE_ALLOWANCE - 1
+    assert live.alive()
+    clock.now += 2
+    assert not live.alive()  # a boot that outlives its timeout is hung
+
+
+def test_alive_while_the_guest_answers(tmp_path: Path) -> None:
+    clock = Clock()
+    guest = LocalGuest(tmp_path)
+    live = Liveness(boot_timeout=300, shutdown_timeout=10, clock=clock)
+    monitor = GuestMonitor(guest, unresponsive_after=60, clock=clock)
+    live.running(monitor)
+    clock.now += 3600  # a long step is fine as long as the guest answers
+    monitor.last_answer = clock.now - 5
+    assert live.alive()
+    # Silent: the job itself gives the guest up at 60 s; the watchdog waits the grace on top.
+    monitor.last_answer = clock.now - 60 - liveness.WATCHDOG_GRACE + 1
+    assert live.alive()
+    monitor.last_answer = clock.now - 60 - liveness.WATCHDOG_GRACE - 1
+    assert not live.alive()
+    live.teardown()
+    assert live.stage is Stage.TEARDOWN and live.alive()
+    clock.now += 10 + liveness.TEARDOWN_ALLOWANCE + 1
+    assert not live.alive()
+
+
+def test_monitor_trips_only_on_silence(tmp_path: Path) -> None:
+    guest = LocalGuest(tmp_path)
+    monitor = GuestMonitor(guest, unresponsive_after=0.4)
+    monitor.start()
+    try:
+        time.sleep(1.0)
+        assert not monitor.tripped.is_set() and monitor.silent_for() < 0.4
+        guest.freeze()
+        assert monitor.tripped.wait(2.0)
+        assert guest.hurried
+        assert "stopped responding" in str(monitor.error())
+        assert "fake console" in str(monitor.error())
+    finally:
+        monitor.stop()
+        guest.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.05)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", "40000")  # a ping every 20 ms
+    yield sock
+    sock.close()
+
+
+def received(sock: socket.socket, seconds: float) -> list[str]:
+    got: list[str] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+    return got
+
+
+def test_watchdog_pings_only_while_alive(notify_socket: socket.socket) -> None:
+    state = {"alive": True}
+    notifier = Notifier()
+    notifier.start_watchdog(lambda: state["alive"])
+    try:
+        assert "WATCHDOG=1" in received(notify_socket, 0.3)
+        state["alive"] = False
+        received(notify_socket, 0.1)  # a ping already on its way
+        assert "WATCHDOG=1" not in received(notify_socket, 0.3)
+        state["alive"] = True
+        assert "WATCHDOG=1" in received(notify_socket, 0.3)
+    finally:
+        notifier.close()
+
+
+def test_host_log_names_the_journal_or_the_log_file() -> None:
+    job = "0b7e0000-0000-4000-8000-000000000000"
+    host = socket.gethostname().split(".")[0]
+    for env in ({"INVOCATION_ID": "abc"}, {"JOURNAL_STREAM": "8:123"}):
+        assert host_log(job, env) == f"journalctl -u solstice-job@{job} (on {host})"
+    log = f"/run/solstice/processes/h/{job}.log"
+    assert host_log(job, {"SOLSTICE_JOB_LOG": log}) == f"{log} (on {host})"
+    assert host_log(job, {}) == ""
