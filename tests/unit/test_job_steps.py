@@ -639,13 +639,14 @@ def test_a_frozen_guest_ends_the_job_as_error(runtime: Path) -> None:
     assert fin.outcome is Outcome.FAILURE and "stopped responding" in fin.message
     assert not [e for e in out.events if e.text == "always"]
     ended = out.final.time - frozen[0]
-    assert 1.0 <= ended < 1.0 + 3.0, ended  # the bound, plus one probe interval and the unwind
+    # The bound counts from the last answer, up to one probe interval (0.25 s) before the freeze.
+    assert 1.0 - 0.25 <= ended < 1.0 + 5.0, ended
     assert guests[0].hurried  # no powerdown wait for a frozen guest
     assert list((runtime / "jobs").iterdir()) == []
 
 
 def test_a_slow_but_answering_guest_is_not_given_up(runtime: Path) -> None:
-    out = run(runtime, "- name: slow\n  run: sleep 2 && echo done\n", unresponsive_after=0.5)
+    out = run(runtime, "- name: slow\n  run: sleep 4 && echo done\n", unresponsive_after=1.5)
     assert out.result is Result.SUCCESS, out.final.message
     assert out.step("slow")[1] == ["done"]
 
