@@ -173,7 +173,11 @@ def run_command(
             # above, so drain once more before returning (else the last lines are lost).
             if chan.exit_status_ready():
                 drain()
-                return chan.recv_exit_status()
+                status = chan.recv_exit_status()
+                if status == -1 and not transport.is_active():
+                    # paramiko marks every channel done when the transport closes: no status.
+                    raise _lost("a command was running")
+                return status
             if chan.closed or chan.eof_received:
                 if not transport.is_active():
                     raise _lost("a command was running")
