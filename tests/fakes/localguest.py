@@ -22,6 +22,25 @@ from pathlib import Path
 from typing import IO
 
 from solstice.errors import GuestConnectionLost
+from solstice.images import Image
+from solstice.vm.argv import BootMode
+from solstice.vm.profiles import get_profile
+
+
+def stand_in_image(label: str = "local", base_image: Path = Path("/nonexistent/base.qcow2")) -> Image:
+    """An image for a job whose guest is not booted from it (a LocalGuest, or no guest at all)."""
+    return Image(
+        label=label,
+        base_image=base_image,
+        image_format="qcow2",
+        boot=BootMode.BIOS,
+        kernel=None,
+        initrd=None,
+        cmdline="",
+        profile=get_profile("debian"),
+        cpus=None,
+        memory_mib=None,
+    )
 
 
 class LocalGuest:

@@ -18,31 +18,18 @@ from pathlib import Path
 import pytest
 
 from solstice.errors import CommandError, ImageError
-from solstice.images import Image
 from solstice.job import checkout
 from solstice.job.guest import Guest
 from solstice.job.runner import JobRun, JobSettings
 from solstice.model import EventKind, JobEvent, JobRequest, Outcome, Result, Stream
-from solstice.vm.argv import BootMode
-from solstice.vm.profiles import get_profile
 from solstice.workflow import parse_workflow
-from tests.fakes.localguest import LocalGuest
+from tests.fakes.jobsink import Collect
+from tests.fakes.localguest import LocalGuest, stand_in_image
 
 SECRET = "s3cr3t-Value-99"
 MASKED = "hunter2-masked-value"
 
-IMAGE = Image(
-    label="local",
-    base_image=Path("/nonexistent/base.qcow2"),
-    image_format="qcow2",
-    boot=BootMode.BIOS,
-    kernel=None,
-    initrd=None,
-    cmdline="",
-    profile=get_profile("debian"),
-    cpus=None,
-    memory_mib=None,
-)
+IMAGE = stand_in_image()
 
 
 @dataclass
@@ -67,19 +54,6 @@ class Ran:
         assert len(finished) == 1
         logs = [e.text for e in self.events if e.kind is EventKind.LOG and e.step == n]
         return finished[0], logs
-
-
-class Collect:
-    def __init__(self, on_event: Callable[[JobEvent], None] | None = None) -> None:
-        self.events: list[JobEvent] = []
-        self.lock = threading.Lock()
-        self.on_event = on_event
-
-    def emit(self, event: JobEvent) -> None:
-        with self.lock:
-            self.events.append(event)
-        if self.on_event is not None:
-            self.on_event(event)
 
 
 @pytest.fixture
@@ -580,7 +554,7 @@ def test_a_broken_base_image_is_an_error_of_the_real_boot(runtime: Path, tmp_pat
     """The default boot (a real VM): qemu-img refuses a base image that is not qcow2."""
     base = tmp_path / "base.qcow2"
     base.write_bytes(b"not a disk image at all")
-    image = Image(**{**IMAGE.__dict__, "base_image": base})
+    image = stand_in_image(base_image=base)
     (job,) = parse_workflow(workflow("- run: true\n"), "t.yml").jobs
     request = JobRequest(job_id=str(uuid.uuid4()), job=job, label="local")
     sink = Collect()
