@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from solstice.job.runner import JobSettings, run_job
 from solstice.model import EventKind, JobEvent, JobRequest, Outcome, Result, Size, Stream
 from solstice.vm.qmp import qmp_command
 from solstice.workflow import parse_workflow
+from tests.fakes.jobsink import Collect
 
 pytestmark = pytest.mark.vm
 
@@ -129,16 +129,6 @@ WORKFLOW = textwrap.dedent(
             run: echo always-ran
     """
 )
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.events: list[JobEvent] = []
-        self.lock = threading.Lock()
-
-    def emit(self, event: JobEvent) -> None:
-        with self.lock:
-            self.events.append(event)
 
 
 def settings(runtime: Path, **kw: object) -> JobSettings:
@@ -374,15 +364,13 @@ def test_a_frozen_guest_ends_the_job_as_error(test_image: Path, runtime_dir: Pat
     frozen: list[float] = []
     status: list[str] = []
 
-    class Freezer(Collect):
-        def emit(self, event: JobEvent) -> None:
-            super().emit(event)
-            if event.kind is EventKind.LOG and event.text == "working" and not frozen:
-                qmp_command(qmp, "stop")
-                frozen.append(time.time())
-                status.append(qmp_command(qmp, "query-status")["status"])
+    def freeze(event: JobEvent) -> None:
+        if event.kind is EventKind.LOG and event.text == "working" and not frozen:
+            qmp_command(qmp, "stop")
+            frozen.append(time.time())
+            status.append(qmp_command(qmp, "query-status")["status"])
 
-    sink = Freezer()
+    sink = Collect(freeze)
     result = run_job(request, image, settings(runtime_dir, unresponsive_after=FREEZE_BOUND), sink)
     assert frozen and status == ["paused"], [e.text for e in sink.events]
     assert result is Result.ERROR
