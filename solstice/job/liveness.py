@@ -74,8 +74,8 @@ class GuestMonitor:
         try:
             self.guest.probe()
             self.last_answer = self.clock()
-        except InfraError as exc:  # the connection is gone: the job's own calls say so
-            log.info("guest probe: %s", exc)
+        except Exception as exc:  # the connection is gone: the job's own calls say so
+            log.info("guest probe: %s: %s", type(exc).__name__, exc)
         finally:
             self._probing.release()
 

@@ -1,5 +1,4 @@
-"""The liveness rule behind the job's watchdog, the watchdog itself (a real sd_notify socket), and
-where the job says its host-side log is."""
+"""The liveness rule behind the job's watchdog, and the watchdog itself (a real sd_notify socket)."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import pytest
 from solstice.job import liveness
 from solstice.job.liveness import GuestMonitor, Liveness, Stage
 from solstice.job.notify import Notifier
-from solstice.job.service import host_log
 from tests.fakes.localguest import LocalGuest
 
 
@@ -108,13 +106,3 @@ def test_watchdog_pings_only_while_alive(notify_socket: socket.socket) -> None:
         assert "WATCHDOG=1" in received(notify_socket, 0.3)
     finally:
         notifier.close()
-
-
-def test_host_log_names_the_journal_or_the_log_file() -> None:
-    job = "0b7e0000-0000-4000-8000-000000000000"
-    host = socket.gethostname().split(".")[0]
-    for env in ({"INVOCATION_ID": "abc"}, {"JOURNAL_STREAM": "8:123"}):
-        assert host_log(job, env) == f"journalctl -u solstice-job@{job} (on {host})"
-    log = f"/run/solstice/processes/h/{job}.log"
-    assert host_log(job, {"SOLSTICE_JOB_LOG": log}) == f"{log} (on {host})"
-    assert host_log(job, {}) == ""
