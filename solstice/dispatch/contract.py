@@ -54,6 +54,8 @@ EXIT_RESULT: dict[int, Result] = {code: result for result, code in RESULT_EXIT.i
 
 #: The name of the systemd credential carrying the sealed request.
 CREDENTIAL = "job-request"
+#: The process spawner tells its job where the job's log file is (the job names it in its first log line).
+JOB_LOG_ENV = "SOLSTICE_JOB_LOG"
 
 UNIT_PREFIX = "solstice-job@"
 UNIT_SUFFIX = ".service"

@@ -24,7 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from solstice import proc
-from solstice.dispatch.contract import canonical_job_id, child_environment, exit_record, unit_name
+from solstice.dispatch.contract import (
+    JOB_LOG_ENV,
+    canonical_job_id,
+    child_environment,
+    exit_record,
+    unit_name,
+)
 from solstice.dispatch.spawner import ENDED, GONE, RUNNING, UnitStatus, parse_exit_record
 from solstice.dispatch.supervise import proc_start_time
 from solstice.files import atomic_write
@@ -89,7 +95,11 @@ class ProcessSpawner:
         fd = os.open(self.logfile(job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             child = proc.spawn(
-                argv, stdout=fd, stderr=subprocess.STDOUT, new_session=True, env=child_environment()
+                argv,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                new_session=True,
+                env={**child_environment(), JOB_LOG_ENV: str(self.logfile(job_id))},
             )
         finally:
             os.close(fd)

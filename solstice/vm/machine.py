@@ -151,6 +151,15 @@ class Guest:
         """Skip the graceful powerdown when this VM is stopped (cancellation)."""
         self._shutdown.powerdown_timeout = 0.0
 
+    def probe(self) -> None:
+        """Return once the guest's sshd has answered a no-op request (see ssh.ping)."""
+        ssh.ping(self._transport)
+
+    def disconnect(self) -> None:
+        """Drop the SSH connection (from any thread): whatever waits on it raises GuestConnectionLost.
+        For a guest that stopped answering; ``close`` would wait for a blocked SFTP call."""
+        self._transport.close()
+
     def close(self) -> None:
         self._sftp.close()
         self._transport.close()

@@ -173,7 +173,11 @@ def run_command(
             # above, so drain once more before returning (else the last lines are lost).
             if chan.exit_status_ready():
                 drain()
-                return chan.recv_exit_status()
+                status = chan.recv_exit_status()
+                if status == -1 and not transport.is_active():
+                    # paramiko marks every channel done when the transport closes: no status.
+                    raise _lost("a command was running")
+                return status
             if chan.closed or chan.eof_received:
                 if not transport.is_active():
                     raise _lost("a command was running")
@@ -196,6 +200,15 @@ def run_command(
                 select.select([chan], [], [], poll)
     finally:
         chan.close()
+
+
+def ping(transport: paramiko.Transport) -> None:
+    """Return once sshd has answered a keepalive request (it answers with a refusal, which is the
+    point: an answer at all). A guest whose vCPUs stopped never answers, and the TCP connection to
+    SLIRP stays up, so paramiko's own keepalive (no reply wanted) cannot tell."""
+    transport.global_request("keepalive@openssh.com", wait=True)
+    if not transport.is_active():
+        raise _lost("waiting for an answer to a keepalive")
 
 
 class SFTP:

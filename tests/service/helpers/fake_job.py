@@ -1,7 +1,7 @@
 """A stand-in for ``solstice job run UUID`` that boots no VM, for the dispatcher's tests.
 
 It honours the job process's contract (solstice.dispatch.contract): reads the request the same
-way (solstice.cli.job.read_request), sends its events through the same sink (ServiceSink: batched
+way (solstice.job.service.read_request), sends its events through the same sink (ServiceSink: batched
 to RabbitMQ at reply_to, human lines on stdout), treats SIGTERM as cancellation, and exits 0/1/3/4
 after its final event. What it does comes from the job's env ``FAKE``:
 
@@ -30,10 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from solstice.cli.job import ServiceSink, UsageError, load_config, read_request  # noqa: E402
 from solstice.dispatch.contract import EXIT_USAGE, RESULT_EXIT  # noqa: E402
 from solstice.job.events import Emitter  # noqa: E402
 from solstice.job.mask import Masker  # noqa: E402
+from solstice.job.service import UsageError, load_config, read_request  # noqa: E402
+from solstice.job.sink import ServiceSink  # noqa: E402
 from solstice.model import Result  # noqa: E402
 
 
