@@ -7,8 +7,11 @@ import argparse
 import logging
 import sys
 
+from solstice.config import Config
 from solstice.dispatch.contract import CREDENTIAL, EXIT_USAGE
 from solstice.job.service import UsageError, run_service_job
+from solstice.model import JobRequest
+from solstice.queue import BatchingEventSink, decode_request
 
 from .common import job_settings
 
@@ -29,12 +32,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def outbox(request: JobRequest, cfg: Config) -> BatchingEventSink | None:
+    return BatchingEventSink.for_request(cfg.broker, request)
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.debug:
         # pika logs each lost connection at ERROR; the queue layer says it once, as a WARNING.
         logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
-        return run_service_job(args.job_id, args.request, args.config, settings=job_settings)
+        return run_service_job(
+            args.job_id,
+            args.request,
+            args.config,
+            settings=job_settings,
+            decode=decode_request,
+            outbox=outbox,
+        )
     except UsageError as exc:
         print(f"solstice job run: error: {exc}", file=sys.stderr)
         if exc.hint:

@@ -24,38 +24,49 @@ Synthetic final event
 
 from __future__ import annotations
 
+# What the job process needs of this contract lives in the model (the job may not import the
+# dispatcher); re-exported here for the dispatcher's side.
+__all__ = [
+    "CREDENTIAL",
+    "EXIT_CANCELLED",
+    "EXIT_ERROR",
+    "EXIT_FAILURE",
+    "EXIT_RESULT",
+    "EXIT_SUCCESS",
+    "EXIT_UNDELIVERED",
+    "EXIT_USAGE",
+    "JOB_LOG_ENV",
+    "RESULT_EXIT",
+    "canonical_job_id",
+    "request_file",
+    "requests_dir",
+]
+
 import contextlib
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 
 from solstice.files import atomic_write
 from solstice.model import EventKind, JobEvent, JobRequest, Result
+from solstice.model.jobcontract import (
+    CREDENTIAL,
+    EXIT_CANCELLED,
+    EXIT_ERROR,
+    EXIT_FAILURE,
+    EXIT_RESULT,
+    EXIT_SUCCESS,
+    EXIT_UNDELIVERED,
+    EXIT_USAGE,
+    JOB_LOG_ENV,
+    RESULT_EXIT,
+    canonical_job_id,
+    request_file,
+    requests_dir,
+)
 from solstice.queue.codec import encode_request
 from solstice.queue.sequencer import SYNTHETIC_SEQ
-
-EXIT_SUCCESS = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_CANCELLED = 3
-EXIT_ERROR = 4
-EXIT_UNDELIVERED = 5
-
-RESULT_EXIT: dict[Result, int] = {
-    Result.SUCCESS: EXIT_SUCCESS,
-    Result.FAILURE: EXIT_FAILURE,
-    Result.CANCELLED: EXIT_CANCELLED,
-    Result.ERROR: EXIT_ERROR,
-}
-#: Exit statuses meaning "the job process reported its final event itself".
-EXIT_RESULT: dict[int, Result] = {code: result for result, code in RESULT_EXIT.items()}
-
-#: The name of the systemd credential carrying the sealed request.
-CREDENTIAL = "job-request"
-#: The process spawner tells its job where the job's log file is (the job names it in its first log line).
-JOB_LOG_ENV = "SOLSTICE_JOB_LOG"
 
 UNIT_PREFIX = "solstice-job@"
 UNIT_SUFFIX = ".service"
@@ -69,24 +80,6 @@ def job_id_of_unit(unit: str) -> str | None:
     if unit.startswith(UNIT_PREFIX) and unit.endswith(UNIT_SUFFIX):
         return canonical_job_id(unit[len(UNIT_PREFIX) : -len(UNIT_SUFFIX)])
     return None
-
-
-def canonical_job_id(text: str) -> str | None:
-    """``text`` if it is a uuid in canonical form (lower case, hyphens), else None. Only such ids
-    become unit names and file names."""
-    try:
-        value = str(uuid.UUID(text))
-    except (ValueError, AttributeError, TypeError):
-        return None
-    return value if value == text else None
-
-
-def requests_dir(runtime_dir: str | Path) -> Path:
-    return Path(runtime_dir) / "requests"
-
-
-def request_file(runtime_dir: str | Path, job_id: str) -> Path:
-    return requests_dir(runtime_dir) / f"{job_id}.json"
 
 
 def cancel_marker(runtime_dir: str | Path, job_id: str) -> Path:

@@ -28,7 +28,14 @@ from pathlib import Path
 
 from solstice import config as configmod
 from solstice.config import Config
-from solstice.dispatch.contract import (
+from solstice.errors import SolsticeError
+from solstice.job.cancel import Cancellation
+from solstice.job.events import Emitter
+from solstice.job.mask import Masker
+from solstice.job.runner import JobSettings
+from solstice.job.sink import Outbox, ServiceSink
+from solstice.model import JobRequest, Result
+from solstice.model.jobcontract import (
     CREDENTIAL,
     EXIT_CANCELLED,
     EXIT_ERROR,
@@ -38,14 +45,6 @@ from solstice.dispatch.contract import (
     canonical_job_id,
     request_file,
 )
-from solstice.errors import SolsticeError
-from solstice.job.cancel import Cancellation
-from solstice.job.events import Emitter
-from solstice.job.mask import Masker
-from solstice.job.runner import JobSettings
-from solstice.job.sink import ServiceSink
-from solstice.model import JobRequest, Result
-from solstice.queue import InvalidMessage, decode_request
 
 log = logging.getLogger("solstice.job")
 
@@ -71,7 +70,14 @@ def find_request(job_id: str, explicit: str | None, cfg: Config) -> Path:
     return request_file(cfg.paths.runtime_dir, job_id)
 
 
-def read_request(job_id: str, explicit: str | None, cfg: Config) -> JobRequest:
+#: Turns a request file's bytes into a JobRequest (queue.decode_request); raises a SolsticeError
+#: with a short reason, never the body.
+Decode = Callable[[bytes], JobRequest]
+#: The job's outbox for its events (queue.BatchingEventSink.for_request), None without reply_to.
+OutboxFor = Callable[[JobRequest, Config], Outbox | None]
+
+
+def read_request(job_id: str, explicit: str | None, cfg: Config, decode: Decode) -> JobRequest:
     if canonical_job_id(job_id) is None:
         raise UsageError(f"{job_id!r} is not a job uuid (canonical form)")
     path = find_request(job_id, explicit, cfg)
@@ -80,9 +86,9 @@ def read_request(job_id: str, explicit: str | None, cfg: Config) -> JobRequest:
     except OSError as exc:
         raise UsageError(f"cannot read the job request {path}: {exc.strerror}") from None
     try:
-        request = decode_request(body)
-    except InvalidMessage as exc:
-        raise UsageError(f"{path}: {exc.reason}") from None
+        request = decode(body)
+    except SolsticeError as exc:
+        raise UsageError(f"{path}: {getattr(exc, 'reason', exc)}") from None
     if request.job_id != job_id:
         raise UsageError(f"{path} is the request of job {request.job_id}, not {job_id}")
     return request
@@ -119,10 +125,14 @@ def run_service_job(
     config_path: str | None,
     *,
     settings: Callable[[Config], JobSettings],
+    decode: Decode,
+    outbox: OutboxFor,
 ) -> int:
     """Run job ``job_id`` as the service does; returns the exit status (solstice.dispatch.contract).
 
-    ``settings`` makes the job's settings from the configuration (the CLI's job_settings). Raises
+    ``settings`` makes the job's settings from the configuration (the CLI's job_settings);
+    ``decode`` and ``outbox`` are the pipeline's request codec and event sink, which the CLI
+    hands in because the job package does not import the queue (docs/development.md). Raises
     UsageError, before any event, when the request or the configuration is unusable."""
     from solstice.images import Catalog
     from solstice.job.runner import JobRun
@@ -132,9 +142,9 @@ def run_service_job(
     # Until the sink exists, a SIGTERM only sets the flag.
     signal.signal(signal.SIGTERM, lambda *_: cancel.set())
     cfg = load_config(config_path)
-    request = read_request(job_id, request_path, cfg)
+    request = read_request(job_id, request_path, cfg, decode)
     where = host_log(request.job_id)
-    sink = ServiceSink(request, cfg, cancelled=cancel)
+    sink = ServiceSink(request, outbox(request, cfg), cancelled=cancel)
     cancellation = Cancellation(sink, cancel)
     cancellation.install()
     try:

@@ -7,11 +7,10 @@ import dataclasses
 import logging
 import sys
 import threading
-from typing import TextIO
+from typing import Protocol, TextIO
 
-from solstice.config import Config
+from solstice.errors import SolsticeError
 from solstice.model import EventKind, JobEvent, JobRequest, Outcome, Result
-from solstice.queue import BatchingEventSink, EventDeliveryError
 
 log = logging.getLogger("solstice.job")
 
@@ -82,6 +81,20 @@ class Journal:
         self.sync()
 
 
+class Outbox(Protocol):
+    """Where a service job's events go to its poller (solstice.queue.BatchingEventSink)."""
+
+    def emit(self, event: JobEvent) -> None: ...
+
+    def stop_waiting(self) -> None:
+        """Emit no longer waits for room (the job is being cancelled)."""
+        ...
+
+    def close(self, timeout: float) -> None:
+        """Deliver what is left; raise a SolsticeError when that failed in time."""
+        ...
+
+
 class ServiceSink:
     """Every event to the poller (batched; when the request has a ``reply_to``) and as a human
     line to ``out`` (the journal). Text is already masked by the job's Emitter. A JOB_FINISHED
@@ -90,17 +103,13 @@ class ServiceSink:
     def __init__(
         self,
         request: JobRequest,
-        cfg: Config,
+        queue: Outbox | None,
         out: TextIO | None = None,
         cancelled: threading.Event | None = None,
     ) -> None:
         self.cancelled = cancelled
         self.journal = Journal(out or sys.stdout, request.label)
-        self.queue = (
-            BatchingEventSink(cfg.broker, request.reply_to, name=f"job@{request.job_id}")
-            if request.reply_to
-            else None
-        )
+        self.queue = queue
         self.final_seen = False
         self.phase = ""
         self.in_emit = False
@@ -145,7 +154,7 @@ class ServiceSink:
             return True
         try:
             self.queue.close(timeout)
-        except EventDeliveryError as exc:
+        except SolsticeError as exc:
             log.error("%s", exc)
             print(f"solstice: error: {exc}", file=sys.stderr, flush=True)
             return False

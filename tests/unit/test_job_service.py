@@ -15,7 +15,7 @@ from solstice.config import Config
 from solstice.job.service import UsageError, host_log, read_request
 from solstice.job.sink import ServiceSink, journal_line
 from solstice.model import EventKind, JobEvent, JobRequest, JobSpec, Outcome, Result
-from solstice.queue import encode_request
+from solstice.queue import decode_request, encode_request
 
 JOB = "0b7e0000-0000-4000-8000-000000000000"
 
@@ -52,7 +52,7 @@ def test_journal_lines() -> None:
 def test_an_error_while_cancelling_is_reported_cancelled() -> None:
     out = io.StringIO()
     cancelled = threading.Event()
-    sink = ServiceSink(request(), Config(), out=out, cancelled=cancelled)
+    sink = ServiceSink(request(), None, out=out, cancelled=cancelled)
     sink.emit(event(EventKind.JOB_FINISHED, result=Result.ERROR, message="the SSH connection dropped"))
     cancelled.set()
     sink.emit(event(EventKind.JOB_FINISHED, 2, result=Result.ERROR, message="the SSH connection dropped"))
@@ -67,13 +67,13 @@ def test_request_usage_errors(tmp_path: Path) -> None:
     cfg = Config()
     good = tmp_path / "r.json"
     good.write_bytes(encode_request(request()))
-    assert read_request(JOB, str(good), cfg).job_id == JOB
+    assert read_request(JOB, str(good), cfg, decode_request).job_id == JOB
     with pytest.raises(UsageError, match="not a job uuid"):
-        read_request("nope", str(good), cfg)
+        read_request("nope", str(good), cfg, decode_request)
     with pytest.raises(UsageError, match="not " + (other := str(uuid.uuid4()))):
-        read_request(other, str(good), cfg)
+        read_request(other, str(good), cfg, decode_request)
     with pytest.raises(UsageError, match="cannot read the job request"):
-        read_request(JOB, str(tmp_path / "missing.json"), cfg)
+        read_request(JOB, str(tmp_path / "missing.json"), cfg, decode_request)
 
 
 def test_host_log_names_the_journal_or_the_log_file() -> None:

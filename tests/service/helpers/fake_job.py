@@ -36,6 +36,7 @@ from solstice.job.mask import Masker  # noqa: E402
 from solstice.job.service import UsageError, load_config, read_request  # noqa: E402
 from solstice.job.sink import ServiceSink  # noqa: E402
 from solstice.model import Result  # noqa: E402
+from solstice.queue import BatchingEventSink, decode_request  # noqa: E402
 
 
 def main() -> int:
@@ -48,7 +49,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: cancel.set())
     try:
         cfg = load_config(args.config or os.environ.get("SOLSTICE_CONFIG"))
-        request = read_request(args.job_id, args.request, cfg)
+        request = read_request(args.job_id, args.request, cfg, decode_request)
     except UsageError as exc:
         print(f"fake job: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -59,7 +60,7 @@ def main() -> int:
     mode, _, arg = str(request.job.env.get("FAKE", "ok")).partition(":")
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sink = ServiceSink(request, cfg)
+    sink = ServiceSink(request, BatchingEventSink.for_request(cfg.broker, request))
     emit = Emitter(request.job_id, sink, Masker(list(request.secrets.values())))
     emit.job_started(request.job.name)
     emit.log(f"fake job {mode} {arg}".strip(), step=None)
