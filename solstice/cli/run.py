@@ -9,7 +9,8 @@ import threading
 from pathlib import Path
 
 from solstice import config as configmod
-from solstice.errors import ImageError
+from solstice.config import parse_size_mib
+from solstice.errors import ConfigError, ImageError
 from solstice.images import Catalog, Image
 from solstice.images.catalog import image_from_directory, image_from_file
 from solstice.job.runner import run_job
@@ -42,8 +43,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--profile", metavar="NAME", help="guest profile for --image PATH (default debian/ubuntu)"
     )
     p.add_argument("--accel", choices=("kvm", "tcg"), help="QEMU accelerator (default from [vm] accel)")
-    p.add_argument("--cpus", type=int, metavar="N", help="virtual CPUs per VM")
-    p.add_argument("--memory", metavar="SIZE", help="memory per VM, e.g. 2G or 1024M")
+    p.add_argument(
+        "--cpus", type=int, metavar="N", help="virtual CPUs per VM (default: the image's, else [vm] cpus)"
+    )
+    p.add_argument(
+        "--memory",
+        metavar="SIZE",
+        help="memory per VM, e.g. 2G or 1024M (default: the image's, else [vm] memory)",
+    )
     p.add_argument(
         "--boot-timeout", type=float, metavar="SECONDS", help="give up on a guest that is not up by then"
     )
@@ -96,6 +103,18 @@ def _keep_guest(guest: Guest, workdir: Path) -> None:
         pass
 
 
+def command_line_size(cpus: int | None, memory: str | None) -> Size:
+    """--cpus/--memory as the request's size; what is not given stays unset (the image's default
+    size, then [vm], decide it: solstice.images.plan)."""
+    if cpus is not None and cpus < 1:
+        raise ConfigError(f"--cpus {cpus}: must be at least 1")
+    try:
+        memory_mib = parse_size_mib(memory) if memory else None
+    except ValueError as exc:
+        raise ConfigError(f"--memory: {exc}") from None
+    return Size(cpus=cpus, memory_mib=memory_mib)
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = configmod.load(Path(args.config) if args.config else None)
     workflow_path = Path(args.workflow) if args.workflow else builtin_example()
@@ -106,11 +125,10 @@ def main(args: argparse.Namespace) -> int:
     settings = job_settings(
         cfg,
         accel=args.accel,
-        cpus=args.cpus,
-        memory=args.memory,
         boot_timeout=args.boot_timeout,
         keep_on_failure=_keep_guest if args.keep_on_failure else None,
     )
+    size = command_line_size(args.cpus, args.memory)
     # The checkout is the work tree the workflow lives in (the built-in example checks out the cwd).
     origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
 
@@ -134,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
             origin,
             secrets=secrets,
             results=results,
-            size=Size(cpus=settings.cpus, memory_mib=settings.memory_mib),
+            size=size,
         )
         result = run_job(request, image, settings, TerminalSink(summary))
         results.setdefault(job.key, []).append(result)

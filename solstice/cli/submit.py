@@ -39,7 +39,6 @@ from .common import (
 from .render import JobSummary, TerminalSink, summary_table
 
 if TYPE_CHECKING:
-    from solstice.images import Catalog
     from solstice.queue import Connection, Decision, Delivery
 
 #: Seconds without any event of a published job before saying that it waits for a dispatcher.
@@ -189,7 +188,7 @@ def main(args: argparse.Namespace) -> int:
                         origin,
                         secrets=secrets,
                         results=results,
-                        size=_size(cfg, catalog, job.label),
+                        size=Size(),  # the dispatcher's host decides (solstice.images.plan)
                         reply_to=address,
                     )
                     if key is not None:
@@ -258,16 +257,6 @@ def main(args: argparse.Namespace) -> int:
     if cancelled or any(j.result is Result.CANCELLED for j in jobs):
         return 130
     return 0 if all(j.result in (None, Result.SUCCESS) for j in jobs) else 1
-
-
-def _size(cfg: configmod.Config, catalog: Catalog, label: str) -> Size:
-    from solstice.config import parse_size_mib
-
-    image = catalog.get(label)
-    return Size(
-        cpus=image.cpus or cfg.vm.cpus,
-        memory_mib=image.memory_mib or parse_size_mib(cfg.vm.memory),
-    )
 
 
 def _delete_queue(conn: Connection, queue: str) -> None:

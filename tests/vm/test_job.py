@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from solstice.config import parse_size_mib
+from solstice.config import VMConfig
 from solstice.images import Catalog, Image
 from solstice.job.runner import JobSettings, run_job
 from solstice.model import EventKind, JobEvent, JobRequest, Outcome, Result, Size, Stream
@@ -139,14 +139,12 @@ class Collect:
 
 
 def settings(runtime: Path, **kw: object) -> JobSettings:
-    return JobSettings(
+    vm = VMConfig(
         accel=os.environ.get("SOLSTICE_VM_ACCEL", "tcg"),
-        cpus=2,
-        memory_mib=parse_size_mib("1G"),
+        memory="1G",
         boot_timeout=float(kw.pop("boot_timeout", 240.0)),  # type: ignore[arg-type]
-        shutdown_timeout=10,
-        runtime_dir=runtime,
     )
+    return JobSettings(vm=vm, runtime_dir=runtime)
 
 
 def short_dir() -> Path:
