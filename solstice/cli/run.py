@@ -9,12 +9,11 @@ import threading
 from pathlib import Path
 
 from solstice import config as configmod
-from solstice.config import parse_size_mib
-from solstice.errors import ConfigError, ImageError
-from solstice.images import Catalog, Image
+from solstice.errors import ImageError
+from solstice.images import Catalog, Image, requested_size
 from solstice.images.catalog import image_from_directory, image_from_file
 from solstice.job.runner import run_job
-from solstice.model import JobSpec, Result, Size
+from solstice.model import JobSpec, Result
 from solstice.vm.machine import Guest
 from solstice.workflow import load_workflow
 
@@ -103,18 +102,6 @@ def _keep_guest(guest: Guest, workdir: Path) -> None:
         pass
 
 
-def command_line_size(cpus: int | None, memory: str | None) -> Size:
-    """--cpus/--memory as the request's size; what is not given stays unset (the image's default
-    size, then [vm], decide it: solstice.images.plan)."""
-    if cpus is not None and cpus < 1:
-        raise ConfigError(f"--cpus {cpus}: must be at least 1")
-    try:
-        memory_mib = parse_size_mib(memory) if memory else None
-    except ValueError as exc:
-        raise ConfigError(f"--memory: {exc}") from None
-    return Size(cpus=cpus, memory_mib=memory_mib)
-
-
 def main(args: argparse.Namespace) -> int:
     cfg = configmod.load(Path(args.config) if args.config else None)
     workflow_path = Path(args.workflow) if args.workflow else builtin_example()
@@ -128,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
         boot_timeout=args.boot_timeout,
         keep_on_failure=_keep_guest if args.keep_on_failure else None,
     )
-    size = command_line_size(args.cpus, args.memory)
+    size = requested_size(args.cpus, args.memory)
     # The checkout is the work tree the workflow lives in (the built-in example checks out the cwd).
     origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TextIO, cast
 
 from solstice import config as configmod
 from solstice.errors import ConfigError
-from solstice.model import EventKind, JobEvent, JobRequest, JobSpec, Result, Size
+from solstice.model import EventKind, JobEvent, JobRequest, JobSpec, Result
 from solstice.workflow import load_workflow
 
 from .common import (
@@ -59,6 +59,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME[=VALUE]",
         help="a secret for ${{ secrets.NAME }} (sealed before it leaves this process); with no "
         "=VALUE it is read from the environment variable NAME",
+    )
+    p.add_argument(
+        "--cpus", type=int, metavar="N", help="virtual CPUs per VM (default: the image's, else [vm] cpus)"
+    )
+    p.add_argument(
+        "--memory",
+        metavar="SIZE",
+        help="memory per VM, e.g. 2G or 1024M (default: the image's, else [vm] memory)",
     )
     p.add_argument(
         "--no-follow",
@@ -110,7 +118,7 @@ class Submitted:
 
 
 def main(args: argparse.Namespace) -> int:
-    from solstice.images import Catalog
+    from solstice.images import Catalog, requested_size
     from solstice.queue import ACK, Connection, Consumer, EventSequencer, Names, Publisher, is_synthetic
     from solstice.secrets import key_path, load_key, seal
 
@@ -120,6 +128,8 @@ def main(args: argparse.Namespace) -> int:
     catalog = Catalog.from_config(cfg)
     secrets = parse_secrets(args.secret)
     origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
+    # Unset unless given: the dispatcher's host plans the rest (solstice.images.plan).
+    size = requested_size(args.cpus, args.memory)
     specs = order_jobs(workflow.jobs)
     if args.no_follow and any(s.needs for s in specs):
         raise ConfigError(
@@ -188,7 +198,7 @@ def main(args: argparse.Namespace) -> int:
                         origin,
                         secrets=secrets,
                         results=results,
-                        size=Size(),  # the dispatcher's host decides (solstice.images.plan)
+                        size=size,
                         reply_to=address,
                     )
                     if key is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from solstice.config import ImageConfig, VMConfig, parse_size_gib, parse_size_mib
+from solstice.errors import ConfigError
 from solstice.images.catalog import Image
 from solstice.model import Size
 
@@ -21,6 +22,18 @@ class MachinePlan:
         return f"{self.cpus} CPUs, {self.memory_mib} MiB" + (
             f", {self.disk_gib} GiB disk" if self.disk_gib is not None else ""
         )
+
+
+def requested_size(cpus: int | None, memory: str | None) -> Size:
+    """--cpus/--memory as the request's size; what is not given stays unset (the image's default
+    size, then [vm], decide it: solstice.images.plan)."""
+    if cpus is not None and cpus < 1:
+        raise ConfigError(f"--cpus {cpus}: must be at least 1")
+    try:
+        memory_mib = parse_size_mib(memory) if memory else None
+    except ValueError as exc:
+        raise ConfigError(f"--memory: {exc}") from None
+    return Size(cpus=cpus, memory_mib=memory_mib)
 
 
 def _image_size(image: Image | ImageConfig) -> Size:

@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 
-from solstice.cli.run import command_line_size
 from solstice.config import Config, DispatcherConfig, ImageConfig, PathsConfig, VMConfig, load
 from solstice.dispatch.contract import job_argv
 from solstice.dispatch.systemd import SystemdSpawner, job_environment, job_limits
 from solstice.errors import ConfigError
-from solstice.images import Catalog, MachinePlan, plan_machine
+from solstice.images import Catalog, MachinePlan, plan_machine, requested_size
 from solstice.job.runner import JobRun, JobSettings
 from solstice.model import JobRequest, JobSpec, Size, from_dict, to_dict
 from solstice.queue import decode_request, encode_request
@@ -77,13 +76,13 @@ def test_an_unset_size_stays_unset_in_jobrequest_v1() -> None:
 
 
 def test_solstice_run_sets_only_what_the_command_line_gives() -> None:
-    assert command_line_size(None, None) == Size()
-    assert command_line_size(3, None) == Size(cpus=3)
-    assert command_line_size(None, "6G") == Size(memory_mib=6144)
+    assert requested_size(None, None) == Size()
+    assert requested_size(3, None) == Size(cpus=3)
+    assert requested_size(None, "6G") == Size(memory_mib=6144)
     with pytest.raises(ConfigError, match="--memory"):
-        command_line_size(None, "lots")
+        requested_size(None, "lots")
     with pytest.raises(ConfigError, match="--cpus"):
-        command_line_size(0, None)
+        requested_size(0, None)
 
 
 def test_unit_limits_come_from_the_plan() -> None:
