@@ -10,7 +10,7 @@ from pathlib import Path
 
 from solstice import config as configmod
 from solstice.errors import ImageError
-from solstice.images import Catalog, Image, requested_size
+from solstice.images import Catalog, Image
 from solstice.images.catalog import image_from_directory, image_from_file
 from solstice.job.runner import run_job
 from solstice.model import JobSpec, Result
@@ -27,6 +27,7 @@ from .common import (
     should_run,
 )
 from .render import JobSummary, TerminalSink, summary_table
+from .size import add_size_arguments, size_of
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,14 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--profile", metavar="NAME", help="guest profile for --image PATH (default debian/ubuntu)"
     )
     p.add_argument("--accel", choices=("kvm", "tcg"), help="QEMU accelerator (default from [vm] accel)")
-    p.add_argument(
-        "--cpus", type=int, metavar="N", help="virtual CPUs per VM (default: the image's, else [vm] cpus)"
-    )
-    p.add_argument(
-        "--memory",
-        metavar="SIZE",
-        help="memory per VM, e.g. 2G or 1024M (default: the image's, else [vm] memory)",
-    )
+    add_size_arguments(p)
     p.add_argument(
         "--boot-timeout", type=float, metavar="SECONDS", help="give up on a guest that is not up by then"
     )
@@ -115,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
         boot_timeout=args.boot_timeout,
         keep_on_failure=_keep_guest if args.keep_on_failure else None,
     )
-    size = requested_size(args.cpus, args.memory)
+    size = size_of(args)
     # The checkout is the work tree the workflow lives in (the built-in example checks out the cwd).
     origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
 

@@ -37,6 +37,7 @@ from .common import (
     should_run,
 )
 from .render import JobSummary, TerminalSink, summary_table
+from .size import add_size_arguments, size_of
 
 if TYPE_CHECKING:
     from solstice.queue import Connection, Decision, Delivery
@@ -60,14 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a secret for ${{ secrets.NAME }} (sealed before it leaves this process); with no "
         "=VALUE it is read from the environment variable NAME",
     )
-    p.add_argument(
-        "--cpus", type=int, metavar="N", help="virtual CPUs per VM (default: the image's, else [vm] cpus)"
-    )
-    p.add_argument(
-        "--memory",
-        metavar="SIZE",
-        help="memory per VM, e.g. 2G or 1024M (default: the image's, else [vm] memory)",
-    )
+    add_size_arguments(p)
     p.add_argument(
         "--no-follow",
         action="store_true",
@@ -118,7 +112,7 @@ class Submitted:
 
 
 def main(args: argparse.Namespace) -> int:
-    from solstice.images import Catalog, requested_size
+    from solstice.images import Catalog
     from solstice.queue import ACK, Connection, Consumer, EventSequencer, Names, Publisher, is_synthetic
     from solstice.secrets import key_path, load_key, seal
 
@@ -129,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
     secrets = parse_secrets(args.secret)
     origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
     # Unset unless given: the dispatcher's host plans the rest (solstice.images.plan).
-    size = requested_size(args.cpus, args.memory)
+    size = size_of(args)
     specs = order_jobs(workflow.jobs)
     if args.no_follow and any(s.needs for s in specs):
         raise ConfigError(
