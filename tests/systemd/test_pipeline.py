@@ -9,8 +9,9 @@ removed at the end, whatever happens. The host watches every event of the instal
 tap queue bound with ``#`` to the events exchange (docs/queue.md), as an operator would.
 
 The dispatcher runs with ``--config`` (a drop-in's ExecStart) pointing at a file of its own,
-/etc/solstice/pipeline-test.toml, which alone has the ``debian-12-big`` image (4 CPUs, 6 GiB): its
-job units must run ``solstice job run --config <that file>`` and plan that image's size.
+/etc/solstice/pipeline-test.toml, which (unlike the container's default file) has the
+``debian-12-big`` image (4 CPUs, 6 GiB): its job units must run ``solstice job run --config <that
+file>`` and plan that image's size.
 
 Deadlines: the dispatcher sets ``RuntimeMaxSec = timeout-minutes * 60 + [vm] boot_timeout +
 [dispatcher] runtime_margin`` (solstice.dispatch.systemd.runtime_max). To have systemd end a job on
@@ -449,7 +450,8 @@ def pipeline(installed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> It
         replace_in_container(testbed, KEY, key_file.read_text(), "root:root", "0600")
 
         host_config = workdir / "solstice.toml"
-        host_config.write_text(config_text(token, broker, database_url, str(key_file)))
+        # submit resolves the label here too (so a bad one fails before anything is published)
+        host_config.write_text(config_text(token, broker, database_url, str(key_file)) + BIG_IMAGE)
         cleanup.callback(restore_in_container, testbed, CONFIG)
         replace_in_container(
             testbed, CONFIG, config_text(token, broker, database_url, None), "root:solstice", "0640"
