@@ -24,6 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         allow_abbrev=False,
     )
     run.add_argument("job_id", metavar="UUID")
+    # Also after `job run` (the dispatcher appends it there: solstice.dispatch.contract.job_argv);
+    # SUPPRESS keeps a `solstice --config FILE job run` from being reset to None.
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="configuration file (as solstice --config)",
+    )
     run.add_argument(
         "--request",
         metavar="FILE",

@@ -8,6 +8,10 @@ Request hand-off
     user a private copy in ``$CREDENTIALS_DIRECTORY``). The job process reads, in this order:
     ``--request FILE``, ``$CREDENTIALS_DIRECTORY/job-request``, ``<runtime_dir>/requests/<uuid>.json``.
 
+Command line
+    ``<job command> [--config FILE] <uuid>`` (job_argv): FILE is the dispatcher's own configuration
+    file (absolute) whenever it was given one, with either spawner.
+
 Exit status of the job process
     0 success, 1 failure, 3 cancelled, 4 error (infrastructure): the job reported its final
     JOB_FINISHED event itself (confirmed by RabbitMQ). 2: usage or configuration error before any
@@ -46,6 +50,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from solstice.files import atomic_write
@@ -110,6 +115,14 @@ _SERVICE_ENV = (
 def child_environment() -> dict[str, str]:
     """The environment for the dispatcher's subprocesses (systemd-run, systemctl, job processes)."""
     return {k: v for k, v in os.environ.items() if k not in _SERVICE_ENV}
+
+
+def job_argv(command: Sequence[str], job_id: str, config_file: Path | None) -> list[str]:
+    """The job's main process: ``command`` (``solstice job run`` or [dispatcher] job_command), the
+    dispatcher's configuration file when it was given one (else the job would read the default
+    file, and look for its request in the default runtime_dir), then the uuid."""
+    config = ["--config", str(config_file)] if config_file is not None else []
+    return [*command, *config, job_id]
 
 
 def write_request(runtime_dir: str | Path, request: JobRequest) -> Path:

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from solstice import expr
+from solstice.config import PathsConfig, VMConfig
 from solstice.errors import ExpressionError, GuestConnectionLost, InfraError, SolsticeError, WorkflowError
-from solstice.images import Image
+from solstice.images import Image, MachinePlan, plan_machine
 from solstice.job import checkout, filecmds, script
 from solstice.job.commands import Command, CommandState
 from solstice.job.events import Emitter, LineSplitter
@@ -45,21 +46,18 @@ STOP_GRACE = 3.0
 WORKFLOW_ERRORS = (WorkflowError, ExpressionError, filecmds.FileCommandError)
 
 
+def _default_runtime_dir() -> Path:
+    return Path(PathsConfig().runtime_dir)
+
+
 @dataclass(frozen=True)
 class JobSettings:
-    """Host-side settings for one run (from the configuration and the command line)."""
+    """Host-side settings for one run: the configuration's ``[vm]`` (with any command-line
+    overrides already applied) and runtime directory. The VM's size is not here: plan_machine
+    decides it from the request, the image and ``vm``."""
 
-    accel: str = "kvm"
-    cpus: int = 2
-    memory_mib: int = 2048
-    disk_gib: int | None = None
-    boot_timeout: float = 300.0
-    shutdown_timeout: float = 10.0
-    qemu: str = "qemu-system-x86_64"
-    qemu_img: str = "qemu-img"
-    ovmf_code: str = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-    ovmf_vars: str = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-    runtime_dir: Path = Path("/run/solstice")
+    vm: VMConfig = field(default_factory=VMConfig)
+    runtime_dir: Path = field(default_factory=_default_runtime_dir)
     #: A running guest that answers no probe for this long is given up (solstice.job.liveness).
     unresponsive_after: float = GUEST_UNRESPONSIVE_AFTER
     #: Called with the VM when the job failed and should be kept for debugging; returns when done.
@@ -112,7 +110,7 @@ class JobRun:
         self.notifier = notifier or Notifier()
         self.boot: Boot = boot or self._boot_vm
         self.host_log = host_log
-        self.liveness = Liveness(settings.boot_timeout, settings.shutdown_timeout)
+        self.liveness = Liveness(settings.vm.boot_timeout, settings.vm.shutdown_timeout)
         self.monitor: GuestMonitor | None = None
         #: The first step whose failure failed the job, and why (for the job's message).
         self.failed_step: tuple[Step, str] | None = None
@@ -179,9 +177,9 @@ class JobRun:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         return workdir
 
-    def _machine_spec(self) -> MachineSpec:
-        size = self.request.size
+    def _machine_spec(self, plan: MachinePlan) -> MachineSpec:
         img = self.image
+        vm = self.settings.vm
         return MachineSpec(
             base_image=img.base_image,
             image_format=img.image_format,
@@ -190,16 +188,16 @@ class JobRun:
             initrd=img.initrd,
             cmdline=img.cmdline,
             profile=img.profile,
-            accel=self.settings.accel,
-            cpus=size.cpus or img.cpus or self.settings.cpus,
-            memory_mib=size.memory_mib or img.memory_mib or self.settings.memory_mib,
-            disk_gib=size.disk_gib or self.settings.disk_gib,
-            boot_timeout=self.settings.boot_timeout,
-            shutdown_timeout=self.settings.shutdown_timeout,
-            qemu=self.settings.qemu,
-            qemu_img=self.settings.qemu_img,
-            ovmf_code=self.settings.ovmf_code,
-            ovmf_vars=self.settings.ovmf_vars,
+            accel=vm.accel,
+            cpus=plan.cpus,
+            memory_mib=plan.memory_mib,
+            disk_gib=plan.disk_gib,
+            boot_timeout=vm.boot_timeout,
+            shutdown_timeout=vm.shutdown_timeout,
+            qemu=vm.qemu,
+            qemu_img=vm.qemu_img,
+            ovmf_code=vm.ovmf_code,
+            ovmf_vars=vm.ovmf_vars,
             instance_id=self.request.job_id,
             hostname="solstice-" + self.request.job_id[:8],
         )
@@ -212,9 +210,10 @@ class JobRun:
         """The default ``boot``: a fresh VM of the job's image in its work directory."""
         assert self.workdir is not None
         self.image.check()
-        self.emit.log(f"Booting {self.image.label} ({self.settings.accel})", step=None)
+        plan = plan_machine(self.request.size, self.image, self.settings.vm)
+        self.emit.log(f"Booting {self.image.label} ({self.settings.vm.accel}, {plan.describe()})", step=None)
         return start_machine(
-            self._machine_spec(),
+            self._machine_spec(plan),
             self.workdir,
             Path(self.settings.runtime_dir) / "ports",
             stack,

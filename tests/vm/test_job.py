@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from solstice.config import parse_size_mib
+from solstice.config import VMConfig
 from solstice.images import Catalog, Image
 from solstice.job.liveness import GUEST_UNRESPONSIVE_AFTER
 from solstice.job.runner import JobSettings, run_job
@@ -132,15 +132,13 @@ WORKFLOW = textwrap.dedent(
 
 
 def settings(runtime: Path, **kw: object) -> JobSettings:
-    return JobSettings(
+    vm = VMConfig(
         accel=os.environ.get("SOLSTICE_VM_ACCEL", "tcg"),
-        cpus=2,
-        memory_mib=parse_size_mib("1G"),
+        memory="1G",
         boot_timeout=float(kw.pop("boot_timeout", 240.0)),  # type: ignore[arg-type]
-        unresponsive_after=float(kw.pop("unresponsive_after", GUEST_UNRESPONSIVE_AFTER)),  # type: ignore[arg-type]
-        shutdown_timeout=10,
-        runtime_dir=runtime,
     )
+    unresponsive = float(kw.pop("unresponsive_after", GUEST_UNRESPONSIVE_AFTER))  # type: ignore[arg-type]
+    return JobSettings(vm=vm, runtime_dir=runtime, unresponsive_after=unresponsive)
 
 
 def short_dir() -> Path:
