@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 
@@ -35,6 +35,11 @@ class Guest(Protocol):
 
     def get(self, path: str) -> bytes:
         """The file's content; FileNotFoundError when it does not exist."""
+        ...
+
+    def make_dirs(self, relative: Sequence[str]) -> str:
+        """Create the directories (parents too) under the login's home; return the home's
+        absolute path. Raises OSError when one cannot be made."""
         ...
 
     def console_tail(self, lines: int = 20) -> str: ...

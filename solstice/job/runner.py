@@ -262,16 +262,13 @@ class JobRun:
     def _prepare_guest(self, guest: Guest) -> GuestPaths:
         repo = (self.request.repository.rstrip("/").rsplit("/", 1)[-1]) or "workspace"
         repo = "".join(c if c.isalnum() or c in "._-" else "_" for c in repo)
-        # One round trip: every command costs a process start in the guest, slow under emulation.
         rel = GuestPaths(home=".", workspace=f"work/{repo}/{repo}", temp="work/_temp")
-        dirs = " ".join(shlex.quote(d) for d in (rel.workspace, rel.steps, rel.files))
-        out: list[bytes] = []
-        err: list[bytes] = []
-        status = guest.exec(f"cd && mkdir -p {dirs} && pwd", on_stdout=out.append, on_stderr=err.append)
-        home = b"".join(out).decode().strip()
-        if status != 0 or not home.startswith("/"):
-            detail = b"".join(err).decode(errors="replace").strip()
-            raise InfraError(f"could not create the workspace in the guest as {guest.user}: {detail}")
+        try:
+            home = guest.make_dirs([rel.workspace, rel.steps, rel.files])
+        except OSError as exc:
+            raise InfraError(f"could not create the workspace in the guest as {guest.user}: {exc}") from None
+        if not home.startswith("/"):
+            raise InfraError(f"the guest's home of {guest.user} is not an absolute path: {home!r}")
         return GuestPaths(home=home, workspace=f"{home}/{rel.workspace}", temp=f"{home}/{rel.temp}")
 
     # --- contexts -------------------------------------------------------------------------

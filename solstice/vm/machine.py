@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +143,9 @@ class Guest:
 
     def get(self, path: str) -> bytes:
         return self._sftp.get(path)
+
+    def make_dirs(self, relative: Sequence[str]) -> str:
+        return self._sftp.make_dirs(relative)
 
     def console_tail(self, lines: int = 20) -> str:
         return read_tail(self.console_path, lines)

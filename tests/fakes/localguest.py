@@ -1,9 +1,9 @@
 """An in-process stand-in for a booted guest: commands run with a local ``bash -c`` in a temporary
 directory that is the guest's home, so JobRun's step semantics run in milliseconds.
 
-The fake's HOME is its root, so the workspace JobRun asks for (``cd && mkdir -p ... && pwd``) is a
-real local path and put/get are plain file writes/reads. Each command runs in a session of its
-own, as under sshd, so the step's pid file names a process group that JobRun's kill reaches.
+The fake's HOME is its root, so the workspace JobRun asks for (``make_dirs``) is a real local
+path and put/get are plain file writes/reads. Each command runs in a session of its own, as
+under sshd, so the step's pid file names a process group that JobRun's kill reaches.
 ``freeze()`` stands in for QMP ``stop``: the processes are SIGSTOPped and probes go unanswered.
 """
 
@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -134,6 +134,12 @@ class LocalGuest:
     def get(self, path: str) -> bytes:
         self._check()
         return Path(path).read_bytes()
+
+    def make_dirs(self, relative: Sequence[str]) -> str:
+        self._check()
+        for rel in relative:
+            (self.root / rel).mkdir(parents=True, exist_ok=True)
+        return str(self.root)
 
     def console_tail(self, lines: int = 20) -> str:
         return "\n".join(self.console.splitlines()[-lines:])

@@ -11,7 +11,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -643,3 +643,20 @@ def test_first_log_line_says_where_the_host_log_is(runtime: Path) -> None:
     sink = Collect()
     JobRun(request, IMAGE, JobSettings(runtime_dir=runtime), sink, boot=LocalGuest.booted).run()
     assert not [e for e in sink.events if "Host-side log" in e.text]
+
+
+def test_a_workspace_the_guest_cannot_make_is_an_error(runtime: Path) -> None:
+    class ReadOnlyHome(LocalGuest):
+        def make_dirs(self, relative: Sequence[str]) -> str:
+            raise PermissionError(13, "Permission denied", f"{self.root}/{relative[0]}")
+
+    def boot(stack: contextlib.ExitStack) -> Guest:
+        guest = ReadOnlyHome(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        stack.callback(guest.close)
+        return guest
+
+    out = run(runtime, "- run: echo never\n", boot=boot)
+    assert out.result is Result.ERROR
+    assert "could not create the workspace in the guest as solstice" in out.events[-1].message
+    assert "Permission denied" in out.events[-1].message
+    assert not any(e.text == "never" for e in out.events)
