@@ -69,6 +69,8 @@ class VMConfig:
     memory: str = "2G"
     boot_timeout: float = 300.0
     shutdown_timeout: float = 10.0
+    #: A running guest that answers no probe for this long is given up: the job ends as error.
+    unresponsive_after: float = 60.0
     qemu: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"
     ovmf_code: str = "/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -83,7 +85,7 @@ class VMConfig:
             parse_size_mib(self.memory)
         except ValueError as exc:
             raise ConfigError(f"{where}: [vm] memory: {exc}") from None
-        if self.boot_timeout <= 0 or self.shutdown_timeout <= 0:
+        if self.boot_timeout <= 0 or self.shutdown_timeout <= 0 or self.unresponsive_after <= 0:
             raise ConfigError(f"{where}: [vm] timeouts must be positive")
 
 

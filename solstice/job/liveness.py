@@ -21,8 +21,6 @@ from solstice.job.guest import Guest
 
 log = logging.getLogger("solstice.job")
 
-#: A guest that has not answered a probe for this long has stopped responding (seconds).
-GUEST_UNRESPONSIVE_AFTER = 60.0
 #: How much longer the watchdog waits than the job's own reaction (seconds).
 WATCHDOG_GRACE = 30.0
 #: Creating the overlay and seed before QEMU starts, on top of the boot timeout (seconds).

@@ -30,7 +30,7 @@ from solstice.job import checkout, filecmds, script
 from solstice.job.commands import Command, CommandState
 from solstice.job.events import Emitter, LineSplitter
 from solstice.job.guest import Boot, Guest
-from solstice.job.liveness import GUEST_UNRESPONSIVE_AFTER, GuestMonitor, Liveness
+from solstice.job.liveness import GuestMonitor, Liveness
 from solstice.job.mask import Masker
 from solstice.job.notify import Notifier
 from solstice.model import EventSink, JobRequest, Outcome, Phase, Result, Step, StepKind, Stream
@@ -58,8 +58,6 @@ class JobSettings:
 
     vm: VMConfig = field(default_factory=VMConfig)
     runtime_dir: Path = field(default_factory=_default_runtime_dir)
-    #: A running guest that answers no probe for this long is given up (solstice.job.liveness).
-    unresponsive_after: float = GUEST_UNRESPONSIVE_AFTER
     #: Called with the VM when the job failed and should be kept for debugging; returns when done.
     keep_on_failure: Callable[[machine.Guest, Path], None] | None = field(default=None, compare=False)
 
@@ -226,7 +224,7 @@ class JobRun:
         guest = self.boot(stack)
         if self.cancel.is_set():
             return Result.CANCELLED, "the job was cancelled"
-        self.monitor = GuestMonitor(guest, self.settings.unresponsive_after)
+        self.monitor = GuestMonitor(guest, self.settings.vm.unresponsive_after)
         stack.callback(self.monitor.stop)
         self.monitor.start()
         self.liveness.running(self.monitor)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from solstice.config import VMConfig
 from solstice.errors import CommandError, ImageError
 from solstice.job import checkout
 from solstice.job.guest import Guest
@@ -105,7 +106,7 @@ def run(
     jr = JobRun(
         request,
         IMAGE,
-        JobSettings(runtime_dir=runtime, **settings),  # type: ignore[arg-type]
+        JobSettings(vm=VMConfig(**settings), runtime_dir=runtime),  # type: ignore[arg-type]
         sink,
         boot=boot or local_boot,
         cancel=cancel,

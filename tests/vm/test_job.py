@@ -21,7 +21,6 @@ import pytest
 
 from solstice.config import VMConfig
 from solstice.images import Catalog, Image
-from solstice.job.liveness import GUEST_UNRESPONSIVE_AFTER
 from solstice.job.runner import JobSettings, run_job
 from solstice.model import EventKind, JobEvent, JobRequest, Outcome, Result, Size, Stream
 from solstice.vm.qmp import qmp_command
@@ -136,9 +135,9 @@ def settings(runtime: Path, **kw: object) -> JobSettings:
         accel=os.environ.get("SOLSTICE_VM_ACCEL", "tcg"),
         memory="1G",
         boot_timeout=float(kw.pop("boot_timeout", 240.0)),  # type: ignore[arg-type]
+        unresponsive_after=float(kw.pop("unresponsive_after", VMConfig.unresponsive_after)),  # type: ignore[arg-type]
     )
-    unresponsive = float(kw.pop("unresponsive_after", GUEST_UNRESPONSIVE_AFTER))  # type: ignore[arg-type]
-    return JobSettings(vm=vm, runtime_dir=runtime, unresponsive_after=unresponsive)
+    return JobSettings(vm=vm, runtime_dir=runtime)
 
 
 def short_dir() -> Path:
@@ -342,7 +341,7 @@ def test_guest_that_never_boots_is_an_infrastructure_error(test_image: Path, run
     assert list((runtime / "jobs").iterdir()) == []
 
 
-#: The guest monitor's bound in the freeze test (the default, GUEST_UNRESPONSIVE_AFTER, is 60 s).
+#: The guest monitor's bound in the freeze test (the default, [vm] unresponsive_after, is 60 s).
 FREEZE_BOUND = 20.0
 
 
