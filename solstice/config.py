@@ -57,6 +57,11 @@ def parse_size_mib(text: str | int) -> int:
     return mib
 
 
+def parse_size_gib(text: str | int) -> int:
+    """A size as whole GiB, rounded up ('20G' -> 20, '1500M' -> 2); a bare number is MiB."""
+    return -(-parse_size_mib(text) // 1024)
+
+
 @dataclass(frozen=True)
 class VMConfig:
     #: "kvm" on real hosts; "tcg" where nested virtualisation hangs (see docs/configuration.md).
@@ -65,6 +70,8 @@ class VMConfig:
     memory: str = "2G"
     boot_timeout: float = 300.0
     shutdown_timeout: float = 10.0
+    #: A running guest that answers no probe for this long is given up: the job ends as error.
+    unresponsive_after: float = 60.0
     qemu: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"
     ovmf_code: str = "/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -79,7 +86,7 @@ class VMConfig:
             parse_size_mib(self.memory)
         except ValueError as exc:
             raise ConfigError(f"{where}: [vm] memory: {exc}") from None
-        if self.boot_timeout <= 0 or self.shutdown_timeout <= 0:
+        if self.boot_timeout <= 0 or self.shutdown_timeout <= 0 or self.unresponsive_after <= 0:
             raise ConfigError(f"{where}: [vm] timeouts must be positive")
 
 
@@ -287,8 +294,11 @@ class ImageConfig:
     initrd: str = ""
     cmdline: str = ""
     format: str = "qcow2"
+    #: The image's default size (unset: [vm] cpus/memory); a job's explicit size wins over it.
     cpus: int | None = None
     memory: str | None = None
+    #: Grow each job's overlay to this size (e.g. "20G", whole GiB, rounded up); unset: the base's.
+    disk: str | None = None
     aliases: tuple[str, ...] = ()
 
     def validate(self, where: str) -> None:
@@ -301,6 +311,14 @@ class ImageConfig:
             raise ConfigError(f"{where}: {key} format = {self.format!r}: must be qcow2 or raw")
         if not self.path:
             raise ConfigError(f"{where}: {key} path is required")
+        if self.cpus is not None and self.cpus < 1:
+            raise ConfigError(f"{where}: {key} cpus must be at least 1")
+        for name, value in (("memory", self.memory), ("disk", self.disk)):
+            if value is not None:
+                try:
+                    parse_size_mib(value)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: {key} {name}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -315,6 +333,9 @@ class Config:
     github: GithubConfig = field(default_factory=GithubConfig)
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
     source: str = "built-in defaults"  # where it was loaded from, for messages
+    #: The file given with --config or SOLSTICE_CONFIG (absolute); None: the default place. The
+    #: processes a command starts (job processes) are given it, so they read the same file.
+    path: Path | None = None
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -483,4 +504,5 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         github=built["github"],
         images=images,
         source=where,
+        path=path.absolute() if explicit else None,
     )

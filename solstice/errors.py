@@ -38,6 +38,7 @@
           +-- BootTimeout         the guest did not answer SSH within the boot timeout
           |    +-- SSHNotReady    no SSH login within the timeout (vm.ssh; says the last error)
           +-- GuestConnectionLost the SSH connection to a running guest dropped
+          +-- GuestUnresponsive   the guest stopped answering mid-job (job.liveness)
           +-- CheckoutError       the job's source could not be fetched or packed (job.checkout)
           +-- SecretsError        sealed secrets that this host's key cannot open (secrets)
           +-- StoreUnavailable    PostgreSQL cannot be reached (store.errors)

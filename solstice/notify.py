@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 import sdnotify
 
@@ -29,8 +30,10 @@ class Notifier:
     def stopping(self) -> None:
         self.send("STOPPING=1")
 
-    def start_watchdog(self) -> None:
-        """Ping at half the interval systemd asked for (WATCHDOG_USEC), from a daemon thread."""
+    def start_watchdog(self, alive: Callable[[], bool] = lambda: True) -> None:
+        """Ping at half the interval systemd asked for (WATCHDOG_USEC), from a daemon thread, but
+        only while ``alive()`` says the work makes progress: a ping regardless would keep a hung
+        job's unit running until RuntimeMaxSec (the job passes solstice.job.liveness)."""
         usec = os.environ.get("WATCHDOG_USEC")
         if not self._enabled or not usec or not usec.isdigit():
             return
@@ -38,7 +41,8 @@ class Notifier:
 
         def loop() -> None:
             while not self._stop.wait(interval):
-                self.send("WATCHDOG=1")
+                if alive():
+                    self.send("WATCHDOG=1")
 
         self._thread = threading.Thread(target=loop, name="watchdog", daemon=True)
         self._thread.start()

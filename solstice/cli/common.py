@@ -3,14 +3,16 @@ the service) and ``job run`` (the job process of a service job)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from solstice.config import Config, parse_size_mib
+from solstice.config import Config
 from solstice.errors import ConfigError
 from solstice.job import checkout
 from solstice.job.runner import JobSettings
@@ -44,24 +46,18 @@ def job_settings(
     cfg: Config,
     *,
     accel: str | None = None,
-    cpus: int | None = None,
-    memory: str | None = None,
     boot_timeout: float | None = None,
-    shutdown_timeout: float | None = None,
     keep_on_failure: Callable[[Guest, Path], None] | None = None,
 ) -> JobSettings:
-    """The job process's settings from the configuration, with command-line overrides."""
-    vm = cfg.vm
+    """The job process's settings: the configuration's ``[vm]`` with command-line overrides (the
+    VM's size is the request's business: solstice.images.plan)."""
+    overrides: dict[str, Any] = {}
+    if accel:
+        overrides["accel"] = accel
+    if boot_timeout:
+        overrides["boot_timeout"] = boot_timeout
     return JobSettings(
-        accel=accel or vm.accel,
-        cpus=cpus or vm.cpus,
-        memory_mib=parse_size_mib(memory) if memory else parse_size_mib(vm.memory),
-        boot_timeout=boot_timeout or vm.boot_timeout,
-        shutdown_timeout=vm.shutdown_timeout if shutdown_timeout is None else shutdown_timeout,
-        qemu=vm.qemu,
-        qemu_img=vm.qemu_img,
-        ovmf_code=vm.ovmf_code,
-        ovmf_vars=vm.ovmf_vars,
+        vm=dataclasses.replace(cfg.vm, **overrides),
         runtime_dir=Path(cfg.paths.runtime_dir),
         keep_on_failure=keep_on_failure,
     )

@@ -71,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
         if command is None:
             found = shutil.which("solstice")
             command = [found, "job", "run"] if found else [sys.executable, "-m", "solstice", "job", "run"]
-        spawner = ProcessSpawner(cfg.paths.runtime_dir, host, command)
+        spawner = ProcessSpawner(cfg.paths.runtime_dir, host, command, config_file=cfg.path)
 
     dispatcher = Dispatcher(
         cfg, host=host, labels=labels, capacity=capacity, spawner=spawner, notify=Notifier().send

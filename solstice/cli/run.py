@@ -13,7 +13,7 @@ from solstice.errors import ImageError
 from solstice.images import Catalog, Image
 from solstice.images.catalog import image_from_directory, image_from_file
 from solstice.job.runner import run_job
-from solstice.model import JobSpec, Result, Size
+from solstice.model import JobSpec, Result
 from solstice.vm.machine import Guest
 from solstice.workflow import load_workflow, order_jobs, should_run
 
@@ -25,6 +25,7 @@ from .common import (
     parse_secrets,
 )
 from .render import JobSummary, TerminalSink, summary_table
+from .size import add_size_arguments, size_of
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,8 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--profile", metavar="NAME", help="guest profile for --image PATH (default debian/ubuntu)"
     )
     p.add_argument("--accel", choices=("kvm", "tcg"), help="QEMU accelerator (default from [vm] accel)")
-    p.add_argument("--cpus", type=int, metavar="N", help="virtual CPUs per VM")
-    p.add_argument("--memory", metavar="SIZE", help="memory per VM, e.g. 2G or 1024M")
+    add_size_arguments(p)
     p.add_argument(
         "--boot-timeout", type=float, metavar="SECONDS", help="give up on a guest that is not up by then"
     )
@@ -104,11 +104,10 @@ def main(args: argparse.Namespace) -> int:
     settings = job_settings(
         cfg,
         accel=args.accel,
-        cpus=args.cpus,
-        memory=args.memory,
         boot_timeout=args.boot_timeout,
         keep_on_failure=_keep_guest if args.keep_on_failure else None,
     )
+    size = size_of(args)
     # The checkout is the work tree the workflow lives in (the built-in example checks out the cwd).
     origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
 
@@ -132,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
             origin,
             secrets=secrets,
             results=results,
-            size=Size(cpus=settings.cpus, memory_mib=settings.memory_mib),
+            size=size,
         )
         result = run_job(request, image, settings, TerminalSink(summary))
         results.setdefault(job.key, []).append(result)

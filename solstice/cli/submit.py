@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TextIO, cast
 
 from solstice import config as configmod
 from solstice.errors import ConfigError
-from solstice.model import EventKind, JobEvent, JobRequest, JobSpec, Result, Size
+from solstice.model import EventKind, JobEvent, JobRequest, JobSpec, Result
 from solstice.workflow import load_workflow, order_jobs, should_run
 
 from .common import (
@@ -35,9 +35,9 @@ from .common import (
     parse_secrets,
 )
 from .render import JobSummary, TerminalSink, summary_table
+from .size import add_size_arguments, size_of
 
 if TYPE_CHECKING:
-    from solstice.images import Catalog
     from solstice.queue import Connection, Decision, Delivery
 
 #: Seconds without any event of a published job before saying that it waits for a dispatcher.
@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a secret for ${{ secrets.NAME }} (sealed before it leaves this process); with no "
         "=VALUE it is read from the environment variable NAME",
     )
+    add_size_arguments(p)
     p.add_argument(
         "--no-follow",
         action="store_true",
@@ -119,6 +120,8 @@ def main(args: argparse.Namespace) -> int:
     catalog = Catalog.from_config(cfg)
     secrets = parse_secrets(args.secret)
     origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
+    # Unset unless given: the dispatcher's host plans the rest (solstice.images.plan).
+    size = size_of(args)
     specs = order_jobs(workflow.jobs)
     if args.no_follow and any(s.needs for s in specs):
         raise ConfigError(
@@ -187,7 +190,7 @@ def main(args: argparse.Namespace) -> int:
                         origin,
                         secrets=secrets,
                         results=results,
-                        size=_size(cfg, catalog, job.label),
+                        size=size,
                         reply_to=address,
                     )
                     if key is not None:
@@ -256,16 +259,6 @@ def main(args: argparse.Namespace) -> int:
     if cancelled or any(j.result is Result.CANCELLED for j in jobs):
         return 130
     return 0 if all(j.result in (None, Result.SUCCESS) for j in jobs) else 1
-
-
-def _size(cfg: configmod.Config, catalog: Catalog, label: str) -> Size:
-    from solstice.config import parse_size_mib
-
-    image = catalog.get(label)
-    return Size(
-        cpus=image.cpus or cfg.vm.cpus,
-        memory_mib=image.memory_mib or parse_size_mib(cfg.vm.memory),
-    )
 
 
 def _delete_queue(conn: Connection, queue: str) -> None:

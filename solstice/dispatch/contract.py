@@ -8,6 +8,10 @@ Request hand-off
     user a private copy in ``$CREDENTIALS_DIRECTORY``). The job process reads, in this order:
     ``--request FILE``, ``$CREDENTIALS_DIRECTORY/job-request``, ``<runtime_dir>/requests/<uuid>.json``.
 
+Command line
+    ``<job command> [--config FILE] <uuid>`` (job_argv): FILE is the dispatcher's own configuration
+    file (absolute) whenever it was given one, with either spawner.
+
 Exit status of the job process
     0 success, 1 failure, 3 cancelled, 4 error (infrastructure): the job reported its final
     JOB_FINISHED event itself (confirmed by RabbitMQ). 2: usage or configuration error before any
@@ -24,36 +28,50 @@ Synthetic final event
 
 from __future__ import annotations
 
+# What the job process needs of this contract lives in the model (the job may not import the
+# dispatcher); re-exported here for the dispatcher's side.
+__all__ = [
+    "CREDENTIAL",
+    "EXIT_CANCELLED",
+    "EXIT_ERROR",
+    "EXIT_FAILURE",
+    "EXIT_RESULT",
+    "EXIT_SUCCESS",
+    "EXIT_UNDELIVERED",
+    "EXIT_USAGE",
+    "JOB_LOG_ENV",
+    "RESULT_EXIT",
+    "canonical_job_id",
+    "request_file",
+    "requests_dir",
+]
+
 import contextlib
 import json
 import os
 import time
-import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from solstice.files import atomic_write
 from solstice.model import EventKind, JobEvent, JobRequest, Result
+from solstice.model.jobcontract import (
+    CREDENTIAL,
+    EXIT_CANCELLED,
+    EXIT_ERROR,
+    EXIT_FAILURE,
+    EXIT_RESULT,
+    EXIT_SUCCESS,
+    EXIT_UNDELIVERED,
+    EXIT_USAGE,
+    JOB_LOG_ENV,
+    RESULT_EXIT,
+    canonical_job_id,
+    request_file,
+    requests_dir,
+)
 from solstice.queue.codec import encode_request
 from solstice.queue.sequencer import SYNTHETIC_SEQ
-
-EXIT_SUCCESS = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_CANCELLED = 3
-EXIT_ERROR = 4
-EXIT_UNDELIVERED = 5
-
-RESULT_EXIT: dict[Result, int] = {
-    Result.SUCCESS: EXIT_SUCCESS,
-    Result.FAILURE: EXIT_FAILURE,
-    Result.CANCELLED: EXIT_CANCELLED,
-    Result.ERROR: EXIT_ERROR,
-}
-#: Exit statuses meaning "the job process reported its final event itself".
-EXIT_RESULT: dict[int, Result] = {code: result for result, code in RESULT_EXIT.items()}
-
-#: The name of the systemd credential carrying the sealed request.
-CREDENTIAL = "job-request"
 
 UNIT_PREFIX = "solstice-job@"
 UNIT_SUFFIX = ".service"
@@ -67,24 +85,6 @@ def job_id_of_unit(unit: str) -> str | None:
     if unit.startswith(UNIT_PREFIX) and unit.endswith(UNIT_SUFFIX):
         return canonical_job_id(unit[len(UNIT_PREFIX) : -len(UNIT_SUFFIX)])
     return None
-
-
-def canonical_job_id(text: str) -> str | None:
-    """``text`` if it is a uuid in canonical form (lower case, hyphens), else None. Only such ids
-    become unit names and file names."""
-    try:
-        value = str(uuid.UUID(text))
-    except (ValueError, AttributeError, TypeError):
-        return None
-    return value if value == text else None
-
-
-def requests_dir(runtime_dir: str | Path) -> Path:
-    return Path(runtime_dir) / "requests"
-
-
-def request_file(runtime_dir: str | Path, job_id: str) -> Path:
-    return requests_dir(runtime_dir) / f"{job_id}.json"
 
 
 def cancel_marker(runtime_dir: str | Path, job_id: str) -> Path:
@@ -115,6 +115,14 @@ _SERVICE_ENV = (
 def child_environment() -> dict[str, str]:
     """The environment for the dispatcher's subprocesses (systemd-run, systemctl, job processes)."""
     return {k: v for k, v in os.environ.items() if k not in _SERVICE_ENV}
+
+
+def job_argv(command: Sequence[str], job_id: str, config_file: Path | None) -> list[str]:
+    """The job's main process: ``command`` (``solstice job run`` or [dispatcher] job_command), the
+    dispatcher's configuration file when it was given one (else the job would read the default
+    file, and look for its request in the default runtime_dir), then the uuid."""
+    config = ["--config", str(config_file)] if config_file is not None else []
+    return [*command, *config, job_id]
 
 
 def write_request(runtime_dir: str | Path, request: JobRequest) -> Path:

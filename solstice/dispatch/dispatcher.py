@@ -48,6 +48,7 @@ from solstice.dispatch.contract import (
 from solstice.dispatch.spawner import RUNNING, Spawner, Verdict, judge
 from solstice.dispatch.systemd import runtime_max
 from solstice.errors import CommandError, SolsticeError
+from solstice.images import Catalog, plan_machine
 from solstice.model import JobRequest, JobSpec, Result
 from solstice.queue import (
     ACK,
@@ -103,6 +104,7 @@ class Dispatcher:
             raise SolsticeError("the dispatcher has no labels to consume (no images configured?)")
         self.capacity = capacity
         self.spawner = spawner
+        self.catalog = Catalog.from_config(cfg)
         self.runtime_dir = Path(cfg.paths.runtime_dir)
         self.poll_interval = poll_interval or cfg.dispatcher.poll_interval
         self.notify = notify or (lambda text: None)
@@ -463,7 +465,8 @@ class Dispatcher:
     def _start(self, t: Tracked, request: JobRequest) -> None:
         deadline = runtime_max(request, self.cfg)
         try:
-            self.spawner.start(request, request_file(self.runtime_dir, t.job_id), deadline)
+            plan = plan_machine(request.size, self.catalog.get(request.label), self.cfg.vm)
+            self.spawner.start(request, request_file(self.runtime_dir, t.job_id), deadline, plan)
         except (SolsticeError, OSError) as exc:
             log.error("job %s: its unit could not be started: %s", t.job_id, exc)
             t.verdict = Verdict(Result.ERROR, False, f"the job's unit could not be started: {exc}")
@@ -471,7 +474,13 @@ class Dispatcher:
             return
         t.started_at = time.monotonic()
         t.runtime_max = deadline
-        log.info("job %s: started %s (%s)", t.job_id, self.spawner.unit_name(t.job_id), request.label)
+        log.info(
+            "job %s: started %s (%s, %s)",
+            t.job_id,
+            self.spawner.unit_name(t.job_id),
+            request.label,
+            plan.describe(),
+        )
         self._mark_running(t)
 
     def _publish_final(self, job_id: str, reply_to: str, result: Result, message: str) -> None:

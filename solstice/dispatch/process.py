@@ -24,10 +24,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from solstice import proc
-from solstice.dispatch.contract import canonical_job_id, child_environment, exit_record, unit_name
+from solstice.dispatch.contract import (
+    JOB_LOG_ENV,
+    canonical_job_id,
+    child_environment,
+    exit_record,
+    job_argv,
+    unit_name,
+)
 from solstice.dispatch.spawner import ENDED, GONE, RUNNING, UnitStatus, parse_exit_record
 from solstice.dispatch.supervise import proc_start_time
 from solstice.files import atomic_write
+from solstice.images import MachinePlan
 from solstice.model import JobRequest
 
 #: The stop timeout of a job (the job template's TimeoutStopSec=15s).
@@ -44,8 +52,12 @@ class ProcessSpawner:
         command: Sequence[str],
         *,
         stop_timeout: float = STOP_TIMEOUT,
+        config_file: Path | None = None,
     ) -> None:
         self.runtime_dir = Path(runtime_dir)
+        #: The dispatcher's configuration file, for the job's --config (the environment, with
+        #: any SOLSTICE_* overrides, is inherited as it is).
+        self.config_file = config_file
         self.dir = self.runtime_dir / "processes" / host
         self.command = list(command)
         self.stop_timeout = stop_timeout
@@ -60,7 +72,8 @@ class ProcessSpawner:
     def logfile(self, job_id: str) -> Path:
         return self.dir / f"{job_id}.log"
 
-    def start(self, request: JobRequest, request_file: Path, runtime_max: float) -> None:
+    def start(self, request: JobRequest, request_file: Path, runtime_max: float, plan: MachinePlan) -> None:
+        # No cgroup here: the plan sets no limits (the job process plans its VM itself).
         job_id = request.job_id
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.pidfile(job_id).exists():
@@ -83,13 +96,16 @@ class ProcessSpawner:
             "--stop-timeout",
             str(self.stop_timeout),
             "--",
-            *self.command,
-            job_id,
+            *job_argv(self.command, job_id, self.config_file),
         ]
         fd = os.open(self.logfile(job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             child = proc.spawn(
-                argv, stdout=fd, stderr=subprocess.STDOUT, new_session=True, env=child_environment()
+                argv,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                new_session=True,
+                env={**child_environment(), JOB_LOG_ENV: str(self.logfile(job_id))},
             )
         finally:
             os.close(fd)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from solstice.dispatch.contract import EXIT_RESULT, EXIT_UNDELIVERED, EXIT_USAGE
+from solstice.images import MachinePlan
 from solstice.model import JobRequest, Result
 
 RUNNING = "running"
@@ -63,9 +64,10 @@ class Spawner(Protocol):
 
     def unit_name(self, job_id: str) -> str: ...
 
-    def start(self, request: JobRequest, request_file: Path, runtime_max: float) -> None:
-        """Start the job's unit; return once it exists (not waiting for the job). Raises when
-        it could not be started (e.g. a unit of that name exists already)."""
+    def start(self, request: JobRequest, request_file: Path, runtime_max: float, plan: MachinePlan) -> None:
+        """Start the job's unit; return once it exists (not waiting for the job). ``plan`` is the
+        VM's size, for the unit's limits (the job process plans the same from the same inputs).
+        Raises when it could not be started (e.g. a unit of that name exists already)."""
         ...
 
     def status(self, job_ids: Sequence[str]) -> dict[str, UnitStatus]:

@@ -14,7 +14,11 @@ the job's own limits, the request credential and the exit record; ``ExecStart=``
         --property=LoadCredential=job-request:/run/solstice/requests/<uuid>.json \\
         "--property=ExecStopPost=+/bin/sh -c 'echo \\"${SERVICE_RESULT} ${EXIT_CODE} ${EXIT_STATUS}\\"
             > /run/solstice/requests/<uuid>.exit'" \\
-        -- /usr/bin/solstice job run <uuid>
+        --setenv=SOLSTICE_PATHS_STATE_DIR=/var/lib/solstice ... (job_environment) \\
+        -- /usr/bin/solstice job run [--config FILE] <uuid>
+
+The limits come from the job's machine plan (solstice.images.plan, computed by the dispatcher from
+the request, the label's image and ``[vm]``; the job process plans its QEMU from the same inputs).
 
 ``ExecStopPost=+`` (run as root, outside the sandbox) records how the unit ended, because systemd
 unloads a transient unit that ended cleanly (exit 0, or a "clean" signal such as SIGTERM) at once,
@@ -27,6 +31,8 @@ are tested without systemd; tests/systemd runs them for real.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
@@ -34,17 +40,21 @@ from pathlib import Path
 from typing import Any
 
 from solstice import proc
-from solstice.config import Config, parse_size_mib
+from solstice.config import ENV_PREFIX, Config, DispatcherConfig, parse_size_mib
 from solstice.dispatch.contract import (
     CREDENTIAL,
     child_environment,
     exit_record,
+    job_argv,
     job_id_of_unit,
     unit_name,
 )
 from solstice.dispatch.spawner import ENDED, GONE, MAIN_CODES, RUNNING, UnitStatus, parse_exit_record
 from solstice.errors import ConfigError
+from solstice.images import MachinePlan
 from solstice.model import JobRequest
+
+log = logging.getLogger("solstice.dispatcher")
 
 Runner = Callable[..., Any]  # proc.run's signature
 
@@ -61,6 +71,8 @@ SHOW_PROPERTIES = (
 _ACTIVE = {"active", "activating", "deactivating", "reloading", "refreshing"}
 _SPECIFIER = re.compile(r"%(.|$)")
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./-]+")
+_CREDENTIAL_URL = re.compile(r"://[^/@:]*:[^/@]*@")
+_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 
 #: Default job timeout when timeout-minutes is an expression the dispatcher does not evaluate.
 DEFAULT_JOB_MINUTES = 360.0
@@ -133,17 +145,40 @@ def runtime_max(request: JobRequest, cfg: Config) -> float:
     return job_minutes(request) * 60 + cfg.vm.boot_timeout + cfg.dispatcher.runtime_margin
 
 
-def job_limits(request: JobRequest, cfg: Config) -> dict[str, str]:
-    """The job's cgroup limits and deadline as unit properties."""
-    memory = request.size.memory_mib or parse_size_mib(cfg.vm.memory)
-    cpus = request.size.cpus or cfg.vm.cpus
-    overhead = parse_size_mib(cfg.dispatcher.memory_overhead)
+def job_limits(plan: MachinePlan, runtime_max: float, dcfg: DispatcherConfig) -> dict[str, str]:
+    """The job's cgroup limits and deadline as unit properties: the VM's planned memory plus
+    ``[dispatcher] memory_overhead`` (QEMU itself, the job process), a CPU per planned vCPU."""
+    overhead = parse_size_mib(dcfg.memory_overhead)
     return {
-        "MemoryMax": f"{memory + overhead}M",
-        "CPUQuota": f"{cpus * 100}%",
-        "TasksMax": str(cfg.dispatcher.tasks_max),
-        "RuntimeMaxSec": str(int(runtime_max(request, cfg))),
+        "MemoryMax": f"{plan.memory_mib + overhead}M",
+        "CPUQuota": f"{plan.cpus * 100}%",
+        "TasksMax": str(dcfg.tasks_max),
+        "RuntimeMaxSec": str(int(runtime_max)),
     }
+
+
+def job_environment(cfg: Config, environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The environment a job unit gets from the dispatcher, and the variables withheld from it.
+
+    A transient unit inherits none of the dispatcher's environment, so every ``SOLSTICE_*``
+    override the dispatcher runs with is passed on (``--setenv``), and the paths are always the
+    dispatcher's own (they override the template's ``Environment=``): the job must find its request
+    and work directory where the dispatcher put them. Withheld: ``SOLSTICE_CONFIG`` (the job gets
+    ``--config`` instead) and any value with a password in it (``scheme://user:password@``), since a
+    unit's environment is readable by every user (``systemctl show``); such a key belongs in the
+    configuration file."""
+    env: dict[str, str] = {}
+    withheld: list[str] = []
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == "SOLSTICE_CONFIG":
+            continue
+        if _CREDENTIAL_URL.search(value):
+            withheld.append(name)
+        else:
+            env[name] = value
+    env["SOLSTICE_PATHS_STATE_DIR"] = cfg.paths.state_dir
+    env["SOLSTICE_PATHS_RUNTIME_DIR"] = cfg.paths.runtime_dir
+    return env, withheld
 
 
 def default_template() -> Path:
@@ -164,6 +199,7 @@ class SystemdSpawner:
         template: str | None = None,
         command: Sequence[str] | None = None,
         run: Runner = proc.run,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.runtime_dir = Path(cfg.paths.runtime_dir)
@@ -185,9 +221,18 @@ class SystemdSpawner:
                     f"[dispatcher] job_template: cannot read {path}: {exc.strerror}",
                     hint="the package installs it as /usr/share/solstice/units/solstice-job@.service",
                 ) from None
-        transient_properties(template, "00000000-0000-0000-0000-000000000000")  # fail early
+        _, exec_start = transient_properties(template, _PLACEHOLDER)  # fail early
+        if not command and exec_start[-1] != _PLACEHOLDER:
+            raise TemplateError("the job template's ExecStart= must end with %i (the job uuid)")
         self.template = template
         self.command = list(command) if command else None
+        self.environment, withheld = job_environment(cfg, os.environ if environ is None else environ)
+        for name in withheld:
+            log.warning(
+                "%s is not passed to job units (it holds a password, and a unit's environment is "
+                "readable by every user): set the key in the configuration file instead",
+                name,
+            )
         self._runner = run
 
     def _run(self, argv: list[str], **kwargs: Any) -> Any:
@@ -210,20 +255,20 @@ class SystemdSpawner:
             f"LoadCredential={CREDENTIAL}:{request_file}",
             f"ExecStopPost=+/bin/sh -c '{script}'",
         ]
-        command = [*self.command, job_id] if self.command else exec_start
+        command = job_argv(self.command or exec_start[:-1], job_id, self.cfg.path)
         return [
             "systemd-run",
             "--quiet",
             "--no-block",
             f"--unit={unit_name(job_id)}",
             *(f"--property={p}" for p in properties),
+            *(f"--setenv={name}={value}" for name, value in self.environment.items()),
             "--",
             *command,
         ]
 
-    def start(self, request: JobRequest, request_file: Path, runtime_max: float) -> None:
-        limits = job_limits(request, self.cfg)
-        limits["RuntimeMaxSec"] = str(int(runtime_max))
+    def start(self, request: JobRequest, request_file: Path, runtime_max: float, plan: MachinePlan) -> None:
+        limits = job_limits(plan, runtime_max, self.cfg.dispatcher)
         self._run(self.argv(request, request_file, limits), timeout=60)
 
     def status(self, job_ids: Sequence[str]) -> dict[str, UnitStatus]:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from solstice.config import Config, ImageConfig, parse_size_mib
+from solstice.config import Config, ImageConfig, parse_size_gib, parse_size_mib
 from solstice.errors import ImageError
 from solstice.model.labels import GENERIC_LABELS
 from solstice.vm.machine import BootMode
@@ -33,6 +33,7 @@ class Image:
     profile: GuestProfile
     cpus: int | None
     memory_mib: int | None
+    disk_gib: int | None = None
 
     def check(self) -> None:
         """Raise ImageError when a file the image needs is missing."""
@@ -153,4 +154,5 @@ class Catalog:
             profile=get_profile(cfg.profile),
             cpus=cfg.cpus,
             memory_mib=parse_size_mib(cfg.memory) if cfg.memory else None,
+            disk_gib=parse_size_gib(cfg.disk) if cfg.disk else None,
         )

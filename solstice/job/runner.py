@@ -2,6 +2,10 @@
 
 One ExitStack owns every resource of the job (work directory, overlay, seed, port, QEMU); it unwinds
 on success, on a failed step, on an infrastructure error, on cancellation and on SIGTERM alike.
+
+Result: ``failure`` only when the workflow failed (a step's own exit, a step timeout, the user's
+expressions, workflow or runner files); ``error`` when Solstice's machinery failed (the VM, the
+guest, a subprocess of ours, the checkout fetch), since the build then never had its chance.
 """
 
 from __future__ import annotations
@@ -19,40 +23,43 @@ from pathlib import Path
 from typing import Any
 
 from solstice import expr
-from solstice.errors import ExpressionError, InfraError, SolsticeError, WorkflowError
-from solstice.images import Image
+from solstice.config import PathsConfig, VMConfig
+from solstice.errors import ExpressionError, GuestConnectionLost, InfraError, SolsticeError, WorkflowError
+from solstice.images import Image, MachinePlan, plan_machine
 from solstice.job import checkout, filecmds, script
 from solstice.job.commands import Command, CommandState
 from solstice.job.events import Emitter, LineSplitter
+from solstice.job.guest import Boot, Guest
+from solstice.job.liveness import GuestMonitor, Liveness
 from solstice.job.mask import Masker
 from solstice.job.notify import Notifier
 from solstice.model import EventSink, JobRequest, Outcome, Phase, Result, Step, StepKind, Stream
-from solstice.vm.machine import Guest, MachineSpec, start_machine
+from solstice.vm import machine
+from solstice.vm.machine import MachineSpec, start_machine
 
 log = logging.getLogger("solstice.job")
 
 #: How long a killed step gets between SIGTERM and SIGKILL, and then to close its output.
 KILL_GRACE = 3.0
 STOP_GRACE = 3.0
+#: The user's own doing: a job that ends on one of these failed; on any other error it errored.
+WORKFLOW_ERRORS = (WorkflowError, ExpressionError, filecmds.FileCommandError)
+
+
+def _default_runtime_dir() -> Path:
+    return Path(PathsConfig().runtime_dir)
 
 
 @dataclass(frozen=True)
 class JobSettings:
-    """Host-side settings for one run (from the configuration and the command line)."""
+    """Host-side settings for one run: the configuration's ``[vm]`` (with any command-line
+    overrides already applied) and runtime directory. The VM's size is not here: plan_machine
+    decides it from the request, the image and ``vm``."""
 
-    accel: str = "kvm"
-    cpus: int = 2
-    memory_mib: int = 2048
-    disk_gib: int | None = None
-    boot_timeout: float = 300.0
-    shutdown_timeout: float = 10.0
-    qemu: str = "qemu-system-x86_64"
-    qemu_img: str = "qemu-img"
-    ovmf_code: str = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-    ovmf_vars: str = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-    runtime_dir: Path = Path("/run/solstice")
-    #: Called with the guest when the job failed and should be kept for debugging; returns when done.
-    keep_on_failure: Callable[[Guest, Path], None] | None = field(default=None, compare=False)
+    vm: VMConfig = field(default_factory=VMConfig)
+    runtime_dir: Path = field(default_factory=_default_runtime_dir)
+    #: Called with the VM when the job failed and should be kept for debugging; returns when done.
+    keep_on_failure: Callable[[machine.Guest, Path], None] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -88,13 +95,23 @@ class JobRun:
         *,
         cancel: threading.Event | None = None,
         notifier: Notifier | None = None,
+        boot: Boot | None = None,
+        host_log: str = "",
     ) -> None:
+        """``boot`` provides the guest (default: a fresh VM of ``image``); ``host_log`` says where
+        the job's host-side log is, for its first log line ("" says nothing)."""
         self.request = request
         self.job = request.job
         self.image = image
         self.settings = settings
         self.cancel = cancel or threading.Event()
         self.notifier = notifier or Notifier()
+        self.boot: Boot = boot or self._boot_vm
+        self.host_log = host_log
+        self.liveness = Liveness(settings.vm.boot_timeout, settings.vm.shutdown_timeout)
+        self.monitor: GuestMonitor | None = None
+        #: The first step whose failure failed the job, and why (for the job's message).
+        self.failed_step: tuple[Step, str] | None = None
         self.masker = Masker(list(request.secrets.values()))
         self.emit = Emitter(request.job_id, sink, self.masker)
         self.commands = CommandState()
@@ -116,22 +133,25 @@ class JobRun:
 
     def run(self) -> Result:
         self.emit.job_started(self.job.name)
+        if self.host_log:
+            self.emit.log(f"Host-side log: {self.host_log}", step=None)
         self.notifier.ready(f"job {self.request.job_id}: starting")
-        self.notifier.start_watchdog()
+        self.notifier.start_watchdog(self.liveness.alive)
         result, message = Result.ERROR, ""
         try:
             with contextlib.ExitStack() as stack:
                 try:
                     result, message = self._run_in_vm(stack)
                 finally:
+                    self.liveness.teardown()
                     self.emit.phase(Phase.TEARDOWN)
                     self.notifier.status("tearing down")
             self.emit.phase(Phase.DONE)
-        except InfraError as exc:
-            result, message = Result.ERROR, str(exc)
-            self.emit.log(f"Error: {exc}", step=None)
-        except SolsticeError as exc:
+        except WORKFLOW_ERRORS as exc:
             result, message = Result.FAILURE, str(exc)
+            self.emit.log(f"Error: {exc}", step=None)
+        except SolsticeError as exc:  # Solstice's machinery (InfraError, CommandError, ...)
+            result, message = Result.ERROR, str(exc)
             self.emit.log(f"Error: {exc}", step=None)
         except KeyboardInterrupt:
             result, message = Result.CANCELLED, "the job was cancelled"
@@ -155,9 +175,9 @@ class JobRun:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         return workdir
 
-    def _machine_spec(self) -> MachineSpec:
-        size = self.request.size
+    def _machine_spec(self, plan: MachinePlan) -> MachineSpec:
         img = self.image
+        vm = self.settings.vm
         return MachineSpec(
             base_image=img.base_image,
             image_format=img.image_format,
@@ -166,16 +186,16 @@ class JobRun:
             initrd=img.initrd,
             cmdline=img.cmdline,
             profile=img.profile,
-            accel=self.settings.accel,
-            cpus=size.cpus or img.cpus or self.settings.cpus,
-            memory_mib=size.memory_mib or img.memory_mib or self.settings.memory_mib,
-            disk_gib=size.disk_gib or self.settings.disk_gib,
-            boot_timeout=self.settings.boot_timeout,
-            shutdown_timeout=self.settings.shutdown_timeout,
-            qemu=self.settings.qemu,
-            qemu_img=self.settings.qemu_img,
-            ovmf_code=self.settings.ovmf_code,
-            ovmf_vars=self.settings.ovmf_vars,
+            accel=vm.accel,
+            cpus=plan.cpus,
+            memory_mib=plan.memory_mib,
+            disk_gib=plan.disk_gib,
+            boot_timeout=vm.boot_timeout,
+            shutdown_timeout=vm.shutdown_timeout,
+            qemu=vm.qemu,
+            qemu_img=vm.qemu_img,
+            ovmf_code=vm.ovmf_code,
+            ovmf_vars=vm.ovmf_vars,
             instance_id=self.request.job_id,
             hostname="solstice-" + self.request.job_id[:8],
         )
@@ -184,49 +204,69 @@ class JobRun:
         self.emit.phase(phase)
         self.notifier.status(f"job {self.request.job_id}: {phase.value}")
 
-    def _run_in_vm(self, stack: contextlib.ExitStack) -> tuple[Result, str]:
+    def _boot_vm(self, stack: contextlib.ExitStack) -> Guest:
+        """The default ``boot``: a fresh VM of the job's image in its work directory."""
+        assert self.workdir is not None
         self.image.check()
-        workdir = self._workdir(stack)
-        self.workdir = workdir
-        self.emit.log(f"Booting {self.image.label} ({self.settings.accel})", step=None)
-        guest = start_machine(
-            self._machine_spec(),
-            workdir,
+        plan = plan_machine(self.request.size, self.image, self.settings.vm)
+        self.emit.log(f"Booting {self.image.label} ({self.settings.vm.accel}, {plan.describe()})", step=None)
+        return start_machine(
+            self._machine_spec(plan),
+            self.workdir,
             Path(self.settings.runtime_dir) / "ports",
             stack,
             on_phase=self._phase,
         )
+
+    def _run_in_vm(self, stack: contextlib.ExitStack) -> tuple[Result, str]:
+        workdir = self._workdir(stack)
+        self.workdir = workdir
+        guest = self.boot(stack)
         if self.cancel.is_set():
             return Result.CANCELLED, "the job was cancelled"
+        self.monitor = GuestMonitor(guest, self.settings.vm.unresponsive_after)
+        stack.callback(self.monitor.stop)
+        self.monitor.start()
+        self.liveness.running(self.monitor)
         try:
             paths = self._prepare_guest(guest)
             result, message = self._run_steps(guest, paths)
         except KeyboardInterrupt:
             guest.hurry()  # cancelled: the VM must be gone within seconds, not after a powerdown
             raise
+        except GuestConnectionLost as exc:
+            raise self._explain(exc) from exc
         if self.cancel.is_set():
             guest.hurry()
         if (
             result is Result.FAILURE
             and self.settings.keep_on_failure is not None
             and not self.cancel.is_set()
+            and isinstance(guest, machine.Guest)  # debug SSH needs a real VM
         ):
             self.settings.keep_on_failure(guest, workdir)
         return result, message
 
+    def _explain(self, exc: BaseException) -> BaseException:
+        """A lost connection after the monitor gave the guest up is the guest's unresponsiveness."""
+        if (
+            isinstance(exc, GuestConnectionLost)
+            and self.monitor is not None
+            and self.monitor.tripped.is_set()
+        ):
+            return self.monitor.error()
+        return exc
+
     def _prepare_guest(self, guest: Guest) -> GuestPaths:
         repo = (self.request.repository.rstrip("/").rsplit("/", 1)[-1]) or "workspace"
         repo = "".join(c if c.isalnum() or c in "._-" else "_" for c in repo)
-        # One round trip: every command costs a process start in the guest, slow under emulation.
         rel = GuestPaths(home=".", workspace=f"work/{repo}/{repo}", temp="work/_temp")
-        dirs = " ".join(shlex.quote(d) for d in (rel.workspace, rel.steps, rel.files))
-        out: list[bytes] = []
-        err: list[bytes] = []
-        status = guest.exec(f"cd && mkdir -p {dirs} && pwd", on_stdout=out.append, on_stderr=err.append)
-        home = b"".join(out).decode().strip()
-        if status != 0 or not home.startswith("/"):
-            detail = b"".join(err).decode(errors="replace").strip()
-            raise InfraError(f"could not create the workspace in the guest as {guest.user}: {detail}")
+        try:
+            home = guest.make_dirs([rel.workspace, rel.steps, rel.files])
+        except OSError as exc:
+            raise InfraError(f"could not create the workspace in the guest as {guest.user}: {exc}") from None
+        if not home.startswith("/"):
+            raise InfraError(f"the guest's home of {guest.user} is not an absolute path: {home!r}")
         return GuestPaths(home=home, workspace=f"{home}/{rel.workspace}", temp=f"{home}/{rel.temp}")
 
     # --- contexts -------------------------------------------------------------------------
@@ -365,8 +405,10 @@ class JobRun:
         if self.timed_out:
             return Result.FAILURE, f"the job exceeded its maximum execution time of {job_minutes:g} minutes"
         if self.job_status == "failure":
-            failed = [k for k, v in self.steps_ctx.items() if v["conclusion"] == Outcome.FAILURE.value]
-            return Result.FAILURE, f"step {failed[0] if failed else '?'} failed"
+            if self.failed_step is None:
+                return Result.FAILURE, "the job failed"
+            step, why = self.failed_step
+            return Result.FAILURE, f"step {step.name!r} failed" + (f": {why}" if why else "")
         return Result.SUCCESS, ""
 
     def _evaluate_outputs(self, paths: GuestPaths) -> None:
@@ -416,11 +458,14 @@ class JobRun:
                 res = self._checkout(guest, paths, step, ctx)
             else:
                 res = self._run_script(guest, paths, step, ctx)
-        except (ExpressionError, WorkflowError, filecmds.FileCommandError) as exc:
+        except WORKFLOW_ERRORS as exc:
             self.emit.log(f"Error: {exc}", step=step.number)
             res = StepResult(Outcome.FAILURE, message=str(exc))
-        except InfraError as exc:
-            self.emit.step_finished(step.number, Outcome.FAILURE, Outcome.FAILURE, message=str(exc))
+        except Exception as exc:  # ours, not the step's: the job ends with it (run())
+            error = self._explain(exc)
+            self.emit.step_finished(step.number, Outcome.FAILURE, Outcome.FAILURE, message=str(error))
+            if error is not exc:
+                raise error from exc
             raise
         self._finish(step, res, ctx)
 
@@ -439,6 +484,8 @@ class JobRun:
                 conclusion = Outcome.SUCCESS
         if conclusion is Outcome.FAILURE:
             self.job_status = "failure"
+            if self.failed_step is None:
+                self.failed_step = (step, res.message)
         if res.message and res.outcome is not Outcome.SUCCESS:
             self.emit.log(f"Error: {res.message}", step=step.number)
         self._record(step, res.outcome, conclusion, res.outputs)

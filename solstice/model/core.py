@@ -114,8 +114,12 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class Size:
-    cpus: int = 2
-    memory_mib: int = 2048
+    """What the job (or the command line) asks for; None: not asked. The host decides the rest
+    (solstice.images.plan: the image's default size, then ``[vm]``). In ``jobrequest.v1`` an absent
+    or null field is unset."""
+
+    cpus: int | None = None
+    memory_mib: int | None = None
     disk_gib: int | None = None  # grow the overlay to this size; None keeps the image's
 
 

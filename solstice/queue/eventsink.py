@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from solstice.backoff import Backoff
 from solstice.config import BrokerConfig
-from solstice.model import EventKind, JobEvent
+from solstice.model import EventKind, JobEvent, JobRequest
 from solstice.queue.batch import approximate_size, encode_documents
 from solstice.queue.codec import event_document
 from solstice.queue.connection import Connection
@@ -86,6 +86,13 @@ class BatchingEventSink:
         self._thread.start()
 
     # --- the job's side --------------------------------------------------------------------
+
+    @classmethod
+    def for_request(cls, cfg: BrokerConfig, request: JobRequest) -> BatchingEventSink | None:
+        """The sink of a service job (None when the request has no poller to reply to)."""
+        if not request.reply_to:
+            return None
+        return cls(cfg, request.reply_to, name=f"job@{request.job_id}")
 
     def emit(self, event: JobEvent) -> None:
         with self._cond:

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +44,9 @@ _SUN_PATH_MAX = 107
 
 
 class ShutdownPolicy:
-    """How long QEMU's stop waits for an ACPI powerdown, decided when the stack unwinds: no wait
-    while the guest is still booting (it would ignore the button) or once the job is cancelled
-    (the VM must be gone within seconds); ``[vm] shutdown_timeout`` once the guest is up."""
+    """How long QEMU's stop waits for an ACPI powerdown, decided when the stack unwinds. No wait
+    (QMP ``quit`` at once) unless the spec asks for a ``powerdown``, and even then none while the
+    guest is still booting (it would ignore the button) or once the job is cancelled."""
 
     def __init__(self) -> None:
         self.powerdown_timeout = 0.0
@@ -66,13 +66,17 @@ class MachineSpec:
     memory_mib: int
     disk_gib: int | None  # grow the overlay to this; None keeps the base image's size
     boot_timeout: float  # QEMU start to SSH login with our key
-    shutdown_timeout: float  # ACPI powerdown grace before QMP quit (see qmp.stop_qemu)
+    shutdown_timeout: float  # ACPI powerdown grace before QMP quit, when ``powerdown`` is set
     qemu: str
     qemu_img: str
     ovmf_code: str
     ovmf_vars: str
     instance_id: str  # the job id: cloud-init's instance-id, so each job is a first boot
     hostname: str
+    #: Power the guest down politely (ACPI, up to shutdown_timeout) before QMP ``quit``. Off for
+    #: jobs: their overlay is thrown away, so a clean shutdown protects nothing and only delays the
+    #: teardown; on where the guest's disk is kept (preparing an image).
+    powerdown: bool = False
 
 
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
@@ -140,6 +144,9 @@ class Guest:
     def get(self, path: str) -> bytes:
         return self._sftp.get(path)
 
+    def make_dirs(self, relative: Sequence[str]) -> str:
+        return self._sftp.make_dirs(relative)
+
     def console_tail(self, lines: int = 20) -> str:
         return read_tail(self.console_path, lines)
 
@@ -150,6 +157,15 @@ class Guest:
     def hurry(self) -> None:
         """Skip the graceful powerdown when this VM is stopped (cancellation)."""
         self._shutdown.powerdown_timeout = 0.0
+
+    def probe(self) -> None:
+        """Return once the guest's sshd has answered a no-op request (see ssh.ping)."""
+        ssh.ping(self._transport)
+
+    def disconnect(self) -> None:
+        """Drop the SSH connection (from any thread): whatever waits on it raises GuestConnectionLost.
+        For a guest that stopped answering; ``close`` would wait for a blocked SFTP call."""
+        self._transport.close()
 
     def close(self) -> None:
         self._sftp.close()
@@ -342,7 +358,8 @@ def start_machine(
                 console,
             )
         ) from None
-    shutdown.powerdown_timeout = spec.shutdown_timeout  # up now: it can power down politely
+    if spec.powerdown:
+        shutdown.powerdown_timeout = spec.shutdown_timeout  # up now: it can power down politely
     guest = Guest(transport, port, console, spec.profile, keypair, shutdown)
     stack.callback(guest.close)
     log.info("guest ready on 127.0.0.1:%d after %.1f s", port, time.monotonic() - started)

@@ -61,13 +61,13 @@ def stop_qemu(
     powerdown_timeout: float,
     quit_timeout: float = 10.0,
 ) -> None:
-    """Stop QEMU for good: ACPI powerdown, then ``quit`` after ``powerdown_timeout``, then SIGKILL.
+    """Stop QEMU for good: with ``powerdown_timeout`` > 0 an ACPI powerdown first, waited for that
+    long; then ``quit``; then SIGKILL after ``quit_timeout``.
 
-    The disk is a throwaway overlay, so a clean guest shutdown protects no data; it only lets the
-    guest finish politely. ``powerdown_timeout`` (config ``[vm] shutdown_timeout``) bounds that
-    courtesy: a guest that ignores the power button (under TCG a Debian guest may take over a
-    minute) costs no more than that before QEMU is told to ``quit``. Whatever happens in between,
-    even a KeyboardInterrupt, QEMU is killed and reaped before this returns.
+    A job's disk is a throwaway overlay, so its VM gets ``quit`` at once (0). A powerdown is for a
+    guest whose disk is kept; ``powerdown_timeout`` (``[vm] shutdown_timeout``) bounds it, since a
+    guest may ignore the power button (under TCG a Debian guest may take over a minute). Whatever
+    happens in between, even a KeyboardInterrupt, QEMU is killed and reaped before this returns.
     """
     try:
         if qemu.poll() is not None:

@@ -7,12 +7,14 @@ there is nothing to pin, and no other party sits on that path to impersonate it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
+import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import paramiko
 
@@ -173,7 +175,11 @@ def run_command(
             # above, so drain once more before returning (else the last lines are lost).
             if chan.exit_status_ready():
                 drain()
-                return chan.recv_exit_status()
+                status = chan.recv_exit_status()
+                if status == -1 and not transport.is_active():
+                    # paramiko marks every channel done when the transport closes: no status.
+                    raise _lost("a command was running")
+                return status
             if chan.closed or chan.eof_received:
                 if not transport.is_active():
                     raise _lost("a command was running")
@@ -196,6 +202,15 @@ def run_command(
                 select.select([chan], [], [], poll)
     finally:
         chan.close()
+
+
+def ping(transport: paramiko.Transport) -> None:
+    """Return once sshd has answered a keepalive request (it answers with a refusal, which is the
+    point: an answer at all). A guest whose vCPUs stopped never answers, and the TCP connection to
+    SLIRP stays up, so paramiko's own keepalive (no reply wanted) cannot tell."""
+    transport.global_request("keepalive@openssh.com", wait=True)
+    if not transport.is_active():
+        raise _lost("waiting for an answer to a keepalive")
 
 
 class SFTP:
@@ -221,39 +236,57 @@ class SFTP:
             self._client.close()
             self._client = None
 
+    @contextlib.contextmanager
+    def _call(self, what: str) -> Iterator[paramiko.SFTPClient]:
+        """The session, under the lock; a broken connection becomes GuestConnectionLost, while
+        an OSError of a live one (PermissionError, FileNotFoundError) is the caller's to judge."""
+        with self._lock:
+            try:
+                yield self._session()
+            except (EOFError, paramiko.SSHException) as exc:
+                self._drop()
+                raise _lost(what, exc) from exc
+            except OSError as exc:
+                if not self._transport.is_active():
+                    self._drop()
+                    raise _lost(what, exc) from exc
+                raise
+
     def put(self, path: str, data: bytes, mode: int) -> None:
         """Write ``data`` to ``path``, then chmod it: the mode of a new file depends on the
         server's umask, so it is set explicitly."""
-        with self._lock:
-            try:
-                sftp = self._session()
-                with sftp.open(path, "wb") as fh:
-                    fh.set_pipelined(True)
-                    fh.write(data)
-                sftp.chmod(path, mode)
-            except (EOFError, paramiko.SSHException) as exc:
-                self._drop()
-                raise _lost(f"uploading {path}", exc) from exc
-            except OSError as exc:
-                if not self._transport.is_active():
-                    self._drop()
-                    raise _lost(f"uploading {path}", exc) from exc
-                raise  # e.g. PermissionError, FileNotFoundError: the caller's path, not the VM
+        with self._call(f"uploading {path}") as sftp:
+            with sftp.open(path, "wb") as fh:
+                fh.set_pipelined(True)
+                fh.write(data)
+            sftp.chmod(path, mode)
 
     def get(self, path: str) -> bytes:
-        with self._lock:
-            try:
-                with self._session().open(path, "rb") as fh:
-                    fh.prefetch()
-                    return fh.read()
-            except (EOFError, paramiko.SSHException) as exc:
-                self._drop()
-                raise _lost(f"downloading {path}", exc) from exc
-            except OSError as exc:
-                if not self._transport.is_active():
-                    self._drop()
-                    raise _lost(f"downloading {path}", exc) from exc
-                raise  # e.g. FileNotFoundError: the caller decides what a missing file means
+        with self._call(f"downloading {path}") as sftp, sftp.open(path, "rb") as fh:
+            fh.prefetch()
+            return fh.read()
+
+    def make_dirs(self, relative: Sequence[str]) -> str:
+        """Create ``relative`` directories (parents too) under the login's home; return the home.
+
+        Through SFTP, not a shell command: a command costs a process start in the guest (most of
+        a second under emulation), an SFTP request only a round trip to the running sftp-server."""
+        with self._call("creating the workspace") as sftp:
+            home = sftp.normalize(".")
+            made: set[str] = set()
+            for rel in relative:
+                path = home
+                for part in rel.strip("/").split("/"):
+                    path = f"{path}/{part}"
+                    if path in made:
+                        continue
+                    try:
+                        sftp.mkdir(path)
+                    except OSError:
+                        if not stat.S_ISDIR(sftp.stat(path).st_mode or 0):
+                            raise
+                    made.add(path)
+            return home
 
     def close(self) -> None:
         with self._lock:

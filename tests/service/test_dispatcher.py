@@ -45,7 +45,8 @@ from solstice.dispatch.contract import (
     unit_name,
 )
 from solstice.dispatch.spawner import ENDED, GONE, RUNNING, UnitStatus, judge, parse_exit_record
-from solstice.dispatch.systemd import SystemdSpawner, job_limits, runtime_max, transient_properties
+from solstice.dispatch.systemd import SystemdSpawner, runtime_max, transient_properties
+from solstice.images import Catalog, plan_machine
 from solstice.model import EventKind, JobEvent, JobSpec, Outcome, Result, Stream, from_dict, to_dict
 from solstice.queue import (
     SYNTHETIC_SEQ,
@@ -101,7 +102,8 @@ def test_systemd_spawner_starts_a_transient_unit_from_the_template(tmp_path: Pat
     spawner = SystemdSpawner(cfg, template=TEMPLATE, run=run)
     request = make_request("ok", timeout_minutes=30)
     path = request_file(cfg.paths.runtime_dir, request.job_id)
-    spawner.start(request, path, runtime_max(request, cfg))
+    plan = plan_machine(request.size, Catalog.from_config(cfg).get(LABEL), cfg.vm)
+    spawner.start(request, path, runtime_max(request, cfg), plan)
     (argv,) = run.calls
     job = request.job_id
     assert argv[:4] == ["systemd-run", "--quiet", "--no-block", f"--unit=solstice-job@{job}.service"]
@@ -124,7 +126,7 @@ def test_systemd_spawner_starts_a_transient_unit_from_the_template(tmp_path: Pat
     request = make_request("ok")
     spec = JobSpec("k", "n", (LABEL,), (), timeout_minutes="${{ 5 }}")
     request = dataclasses.replace(request, job=spec)
-    assert job_limits(request, cfg)["RuntimeMaxSec"] == str(360 * 60 + 300 + 600)
+    assert runtime_max(request, cfg) == 360 * 60 + 300 + 600
     argv = spawner.argv(request, Path("/run/solstice/requests/x.json"), {})
     assert argv[-4:] == ["/opt/x/solstice", "job", "run", request.job_id]
 

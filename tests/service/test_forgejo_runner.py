@@ -371,13 +371,15 @@ def test_a_runner_with_no_image_catalog_routes_to_its_labels_queue(
 ) -> None:
     forge = forgejo_only
     # images_dir is <state_dir>/images: an empty state dir has no image files at all, and
-    # omnios-bloody is in no catalog: the runner registers and routes it by its label alone
+    # omnios-bloody is in the runner's catalog neither: it registers and routes by the label
+    # alone; only the dispatcher's host (its own configuration) knows the image, to plan its VM
     made = _pipeline(broker_cfg, database_url)
     pipeline = next(made)
     try:
         assert not pipeline.cfg.paths.images_dir.exists()
         register(pipeline, forge, labels="self-hosted,omnios-bloody")
-        pipeline.dispatcher(args=("--labels", "omnios-bloody"))
+        host = _host_config(pipeline, "host-a", 'labels = ["omnios-bloody"]\n', OMNIOS_IMAGE)
+        pipeline.dispatcher(env={"SOLSTICE_CONFIG": str(host)})
         runner = RunnerProcess(pipeline).start()
         forge.enqueue(workflow("ok").replace("runs-on: debian-12", "runs-on: [self-hosted, omnios-bloody]"))
         task = wait_done(forge, one_task(forge).id, 60, runner)
@@ -389,6 +391,10 @@ def test_a_runner_with_no_image_catalog_routes_to_its_labels_queue(
         runner.terminate()
     finally:
         made.close()
+
+
+#: An image table for a dispatcher host (the stand-in job boots nothing; the plan reads the table).
+OMNIOS_IMAGE = '[images.omnios-bloody]\npath = "omnios/base.qcow2"\nprofile = "omnios"\nboot = "uefi"\n'
 
 
 def _host_config(pipeline: Pipeline, name: str, labels: str, extra: str = "") -> Path:
@@ -409,7 +415,7 @@ def test_each_labels_jobs_reach_only_the_dispatchers_with_its_image(
     a_cfg = _host_config(
         pipeline, "host-a", "", '[images.debian-12]\npath = "debian-12/base.qcow2"\naliases = ["bookworm"]\n'
     )
-    b_cfg = _host_config(pipeline, "host-b", 'labels = ["omnios-bloody"]\n')
+    b_cfg = _host_config(pipeline, "host-b", 'labels = ["omnios-bloody"]\n', OMNIOS_IMAGE)
     register(pipeline, forge, labels="self-hosted,debian-12,bookworm,omnios-bloody")
     pipeline.dispatcher("host-a", env={"SOLSTICE_CONFIG": str(a_cfg)})
     pipeline.dispatcher("host-b", env={"SOLSTICE_CONFIG": str(b_cfg)})

@@ -32,6 +32,8 @@ from solstice.secrets import load_key, seal, write_new_key
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "canary-4f1d2e-do-not-print"
+#: What tells the job where its host-side log is (systemd's, the process spawner's).
+HOST_LOG_ENV = ("INVOCATION_ID", "JOURNAL_STREAM", "SOLSTICE_JOB_LOG")
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def job_run(
         text=True,
         timeout=60,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**{k: v for k, v in os.environ.items() if k not in HOST_LOG_ENV}, **(env or {})},
     )
 
 
@@ -90,6 +92,23 @@ def test_a_job_that_cannot_start_reports_an_error_event_and_exits_4(setup: tuple
     assert events[-1].result is Result.ERROR and "no image for label 'no-such-image'" in events[-1].message
     # The journal (stdout) has the same, as lines for humans.
     assert "▶ test ok on no-such-image" in proc.stdout and "■ error: no image" in proc.stdout
+
+
+def test_the_first_log_line_says_where_the_host_log_is(setup: tuple[Path, Poller]) -> None:
+    config_file, poller = setup
+    runtime = Path(configmod.load(config_file, environ={}).paths.runtime_dir)
+    for env, where in (
+        ({"SOLSTICE_JOB_LOG": "/somewhere/job.log"}, "/somewhere/job.log"),  # the process spawner
+        ({"INVOCATION_ID": "0123abcd"}, "journalctl -u solstice-job@"),  # systemd
+    ):
+        request = make_request("ok", label="no-such-image")
+        write_request(runtime, request)
+        proc = job_run(config_file, request.job_id, env=env)
+        assert proc.returncode == EXIT_ERROR, proc.stderr
+        poller.wait_final(request.job_id)
+        logs = [e for e in poller.events[request.job_id] if e.kind is EventKind.LOG]
+        assert logs[0].text.startswith("Host-side log: " + where), logs[0].text
+        assert request.job_id in logs[0].text or "job.log" in logs[0].text
 
 
 def test_secrets_are_opened_with_the_key_and_a_wrong_key_is_an_error(

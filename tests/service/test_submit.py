@@ -250,6 +250,9 @@ def test_real_jobs_submitted_and_cancelled_through_the_pipeline(
         steps = [e for e in poller.events[cancelled.job_id] if e.kind is EventKind.STEP_FINISHED]
         assert steps and steps[0].outcome is not None and steps[0].outcome.value == "cancelled"
         assert wait_state(db, cancelled.job_id, {"cancelled"}, 20).result is Result.CANCELLED
+        # Its first log line names its log file on the host (the process spawner's SOLSTICE_JOB_LOG).
+        logs = [e.text for e in poller.events[cancelled.job_id] if e.kind is EventKind.LOG]
+        assert logs[0].startswith("Host-side log: ") and f"host-a/{cancelled.job_id}.log" in logs[0], logs
 
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out

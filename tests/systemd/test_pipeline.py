@@ -8,11 +8,17 @@ of its own (exchanges, queues, the dispatcher's host name: a random token) and a
 removed at the end, whatever happens. The host watches every event of the installation through a
 tap queue bound with ``#`` to the events exchange (docs/queue.md), as an operator would.
 
+The dispatcher runs with ``--config`` (a drop-in's ExecStart) pointing at a file of its own,
+/etc/solstice/pipeline-test.toml, which (unlike the container's default file) has the
+``debian-12-big`` image (4 CPUs, 6 GiB): its job units must run ``solstice job run --config <that
+file>`` and plan that image's size.
+
 Deadlines: the dispatcher sets ``RuntimeMaxSec = timeout-minutes * 60 + [vm] boot_timeout +
 [dispatcher] runtime_margin`` (solstice.dispatch.systemd.runtime_max). To have systemd end a job on
-its deadline within seconds, the dispatcher alone runs with ``SOLSTICE_VM_BOOT_TIMEOUT=5`` (its unit's
-drop-in), while the jobs boot with the configuration file's ``boot_timeout``: the one configuration
-knob that shortens the deadline without shortening the job's own timeout.
+its deadline within seconds, the dispatcher runs with ``SOLSTICE_VM_BOOT_TIMEOUT=5`` (its unit's
+drop-in). It passes its SOLSTICE_* overrides on to the job units (``--setenv``), so a drop-in for the
+job units sets the boot timeout back for the jobs: the test's one deliberate difference between the
+dispatcher's configuration and the jobs'.
 
 Real guests: about 40 s per boot under TCG on an idle build machine; the jobs run one after another.
 """
@@ -24,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -41,7 +48,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from solstice.config import BrokerConfig, DatabaseConfig
-from solstice.model import EventKind, JobEvent, Result
+from solstice.model import EventKind, JobEvent, Result, Size
 from solstice.queue import SYNTHETIC_SEQ, EventSequencer, Names, declare_topology, decode_events
 from solstice.store import JobRecord, Store, StoreError
 from tests.testimage import build_test_image
@@ -59,12 +66,26 @@ ADMIN_URL = os.environ.get("SOLSTICE_TEST_POSTGRES", "postgresql://postgres@127.
 
 DISPATCHER = "solstice-dispatcher.service"
 DROPIN = "/run/systemd/system/solstice-dispatcher.service.d/pipeline-test.conf"
+JOB_DROPIN = "/run/systemd/system/solstice-job@.service.d/pipeline-test.conf"
 CONFIG = "/etc/solstice/solstice.toml"
+#: The dispatcher's own configuration file (--config): CONFIG plus the big image.
+DISPATCHER_CONFIG = "/etc/solstice/pipeline-test.toml"
+BIG_LABEL = "debian-12-big"
+BIG_IMAGE = f"""
+[images.{BIG_LABEL}]
+path = "{IMAGES}/debian-12/base.qcow2"
+boot = "kernel"
+kernel = "{IMAGES}/debian-12/vmlinuz"
+initrd = "{IMAGES}/debian-12/initrd.img"
+cmdline = "root=/dev/vda rw console=ttyS0"
+cpus = 4
+memory = "6G"
+"""
 KEY = "/etc/solstice/secrets.key"
 BACKUP = ".pipeline-test-backup"
 
 SECRET = "canary-5d2f-pipeline-secret"
-#: The jobs' size (set by `solstice submit` from the submitting host's [vm]) and the dispatcher's knobs.
+#: The jobs' size (the dispatcher's host's [vm]: submit asks for none) and the dispatcher's knobs.
 VM_CPUS = 2
 VM_MEMORY_MIB = 1024
 MEMORY_OVERHEAD_MIB = 384
@@ -321,7 +342,7 @@ def config_text(token: str, broker: BrokerConfig, database_url: str, key_file: s
         f'url = "{database_url}"',
         "[dispatcher]",
         f'host = "{token}"',
-        'labels = ["debian-12"]',
+        f'labels = ["debian-12", "{BIG_LABEL}"]',
         'spawner = "systemd"',
         f"capacity = {CAPACITY}",
         f'memory_overhead = "{MEMORY_OVERHEAD_MIB}M"',
@@ -336,7 +357,8 @@ def config_text(token: str, broker: BrokerConfig, database_url: str, key_file: s
 
 def delete_broker_objects(broker: BrokerConfig, token: str) -> None:
     names = Names(broker)
-    queues = {broker.dead_letter_queue, names.job_queue("debian-12"), names.control_queue(token)}
+    queues = {broker.dead_letter_queue, names.control_queue(token)}
+    queues |= {names.job_queue("debian-12"), names.job_queue(BIG_LABEL)}
     exchanges = {broker.jobs_exchange, broker.events_exchange, broker.control_exchange}
     exchanges.add(broker.dead_letter_exchange)
     for what, found in (("list_queues", queues), ("list_exchanges", exchanges)):
@@ -428,10 +450,19 @@ def pipeline(installed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> It
         replace_in_container(testbed, KEY, key_file.read_text(), "root:root", "0600")
 
         host_config = workdir / "solstice.toml"
-        host_config.write_text(config_text(token, broker, database_url, str(key_file)))
+        # submit resolves the label here too (so a bad one fails before anything is published)
+        host_config.write_text(config_text(token, broker, database_url, str(key_file)) + BIG_IMAGE)
         cleanup.callback(restore_in_container, testbed, CONFIG)
         replace_in_container(
             testbed, CONFIG, config_text(token, broker, database_url, None), "root:solstice", "0640"
+        )
+        cleanup.callback(restore_in_container, testbed, DISPATCHER_CONFIG)
+        replace_in_container(
+            testbed,
+            DISPATCHER_CONFIG,
+            config_text(token, broker, database_url, None) + BIG_IMAGE,
+            "root:solstice",
+            "0640",
         )
 
         cleanup.callback(retrying, lambda: delete_broker_objects(broker, token))
@@ -455,8 +486,9 @@ def pipeline(installed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> It
         def stop_dispatcher() -> None:
             testbed.run("systemctl", "stop", DISPATCHER, check=False, timeout=60)
             testbed.run("systemctl", "reset-failed", DISPATCHER, check=False)
-            testbed.run("rm", "-f", DROPIN)
-            testbed.run("rmdir", "--ignore-fail-on-non-empty", str(Path(DROPIN).parent), check=False)
+            for dropin in (DROPIN, JOB_DROPIN):
+                testbed.run("rm", "-f", dropin)
+                testbed.run("rmdir", "--ignore-fail-on-non-empty", str(Path(dropin).parent), check=False)
             testbed.run("systemctl", "daemon-reload")
 
         cleanup.callback(stop_dispatcher)
@@ -464,9 +496,14 @@ def pipeline(installed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> It
             DROPIN,
             "[Service]\n"
             "Restart=no\n"
+            "ExecStart=\n"
+            f"ExecStart=/usr/bin/solstice --config {DISPATCHER_CONFIG} dispatcher\n"
             "# The dispatcher's RuntimeMaxSec = timeout-minutes * 60 + this + runtime_margin.\n"
             f"Environment=SOLSTICE_VM_BOOT_TIMEOUT={DISPATCHER_BOOT_TIMEOUT}\n",
         )
+        # ... which the job units get too (--setenv); a drop-in (applied after the transient
+        # unit's own settings) gives the jobs their real boot timeout back.
+        testbed.write(JOB_DROPIN, "[Service]\nEnvironment=SOLSTICE_VM_BOOT_TIMEOUT=400\n")
         testbed.run("systemctl", "daemon-reload")
         # Type=notify: returns once the dispatcher consumes (READY=1).
         start = testbed.run("systemctl", "start", DISPATCHER, check=False, timeout=90)
@@ -497,7 +534,8 @@ def test_a_submitted_job_runs_as_its_unit_with_its_limits(pipeline: Pipeline) ->
     assert f"{unit} - Solstice CI job {job_id}" in status, status
     assert "Active: active (running)" in status, status
     assert "Until:" in status, status  # its RuntimeMaxSec deadline
-    assert f"-m solstice job run {job_id}" in status, status  # /usr/bin/solstice execs python
+    # /usr/bin/solstice execs python; the dispatcher's --config comes along.
+    assert f"-m solstice job run --config {DISPATCHER_CONFIG} {job_id}" in status, status
     assert f'Status: "job {job_id}: step 1 Sleep a little"' in status, status
     assert "qemu-system-x86_64" in status, status  # the guest is a process of the job's unit
     # As the dispatcher documents them: MemoryMax = the VM's memory + memory_overhead, CPUQuota =
@@ -531,8 +569,7 @@ def test_a_submitted_job_runs_as_its_unit_with_its_limits(pipeline: Pipeline) ->
     assert SECRET not in journal
 
     record = pipeline.wait_record(job_id, "succeeded")
-    size = record.job_request().size
-    assert (size.cpus, size.memory_mib) == (VM_CPUS, VM_MEMORY_MIB)
+    assert record.job_request().size == Size()  # submit asks for no size; the host's [vm] decides
     assert (record.host, record.unit) == (pipeline.token, unit)
     shown = testbed.run("solstice", "status", job_id).stdout  # reads /etc/solstice/solstice.toml
     assert re.search(r"^state:\s+succeeded$", shown, re.M), shown
@@ -540,6 +577,39 @@ def test_a_submitted_job_runs_as_its_unit_with_its_limits(pipeline: Pipeline) ->
     assert f"journalctl -u {unit}" in shown, shown
     # Exit 0: systemd unloads the unit at once.
     wait_until(f"{unit} to be unloaded", lambda: not pipeline.unit_loaded(unit), 20)
+
+
+BIG_WORKFLOW = f"""
+name: pipeline
+on: push
+jobs:
+  big:
+    runs-on: {BIG_LABEL}
+    timeout-minutes: 10
+    steps:
+      - run: echo never reached
+"""
+
+
+def test_an_images_size_sets_the_units_limits_and_the_vm(pipeline: Pipeline) -> None:
+    """One machine plan: the image's 4 CPUs / 6 GiB are the unit's limits (the dispatcher) and
+    QEMU's -smp/-m (the job, which read the dispatcher's --config file: only it has the image)."""
+    testbed = pipeline.testbed
+    submission = pipeline.submit("big", BIG_WORKFLOW)
+    job_id, unit = pipeline.started(submission)
+    limits = testbed.show(unit, "MemoryMax", "CPUQuotaPerSecUSec", "ExecStart")
+    assert limits["MemoryMax"] == str((6144 + MEMORY_OVERHEAD_MIB) * 1024 * 1024), limits
+    assert limits["CPUQuotaPerSecUSec"] == "4s", limits
+    assert f"job run --config {DISPATCHER_CONFIG} {job_id} " in limits["ExecStart"] + " ", limits
+    booting = f"Booting {BIG_LABEL} (tcg, 4 CPUs, 6144 MiB)"
+    wait_until(booting, lambda: booting in testbed.journal(unit), 60)
+    qemu = wait_until("QEMU", lambda: pipeline.vm_processes(job_id), 60)
+    assert " -smp 4 " in f" {qemu[0]} " and " -m 6144M " in f" {qemu[0]} ", qemu
+    # No need to wait for the boot: cancel it (Ctrl-C of submit cancels its jobs).
+    submission.proc.send_signal(signal.SIGINT)
+    assert submission.wait(120) == 130, submission.text()
+    wait_until("the VM to be gone", lambda: not pipeline.vm_processes(job_id), 30)
+    pipeline.wait_record(job_id, "cancelled")
 
 
 def test_systemctl_kill_mid_step_ends_the_job_as_error(pipeline: Pipeline) -> None:

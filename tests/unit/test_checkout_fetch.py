@@ -17,14 +17,12 @@ import pytest
 from solstice import expr
 from solstice.errors import InfraError
 from solstice.forges.forgejo.client import Client, Credentials
-from solstice.images import Image
 from solstice.job import checkout
 from solstice.job.checkout import CheckoutError, fetch_commit, pack_tree
 from solstice.job.runner import GuestPaths, JobRun, JobSettings
 from solstice.model import JobEvent, JobRequest, JobSpec, Source, Step, StepKind
-from solstice.vm import BootMode
-from solstice.vm.profiles import get_profile
 from tests.fakes.forgejo import FakeForgejo, FakeTask
+from tests.fakes.localguest import stand_in_image
 
 WORKFLOW = """
 on: push
@@ -304,19 +302,7 @@ def job_run(url: str, sha: str, secrets: dict[str, str], token_secret: str, sink
         checkout_source=url,
         secrets=secrets,
     )
-    image = Image(
-        label="debian-12",
-        base_image=Path("/nonexistent.qcow2"),
-        image_format="qcow2",
-        boot=BootMode.KERNEL,
-        kernel=None,
-        initrd=None,
-        cmdline="",
-        profile=get_profile("debian"),
-        cpus=None,
-        memory_mib=None,
-    )
-    return JobRun(request, image, JobSettings(), sink)
+    return JobRun(request, stand_in_image("debian-12"), JobSettings(), sink)
 
 
 def test_github_token_is_the_task_token_and_masked() -> None:

@@ -12,18 +12,20 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from solstice.config import parse_size_mib
+from solstice.config import VMConfig
 from solstice.images import Catalog, Image
 from solstice.job.runner import JobSettings, run_job
 from solstice.model import EventKind, JobEvent, JobRequest, Outcome, Result, Size, Stream
+from solstice.vm.qmp import qmp_command
 from solstice.workflow import parse_workflow
+from tests.fakes.jobsink import Collect
 
 pytestmark = pytest.mark.vm
 
@@ -128,25 +130,14 @@ WORKFLOW = textwrap.dedent(
 )
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.events: list[JobEvent] = []
-        self.lock = threading.Lock()
-
-    def emit(self, event: JobEvent) -> None:
-        with self.lock:
-            self.events.append(event)
-
-
 def settings(runtime: Path, **kw: object) -> JobSettings:
-    return JobSettings(
+    vm = VMConfig(
         accel=os.environ.get("SOLSTICE_VM_ACCEL", "tcg"),
-        cpus=2,
-        memory_mib=parse_size_mib("1G"),
+        memory="1G",
         boot_timeout=float(kw.pop("boot_timeout", 240.0)),  # type: ignore[arg-type]
-        shutdown_timeout=10,
-        runtime_dir=runtime,
+        unresponsive_after=float(kw.pop("unresponsive_after", VMConfig.unresponsive_after)),  # type: ignore[arg-type]
     )
+    return JobSettings(vm=vm, runtime_dir=runtime)
 
 
 def short_dir() -> Path:
@@ -348,6 +339,50 @@ def test_guest_that_never_boots_is_an_infrastructure_error(test_image: Path, run
     assert elapsed < 25 + 30
     assert not _qemu_running(str(runtime))
     assert list((runtime / "jobs").iterdir()) == []
+
+
+#: The guest monitor's bound in the freeze test (the default, [vm] unresponsive_after, is 60 s).
+FREEZE_BOUND = 20.0
+
+
+def test_a_frozen_guest_ends_the_job_as_error(test_image: Path, runtime_dir: Path) -> None:
+    """QMP ``stop`` pauses the vCPUs mid-step: sshd stops answering while the TCP connection to
+    SLIRP stays up. The job must give the guest up within its bound and end ``error``."""
+    catalog = Catalog({}, test_image.parent)
+    image = catalog.get("debian-12")
+    wf = parse_workflow(
+        "on: push\njobs:\n  j:\n    runs-on: debian-12\n    steps:\n"
+        "      - name: hangs\n        run: echo working; sleep 600\n"
+        "      - name: always\n        if: always()\n        run: echo always\n",
+        "x.yml",
+    )
+    request = JobRequest(job_id=str(uuid.uuid4()), job=wf.jobs[0], label="debian-12")
+    qmp = runtime_dir / "jobs" / request.job_id / "qmp.sock"
+    frozen: list[float] = []
+    status: list[str] = []
+
+    def freeze(event: JobEvent) -> None:
+        if event.kind is EventKind.LOG and event.text == "working" and not frozen:
+            qmp_command(qmp, "stop")
+            frozen.append(time.time())
+            status.append(qmp_command(qmp, "query-status")["status"])
+
+    sink = Collect(freeze)
+    result = run_job(request, image, settings(runtime_dir, unresponsive_after=FREEZE_BOUND), sink)
+    assert frozen and status == ["paused"], [e.text for e in sink.events]
+    assert result is Result.ERROR
+    final = sink.events[-1]
+    assert final.kind is EventKind.JOB_FINISHED and final.result is Result.ERROR
+    assert "the guest stopped responding" in final.message, final.message
+    assert "Last console lines" in final.message
+    # The bound counts from the last answer, up to one probe interval (5 s) before the freeze;
+    # then QMP quit of the paused QEMU and the unwind.
+    elapsed = final.time - frozen[0]
+    assert FREEZE_BOUND - 5 <= elapsed < FREEZE_BOUND + 15, elapsed
+    started = [e for e in sink.events if e.kind is EventKind.STEP_STARTED]
+    assert [e.text for e in started] == ["hangs"]  # the job ends at once: no always() step
+    assert not _qemu_running(str(runtime_dir))
+    assert list((runtime_dir / "jobs").iterdir()) == []
 
 
 def test_solstice_run_builtin_example(test_image: Path, tmp_path: Path, runtime_dir: Path) -> None:

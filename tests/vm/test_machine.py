@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from solstice.errors import BootTimeout
+from solstice.errors import BootTimeout, GuestConnectionLost
 from solstice.model.core import Phase
 from solstice.vm import BootMode, Guest, MachineSpec, get_profile, machine, start_machine
 from solstice.vm.ports import PortLease, allocate_port, try_lease
+from solstice.vm.qmp import qmp_command
 
 pytestmark = pytest.mark.vm
 
@@ -205,13 +206,53 @@ def test_stop_event_ends_a_long_command_and_a_second_channel_works(booted: Boote
     run(g, "kill $(cat /tmp/long.pid) 2>/dev/null || true")
 
 
+def test_probe_needs_running_vcpus_and_disconnect_ends_a_waiting_command(booted: Booted) -> None:
+    """The guest monitor's two tools (solstice.job.liveness). Last before the unwind: it drops
+    the connection."""
+    g = booted.guest
+    qmp = booted.workdir / "qmp.sock"
+    g.probe()  # answered at once while the guest runs
+    answered = threading.Event()
+
+    def probe() -> None:
+        g.probe()
+        answered.set()
+
+    qmp_command(qmp, "stop")  # vCPUs paused: sshd cannot answer, the TCP connection stays up
+    try:
+        threading.Thread(target=probe, daemon=True).start()
+        assert not answered.wait(3.0)
+    finally:
+        qmp_command(qmp, "cont")
+    assert answered.wait(30.0)  # the answer comes once the guest runs again
+    errors: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            run(g, "sleep 600")
+        except GuestConnectionLost as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=waiting)
+    t.start()
+    time.sleep(1.0)
+    g.disconnect()
+    t.join(10)
+    assert not t.is_alive() and len(errors) == 1
+    with pytest.raises(GuestConnectionLost):
+        run(g, "true")
+
+
 def test_nothing_left_after_unwind(booted: Booted) -> None:
     port = booted.guest.port
     assert qemu_pids("solstice-test-machine")
     assert try_lease(booted.ports_dir, port) is None  # held while the VM runs
     start = time.monotonic()
     booted.stack.close()
-    print(f"teardown: {time.monotonic() - start:.1f} s")
+    teardown = time.monotonic() - start
+    print(f"teardown: {teardown:.1f} s")
+    # A job's VM gets QMP quit at once (no powerdown wait, though shutdown_timeout is 5 s here).
+    assert teardown < 3.0
     assert qemu_pids("solstice-test-machine") == []
     assert list(booted.workdir.iterdir()) == []
     assert list(booted.ports_dir.iterdir()) == []

@@ -1,7 +1,7 @@
 """A stand-in for ``solstice job run UUID`` that boots no VM, for the dispatcher's tests.
 
 It honours the job process's contract (solstice.dispatch.contract): reads the request the same
-way (solstice.cli.job.read_request), sends its events through the same sink (ServiceSink: batched
+way (solstice.job.service.read_request), sends its events through the same sink (ServiceSink: batched
 to RabbitMQ at reply_to, human lines on stdout), treats SIGTERM as cancellation, and exits 0/1/3/4
 after its final event. What it does comes from the job's env ``FAKE``:
 
@@ -34,11 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from solstice.cli.job import ServiceSink, UsageError, load_config, read_request  # noqa: E402
 from solstice.dispatch.contract import EXIT_USAGE, RESULT_EXIT  # noqa: E402
 from solstice.job.events import Emitter  # noqa: E402
 from solstice.job.mask import Masker  # noqa: E402
+from solstice.job.service import UsageError, load_config, read_request  # noqa: E402
+from solstice.job.sink import ServiceSink  # noqa: E402
 from solstice.model import Outcome, Result  # noqa: E402
+from solstice.queue import BatchingEventSink, decode_request  # noqa: E402
 
 
 def main() -> int:
@@ -51,7 +53,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: cancel.set())
     try:
         cfg = load_config(args.config or os.environ.get("SOLSTICE_CONFIG"))
-        request = read_request(args.job_id, args.request, cfg)
+        request = read_request(args.job_id, args.request, cfg, decode_request)
     except UsageError as exc:
         print(f"fake job: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -62,7 +64,7 @@ def main() -> int:
     mode, _, arg = str(request.job.env.get("FAKE", "ok")).partition(":")
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sink = ServiceSink(request, cfg)
+    sink = ServiceSink(request, BatchingEventSink.for_request(cfg.broker, request))
     masked = [] if mode == "leak" else list(request.secrets.values())
     emit = Emitter(request.job_id, sink, Masker(masked))
     emit.job_started(request.job.name)

@@ -1,0 +1,55 @@
+"""The one place that decides a job VM's size: the dispatcher sets the unit's cgroup limits from it
+and the job process boots QEMU with it, from the same inputs (the request, the label's image, the
+host's ``[vm]``), so the two cannot disagree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from solstice.config import ImageConfig, VMConfig, parse_size_gib, parse_size_mib
+from solstice.errors import ConfigError
+from solstice.images.catalog import Image
+from solstice.model import Size
+
+
+@dataclass(frozen=True)
+class MachinePlan:
+    cpus: int
+    memory_mib: int
+    disk_gib: int | None  # None: the overlay keeps the base image's size
+
+    def describe(self) -> str:
+        return f"{self.cpus} CPUs, {self.memory_mib} MiB" + (
+            f", {self.disk_gib} GiB disk" if self.disk_gib is not None else ""
+        )
+
+
+def requested_size(cpus: int | None, memory: str | None) -> Size:
+    """--cpus/--memory as the request's size; what is not given stays unset (the image's default
+    size, then [vm], decide it: solstice.images.plan)."""
+    if cpus is not None and cpus < 1:
+        raise ConfigError(f"--cpus {cpus}: must be at least 1")
+    try:
+        memory_mib = parse_size_mib(memory) if memory else None
+    except ValueError as exc:
+        raise ConfigError(f"--memory: {exc}") from None
+    return Size(cpus=cpus, memory_mib=memory_mib)
+
+
+def _image_size(image: Image | ImageConfig) -> Size:
+    if isinstance(image, Image):
+        return Size(image.cpus, image.memory_mib, image.disk_gib)
+    return Size(
+        image.cpus,
+        parse_size_mib(image.memory) if image.memory else None,
+        parse_size_gib(image.disk) if image.disk else None,
+    )
+
+
+def plan_machine(size: Size, image: Image | ImageConfig, vm: VMConfig) -> MachinePlan:
+    """Each of cpus, memory, disk: the request's (the job's or the command line's) if set, else the
+    image's default, else ``[vm]`` (which has no disk size: the base image's is kept)."""
+    default = _image_size(image)
+    cpus = size.cpus or default.cpus or vm.cpus
+    memory = size.memory_mib or default.memory_mib or parse_size_mib(vm.memory)
+    return MachinePlan(cpus=cpus, memory_mib=memory, disk_gib=size.disk_gib or default.disk_gib)

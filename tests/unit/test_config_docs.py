@@ -1,0 +1,35 @@
+"""docs/configuration.md documents every table and key of solstice.config."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from solstice import config
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+def documented() -> dict[str, set[str]]:
+    """Each ``## `[table]` `` section's keys: the first column of its tables (``key``, ``a``, ``b``)."""
+    keys: dict[str, set[str]] = {}
+    table = ""
+    for line in DOC.read_text().splitlines():
+        heading = re.match(r"## `\[([a-z]+)", line)
+        if heading:
+            table = heading.group(1)
+            keys[table] = set()
+        elif table and line.startswith("| `"):
+            keys[table].update(re.findall(r"`([a-z_]+)`", line.split("|")[1]))
+    return keys
+
+
+def test_every_key_is_documented_in_its_table() -> None:
+    doc = documented()
+    tables = {**config._SECTIONS, "images": config.ImageConfig}
+    for name, cls in tables.items():
+        fields = {f.name for f in dataclasses.fields(cls)} - {"label"}  # the table's name
+        assert name in doc, f"no section for [{name}]"
+        assert fields - doc[name] == set(), f"[{name}] keys missing from configuration.md"
+        assert doc[name] - fields == set(), f"[{name}] documents keys that do not exist"
