@@ -361,3 +361,22 @@ def test_an_invalid_session_is_recreated(pipeline: Pipeline, fake: FakeGitHub) -
     (job,) = fake.enqueue(workflow("ok"))
     assert wait_completed(fake, job, 60, proc).completed is not None
     proc.terminate()
+
+
+def test_a_broker_migration_moves_the_long_poll(pipeline: Pipeline, fake: FakeGitHub) -> None:
+    proc = start_all(pipeline, fake)
+    with fake.lock:
+        (r,) = fake.runners.values()
+    fake.send(r.id, "BrokerMigration", {"brokerBaseUrl": f"{fake.url}/broker-v2"})
+
+    def polls_moved() -> bool:
+        with fake.lock:
+            return any(x.path == "/broker-v2/message" for x in fake.requests)
+
+    wait_until("the long-poll at the new broker", polls_moved, 20)
+    (job,) = fake.enqueue(workflow("ok"))
+    assert wait_completed(fake, job, 60, proc).completed is not None
+    with fake.lock:
+        acks = [x.path for x in fake.requests if x.path.endswith("/acknowledge")]
+    assert acks == ["/broker-v2/acknowledge"]
+    proc.terminate()
