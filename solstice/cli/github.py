@@ -193,12 +193,21 @@ def run(cfg: configmod.Config, args: argparse.Namespace) -> int:
 
     # a fatal error stops at once (jobs keep running; a restart resumes them); the one job of an
     # ephemeral/JIT runner, once it is fully reported
-    backend, gone = serve(
-        cfg,
-        args,
-        "github",
-        stop_when=lambda b, p: b.fatal is not None or (b.should_stop() and not p.tasks),
-    )
+    from solstice.forges.github.errors import VersionTooOld
+
+    try:
+        backend, gone = serve(
+            cfg,
+            args,
+            "github",
+            stop_when=lambda b, p: b.fatal is not None or (b.should_stop() and not p.tasks),
+        )
+    except VersionTooOld as exc:  # refused already when opening the session
+        print(f"solstice: error: {exc}", file=sys.stderr)
+        print(
+            f"  ({exc.hint or 'set [github] runner_version to a current runner release'})", file=sys.stderr
+        )
+        return EXIT_CONFIG
     if gone is not None:
         print(f"solstice: error: GitHub no longer knows runner {backend.name!r}: {gone}", file=sys.stderr)
         print(
