@@ -20,7 +20,7 @@ from solstice.backoff import Backoff
 from solstice.forges.core.errors import ForgeError, ForgeUnavailable, RegistrationGone
 
 from . import messages as m
-from .client import RunnerClient, owner_name
+from .client import RunnerClient
 from .errors import SessionInvalid, VersionTooOld
 
 log = logging.getLogger("solstice.github")
@@ -102,4 +102,4 @@ class Listener:
                 self.stopping.wait(delay)
 
 
-__all__ = ["Listener", "owner_name"]
+__all__ = ["Listener"]
