@@ -12,21 +12,27 @@ evaluates them at run time, like any workflow value:
 * ``environmentVariables`` (workflow, then job ``env:``) and ``defaults`` -> the job's env/defaults;
 * ``contextData`` github/vars/needs/inputs/matrix -> contexts, secret variables -> sealed secrets.
 
+The steps, env, defaults and outputs are written back as a one-job workflow document and built by
+``solstice.workflow.parse_workflow`` (with the server's matrix combination), so a GitHub job gets the
+same checks and the same ``JobSpec`` as a workflow file; its problems refuse the job.
+
 The message does not say which ``runs-on`` label matched (the broker matched it), so the job goes to
 the queue of the runner's one image label (registration allows exactly one).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from solstice.model import JobRequest, JobSpec, Source, Step, StepKind
+from solstice.model import JobRequest, Source
 from solstice.model.masking import mask_values
 from solstice.secrets import seal
-from solstice.workflow import check_shell, matrix_suffix
+from solstice.workflow import WorkflowProblems, parse_workflow
 
 from . import messages as m
 from .templates import Directive, Expression
@@ -121,39 +127,62 @@ def _name(step: m.JobStep, number: int) -> str:
     return step.reference.name or f"step {number}"
 
 
-def _step(step: m.JobStep, number: int) -> Step:
+def _step(step: m.JobStep, number: int) -> dict[str, Any]:
+    """One step as workflow YAML (a mapping), for solstice.workflow to check and build."""
     where = f"step {number}"
-    common: dict[str, Any] = {
-        "number": number,
-        "name": _name(step, number),
-        "id": step.context_name or None,
-        "env": _text_map(step.environment, f"{where}.env"),
-        "if_": step.condition,
-        "continue_on_error": _flag(step.continue_on_error, f"{where}.continue-on-error"),
-        "timeout_minutes": _minutes(step.timeout_in_minutes, f"{where}.timeout-minutes"),
-    }
+    out: dict[str, Any] = {"name": _name(step, number)}
+    if step.context_name:
+        out["id"] = step.context_name  # the server's generated ids (__run, __run_2) are valid ids
+    if step.condition.strip() != "success()":
+        out["if"] = step.condition
+    if step.environment:
+        out["env"] = _text_map(step.environment, f"{where}.env")
+    if step.continue_on_error not in (None, False):
+        out["continue-on-error"] = _flag(step.continue_on_error, f"{where}.continue-on-error")
+    minutes = _minutes(step.timeout_in_minutes, f"{where}.timeout-minutes")
+    if minutes is not None:
+        out["timeout-minutes"] = minutes
     if step.is_script:
         inputs = step.inputs
-        shell = as_text(inputs.get("shell"), f"{where}.shell") or None
-        problem = check_shell(shell) if shell else None
-        if problem:
-            raise _Unsupported(f"{where}: {problem}")
-        wd = as_text(inputs.get("workingDirectory"), f"{where}.working-directory") or None
-        return Step(
-            kind=StepKind.RUN,
-            run=as_text(inputs.get("script"), f"{where}.run"),
-            shell=shell,
-            working_directory=wd,
-            **common,
-        )
+        out["run"] = as_text(inputs.get("script"), f"{where}.run")
+        for key, yaml_key in (("shell", "shell"), ("workingDirectory", "working-directory")):
+            value = as_text(inputs.get(key), f"{where}.{yaml_key}")
+            if value:
+                out[yaml_key] = value
+        return out
     ref = step.reference
     if ref.type.lower() == "repository" and ref.name.lower() in CHECKOUT_ACTIONS and not ref.path:
-        return Step(kind=StepKind.CHECKOUT, with_=_text_map(step.inputs, f"{where}.with"), **common)
+        out["uses"] = f"{ref.name}@{ref.ref or 'v4'}"
+        if step.inputs:
+            out["with"] = _text_map(step.inputs, f"{where}.with")
+        return out
     action = f"{ref.name}{'/' + ref.path if ref.path else ''}@{ref.ref}" if ref.name else ref.type
     raise _Unsupported(
         f"{where} ({_name(step, number)}): uses: {action} is not supported; Solstice runs `run:` "
         "steps and actions/checkout only"
     )
+
+
+def workflow_text(job: m.AgentJobRequestMessage, key: str, name: str, label: str) -> str:
+    """The job as a one-job workflow (JSON, which is YAML) for ``solstice.workflow.parse_workflow``:
+    the same checks and JobSpec as a workflow file gets. Raises _Unsupported."""
+    env: dict[str, str] = {}
+    for layer in job.environment_variables:  # workflow env, then the job's (§6.2)
+        env.update(_text_map(layer, "env"))
+    run_defaults: dict[str, str] = {}
+    for d in job.defaults:  # workflow defaults, then the job's
+        run = d.get("run")
+        if isinstance(run, Mapping):
+            run_defaults.update(_text_map(run, "defaults.run"))
+    node: dict[str, Any] = {"name": name, "runs-on": label}
+    if env:
+        node["env"] = env
+    if run_defaults:
+        node["defaults"] = {"run": run_defaults}
+    if job.job_outputs:
+        node["outputs"] = _text_map(job.job_outputs, "outputs")
+    node["steps"] = [_step(s, i) for i, s in enumerate(job.steps, 1)]
+    return json.dumps({"on": "push", "jobs": {key: node}}, indent=1)
 
 
 def translate(
@@ -165,24 +194,6 @@ def translate(
     reply_to: str,
 ) -> Translated | Refused:
     steps_info = tuple(StepInfo(s.id, _name(s, i)) for i, s in enumerate(job.steps, 1))
-    defaults: dict[str, Any] = {}
-    for d in job.defaults:  # workflow defaults, then the job's (§6.2)
-        run = d.get("run")
-        if isinstance(run, Mapping):
-            defaults.update(run)
-    try:
-        run_shell = as_text(defaults.get("shell"), "defaults.run.shell") or None
-        if run_shell and check_shell(run_shell):
-            raise _Unsupported(f"defaults.run.shell: {check_shell(run_shell)}")
-        steps = tuple(_step(s, i) for i, s in enumerate(job.steps, 1))
-        env: dict[str, str] = {}
-        for layer in job.environment_variables:
-            env.update(_text_map(layer, "env"))
-        outputs = _text_map(job.job_outputs, "outputs")
-        working_directory = as_text(defaults.get("working-directory"), "defaults.run.working-directory")
-    except _Unsupported as exc:
-        return Refused(str(exc), ("Nothing ran; no machine was started for this job.",), steps_info)
-
     ctx = job.context_data
     github = dict(ctx.get("github") or {})
     matrix = ctx.get("matrix") or {}
@@ -200,20 +211,22 @@ def translate(
         secrets.setdefault(CHECKOUT_TOKEN_SECRET, token)
     repository = str(github.get("repository") or "")
     server = str(github.get("server_url") or "").rstrip("/")
-    name = job.job_display_name or str(github.get("job") or job.job_name)
-    spec = JobSpec(
-        key=str(github.get("job") or job.job_name),
-        name=name if not matrix or "(" in name else name + matrix_suffix(matrix),
-        runs_on=(label,),
-        steps=steps,
-        env=env,
-        shell=run_shell,
-        working_directory=working_directory or None,
-        matrix=dict(matrix) if isinstance(matrix, dict) else {},
-        outputs=outputs,
-        workflow_name=str(github.get("workflow") or ""),
-        workflow_file=job.file_table[0] if job.file_table else "",
-    )
+    key = str(github.get("job") or job.job_name)
+    name = job.job_display_name or key
+    file = job.file_table[0] if job.file_table else ".github/workflows/workflow.yml"
+    combo = dict(matrix) if isinstance(matrix, dict) else {}
+    try:
+        wf = parse_workflow(workflow_text(job, key, name, label), file, job=key, github=github, matrix=combo)
+    except _Unsupported as exc:
+        return Refused(str(exc), ("Nothing ran; no machine was started for this job.",), steps_info)
+    except WorkflowProblems as exc:
+        problems = [p.message for p in exc.entries]
+        more = f" (and {len(problems) - 1} more below)" if len(problems) > 1 else ""
+        return Refused(problems[0] + more, tuple(problems[1:]), steps_info)
+    built = wf.jobs[0]
+    # lines of the generated document mean nothing to the user: no line, as for a server's job
+    steps = tuple(dataclasses.replace(st, line=0) for st in built.steps)
+    spec = dataclasses.replace(built, steps=steps, line=0, workflow_name=str(github.get("workflow") or ""))
     request = JobRequest(
         job_id=job_uuid(github_url, job.job_id),
         job=spec,
