@@ -21,7 +21,7 @@ from pathlib import Path
 import paramiko
 
 from solstice import proc
-from solstice.errors import BootTimeout, PortForwardError, VMError
+from solstice.errors import BootTimeout, GuestConnectionLost, PortForwardError, VMError
 from solstice.model.core import Phase
 from solstice.vm import ssh
 from solstice.vm.argv import BootMode, QemuArgs, qemu_argv
@@ -137,6 +137,10 @@ class Guest:
             stop=stop,
             stop_grace=stop_grace,
         )
+
+    def open_files(self) -> None:
+        """Start the SFTP session that put/get/make_dirs use (see ssh.SFTP.open)."""
+        self._sftp.open()
 
     def put(self, path: str, data: bytes, mode: int) -> None:
         self._sftp.put(path, data, mode)
@@ -362,6 +366,14 @@ def start_machine(
         shutdown.powerdown_timeout = spec.shutdown_timeout  # up now: it can power down politely
     guest = Guest(transport, port, console, spec.profile, keypair, shutdown)
     stack.callback(guest.close)
+    try:
+        guest.open_files()
+    except GuestConnectionLost as exc:
+        raise VMError(
+            f"the guest answered SSH but its SFTP subsystem did not start ({exc})",
+            hint="Solstice moves step scripts and files with SFTP: the image's sshd_config needs a "
+            "'Subsystem sftp' line",
+        ) from None
     log.info("guest ready on 127.0.0.1:%d after %.1f s", port, time.monotonic() - started)
     phase(Phase.READY)
     return guest

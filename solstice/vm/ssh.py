@@ -252,6 +252,12 @@ class SFTP:
                     raise _lost(what, exc) from exc
                 raise
 
+    def open(self) -> None:
+        """Start the session now (the guest's sftp-server): part of the guest being ready, since
+        every step needs it, and a guest without one is better refused at boot than mid-job."""
+        with self._call("starting SFTP"):
+            pass
+
     def put(self, path: str, data: bytes, mode: int) -> None:
         """Write ``data`` to ``path``, then chmod it: the mode of a new file depends on the
         server's umask, so it is set explicitly."""
