@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from solstice import config as configmod
+from solstice.cli.poller import start_hint
 from solstice.errors import ConfigError, SolsticeError
 
 log = logging.getLogger("solstice.forgejo")
@@ -108,13 +109,6 @@ def parse_labels(text: str) -> list[str]:
     return labels
 
 
-def start_hint(systemd_dir: Path = Path("/run/systemd/system")) -> str:
-    """How to start the runner on this host: the unit where systemd runs, else the command."""
-    if systemd_dir.is_dir():
-        return "start the service: systemctl enable --now solstice-forgejo-runner"
-    return "start the runner: solstice forgejo-runner run  (systemd is not running on this host)"
-
-
 def register(cfg: configmod.Config, args: argparse.Namespace) -> int:
     from solstice.forges.core import ForgeUnavailable
     from solstice.forges.forgejo.backend import VERSION
@@ -161,7 +155,7 @@ def register(cfg: configmod.Config, args: argparse.Namespace) -> int:
     print(f"registered runner {reg.name!r} (id {reg.id}) with {url}")
     print(f"labels: {', '.join(labels)}")
     print(f"credentials: {path} (mode 0600)")
-    print(start_hint())
+    print(start_hint("forgejo-runner", cfg.path))
     return 0
 
 

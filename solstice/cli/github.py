@@ -25,6 +25,7 @@ from solstice.cli.forgejo import (
     _read_token,
     parse_labels,
 )
+from solstice.cli.poller import start_hint
 from solstice.errors import ConfigError, SolsticeError
 
 log = logging.getLogger("solstice.github")
@@ -83,12 +84,6 @@ def _path(cfg: configmod.Config) -> Path:
     from solstice.forges.github.registration import default_path
 
     return default_path(cfg.paths.state_dir)
-
-
-def start_hint(systemd_dir: Path = Path("/run/systemd/system")) -> str:
-    if systemd_dir.is_dir():
-        return "start the service: systemctl enable --now solstice-github-runner"
-    return "start the runner: solstice github-runner run  (systemd is not running on this host)"
 
 
 def _read_jitconfig(value: str) -> str:
@@ -163,7 +158,7 @@ def register(cfg: configmod.Config, args: argparse.Namespace) -> int:
     )
     print(f"labels: {', '.join(labels)}; {kind}")
     print(f"credentials: {path} (mode 0600)")
-    print(start_hint())
+    print(start_hint("github-runner", cfg.path))
     return 0
 
 

@@ -8,11 +8,29 @@ import logging
 import signal
 import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from solstice import config as configmod
 
 log = logging.getLogger("solstice.forges")
+
+
+def start_hint(verb: str, config: Path | None, systemd_dir: Path = Path("/run/systemd/system")) -> str:
+    """How to start the runner ``verb`` (``forgejo-runner``, ``github-runner``) after ``register``:
+    the unit where systemd runs, else the command, with the configuration file it was registered
+    with (a runner started without it would look for its registration elsewhere)."""
+    custom = config is not None and config != configmod.DEFAULT_PATH
+    if systemd_dir.is_dir():
+        hint = f"start the service: systemctl enable --now solstice-{verb}"
+        if custom:
+            hint += (
+                f"\n  (the unit reads {configmod.DEFAULT_PATH}; if that is not {config}, give it "
+                f"`--config {config}` with a drop-in: docs/systemd.md)"
+            )
+        return hint
+    option = f" --config {config}" if custom else ""
+    return f"start the runner: solstice{option} {verb} run  (systemd is not running on this host)"
 
 
 def serve(

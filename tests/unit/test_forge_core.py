@@ -251,8 +251,18 @@ def test_the_poller_imports_no_vm_images_or_job() -> None:
 
 
 def test_register_says_how_to_start_the_runner_on_this_host(tmp_path: Path) -> None:
-    from solstice.cli.forgejo import start_hint
+    from solstice.cli.poller import start_hint
+    from solstice.config import DEFAULT_PATH
 
-    assert "systemctl enable --now solstice-forgejo-runner" in start_hint(tmp_path)  # systemd runs
-    hint = start_hint(tmp_path / "absent")
+    # systemd runs
+    assert start_hint("forgejo-runner", None, tmp_path) == (
+        "start the service: systemctl enable --now solstice-forgejo-runner"
+    )
+    assert start_hint("github-runner", DEFAULT_PATH, tmp_path).endswith("solstice-github-runner")
+    custom = start_hint("github-runner", Path("/srv/ci.toml"), tmp_path)
+    assert "solstice-github-runner" in custom and "--config /srv/ci.toml" in custom
+    # no systemd: the command, with the configuration the runner was registered with
+    hint = start_hint("forgejo-runner", None, tmp_path / "absent")
     assert "systemctl" not in hint and "solstice forgejo-runner run" in hint
+    hint = start_hint("github-runner", Path("/srv/ci.toml"), tmp_path / "absent")
+    assert "solstice --config /srv/ci.toml github-runner run" in hint
