@@ -599,8 +599,10 @@ def test_expression_errors_are_reported_with_their_line() -> None:
         """
     )
     assert len(found) == 5, found
-    assert found[0].startswith("wf.yml:6: step 1: `run`: Unrecognized function: 'tojsn'.")
-    assert found[1].startswith("wf.yml:8: step 2: `if:`: Unrecognized function: 'sucess'.")
+    assert found[0].startswith(
+        "wf.yml:6: step 1: `run`: Unrecognized function: 'tojsn' is not supported by Solstice"
+    )
+    assert found[1].startswith("wf.yml:8: step 2: `if:`: Unrecognized function: 'sucess' is not")
     assert found[2].startswith("wf.yml:11: step 3: `env.A`: Unexpected end of expression.")
     assert found[3].startswith("wf.yml:12: step 4: `run`: hashFiles is not supported by Solstice.")
     assert found[4].startswith("wf.yml:13: step 5: `run`: An expression is not closed")
@@ -1144,3 +1146,111 @@ def test_mangled_workflows_raise_only_workflow_errors() -> None:
         except WorkflowError as exc:
             assert all(p.startswith(f"{FILE}:") for p in exc.problems), exc.problems
     assert 0 < translated < 400  # both outcomes were exercised
+
+
+# --- expressions in matrix and runs-on, deferred jobs, inputs (issue 15 §2) ----------------------
+
+GENERATED = FIXTURES / "generate-matrix.yml"
+
+
+def test_a_matrix_from_needs_outputs_is_deferred_until_the_needed_job_ran() -> None:
+    wf = load_workflow(GENERATED)
+    assert [j.key for j in wf.jobs] == ["gen", "test"]
+    assert wf.deferred == {"test": "matrix from needs.gen.outputs.matrix, expanded at run time"}
+    placeholder = wf.jobs[1]
+    assert placeholder.matrix == {} and placeholder.needs == ("gen",)
+
+
+def test_a_deferred_matrix_expands_with_the_needed_jobs_outputs() -> None:
+    from solstice.workflow import deferred
+
+    wf = load_workflow(GENERATED)
+    outputs = {"matrix": '{"os":["a","b"],"include":[{"os":"b","extra":"x"}]}', "image": "debian-12"}
+    jobs = deferred.expand(wf, "test", {"gen": {"result": "success", "outputs": outputs}})
+    assert [dict(j.matrix) for j in jobs] == [{"os": "a"}, {"os": "b", "extra": "x"}]
+    assert [j.name for j in jobs] == ["test (a)", "test (b, x)"]
+    assert {j.runs_on for j in jobs} == {("debian-12",)}
+
+
+def test_a_deferred_matrix_that_is_not_json_blames_the_needed_output() -> None:
+    from solstice.workflow import deferred
+
+    wf = load_workflow(GENERATED)
+    with pytest.raises(WorkflowProblems, match="job `test`: fromJSON"):
+        deferred.expand(wf, "test", {"gen": {"result": "success", "outputs": {"image": "x"}}})
+
+
+def test_runs_on_from_needs_outputs_is_deferred() -> None:
+    wf = parse(
+        """\
+        on: push
+        jobs:
+          pick: {runs-on: debian-12, steps: [{run: "true"}]}
+          use:
+            needs: pick
+            runs-on: ${{ needs.pick.outputs.label }}
+            steps: [{run: "true"}]
+        """
+    )
+    assert wf.deferred == {"use": "runs-on from needs.pick.outputs.label, expanded at run time"}
+
+
+MATRIX_ENTRIES = """\
+    on: push
+    jobs:
+      gen: {runs-on: debian-12, steps: [{run: "true"}]}
+      test:
+        needs: gen
+        runs-on: ${{ matrix.os }}-${{ github.event_name }}-${{ vars.FLAVOUR }}
+        strategy:
+          matrix:
+            os: ["${{ needs.gen.outputs.v }}", fixed]
+            include: ${{ fromJSON(inputs.extra) }}
+            exclude: ${{ fromJSON('[{"os":"fixed"}]') }}
+        steps: [{run: "true"}]
+    """
+
+
+def test_expressions_inside_matrix_entries_and_runs_on_see_needs_vars_inputs_and_github() -> None:
+    contexts = {
+        "needs": {"gen": {"result": "success", "outputs": {"v": "omnios"}}},
+        "vars": {"FLAVOUR": "bloody"},
+        "inputs": {"extra": '[{"os":"omnios","cc":"gcc"}]'},
+    }
+    wf = parse(MATRIX_ENTRIES, github={"event_name": "push"}, contexts=contexts)
+    assert [dict(j.matrix) for j in wf.jobs[1:]] == [{"os": "omnios", "cc": "gcc"}]
+    assert wf.jobs[1].runs_on == ("omnios-push-bloody",)
+    assert wf.deferred == {}
+
+
+WORKFLOW_CALL = """\
+    on:
+      workflow_call:
+        inputs:
+          oses: {type: string, required: true}
+          fast: {type: boolean, default: false}
+      workflow_dispatch:
+        inputs:
+          level: {default: "3"}
+    jobs:
+      test:
+        runs-on: debian-12
+        strategy:
+          matrix:
+            os: ${{ fromJSON(inputs.oses) }}
+        steps: [{run: "echo ${{ inputs.fast }}"}]
+    """
+
+
+def test_a_workflow_call_run_directly_says_where_its_inputs_come_from() -> None:
+    message = one_problem(WORKFLOW_CALL)
+    assert "input `oses` has no value" in message
+    assert "inputs come from the calling workflow" in message
+    assert "solstice run --input oses=VALUE" in message
+    assert "not valid JSON" not in message
+
+
+def test_workflow_inputs_take_defaults_and_given_values_typed_as_declared() -> None:
+    wf = parse(WORKFLOW_CALL, contexts={"inputs": {"oses": '["a","b"]', "fast": "true"}})
+    assert [dict(j.matrix) for j in wf.jobs] == [{"os": "a"}, {"os": "b"}]
+    assert wf.inputs == {"oses": '["a","b"]', "fast": True, "level": "3"}
