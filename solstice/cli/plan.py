@@ -215,11 +215,15 @@ def image_problems(
 
 def main(args: argparse.Namespace) -> int:
     try:
-        workflow = load_workflow(
-            Path(args.workflow), job=args.job, contexts={"inputs": parse_inputs(args.input)}
-        )
         cfg = configmod.load(Path(args.config) if args.config else None)
-        images, problems = image_problems(workflow, Catalog.from_config(cfg), args.image)
+        catalog = Catalog.from_config(cfg)
+        workflow = load_workflow(
+            Path(args.workflow),
+            job=args.job,
+            contexts={"inputs": parse_inputs(args.input)},
+            labels=catalog.labels,
+        )
+        images, problems = image_problems(workflow, catalog, args.image)
         if problems:
             raise WorkflowProblems(problems)
     except WorkflowError as exc:

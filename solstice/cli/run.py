@@ -104,10 +104,14 @@ def main(args: argparse.Namespace) -> int:
     # The checkout is the work tree the workflow lives in (the built-in example checks out the cwd).
     origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
     inputs = parse_inputs(args.input)
-    workflow = load_workflow(
-        workflow_path, job=args.job, github=local_github(origin), contexts={"inputs": inputs}
-    )
     catalog = Catalog.from_config(cfg)
+    workflow = load_workflow(
+        workflow_path,
+        job=args.job,
+        github=local_github(origin),
+        contexts={"inputs": inputs},
+        labels=catalog.labels,
+    )
     secrets = parse_secrets(args.secret)
 
     settings = job_settings(

@@ -125,10 +125,14 @@ def main(args: argparse.Namespace) -> int:
     workflow_path = Path(args.workflow) if args.workflow else builtin_example()
     origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
     inputs = parse_inputs(args.input)
-    workflow = load_workflow(
-        workflow_path, job=args.job, github=local_github(origin), contexts={"inputs": inputs}
-    )
     catalog = Catalog.from_config(cfg)
+    workflow = load_workflow(
+        workflow_path,
+        job=args.job,
+        github=local_github(origin),
+        contexts={"inputs": inputs},
+        labels=catalog.labels,
+    )
     secrets = parse_secrets(args.secret)
     # Unset unless given: the dispatcher's host plans the rest (solstice.images.plan).
     size = size_of(args)

@@ -22,6 +22,7 @@ from solstice.errors import ExpressionError, WorkflowError
 from solstice.model.core import JobSpec, Step, StepKind
 from solstice.workflow import inputs as inputs_mod
 from solstice.workflow import matrix as matrix_mod
+from solstice.workflow import migrate
 from solstice.workflow.loader import LineDict, LineList, LoadError, load
 
 DEFAULT_TIMEOUT_MINUTES = 360
@@ -111,6 +112,7 @@ def load_workflow(
     job: str | None = None,
     github: Mapping[str, Any] | None = None,
     contexts: Mapping[str, Any] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Workflow:
     """Read and translate the workflow file at ``path`` (see ``parse_workflow``)."""
     try:
@@ -118,7 +120,7 @@ def load_workflow(
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise WorkflowProblems([Problem(str(path), 0, f"cannot read the workflow: {reason}")]) from None
-    return parse_workflow(text, str(path), job=job, github=github, contexts=contexts)
+    return parse_workflow(text, str(path), job=job, github=github, contexts=contexts, labels=labels)
 
 
 def parse_workflow(
@@ -129,6 +131,7 @@ def parse_workflow(
     github: Mapping[str, Any] | None = None,
     matrix: Mapping[str, Any] | None = None,
     contexts: Mapping[str, Any] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Workflow:
     """Translate workflow YAML to JobSpecs.
 
@@ -139,10 +142,13 @@ def parse_workflow(
     name jobs that are not in the payload. ``contexts`` holds ``vars``, ``inputs`` (the given
     values, over the workflow's input defaults) and, once the needed jobs ran, ``needs``; without
     ``needs``, jobs whose matrix or ``runs-on`` read it are deferred (``Workflow.deferred``).
+    ``labels`` are this host's image labels, named when a step uses an action that runs its
+    commands in a VM (vmactions, cross-platform-actions); None: not known.
 
     Raises ``WorkflowProblems`` (a ``WorkflowError``) listing every problem found.
     """
     tr = _Translator(file, github or {}, matrix, contexts or {})
+    tr.labels = None if labels is None else list(labels)
     wf = tr.translate(text, job)
     if tr.problems:
         ordered = sorted(tr.problems, key=lambda p: p.line)  # stable: same-line problems keep their order
@@ -266,6 +272,7 @@ class _Translator:
         self.inputs: dict[str, Any] = dict(contexts.get("inputs") or {})
         self.callable = False  # `on: workflow_call`: its inputs come from a calling workflow
         self.deferred: dict[str, str] = {}
+        self.labels: list[str] | None = None  # this host's image labels, for migration hints
         self.problems: list[Problem] = []
         self.multi_job = False
         self.suffix = ""  # " (in job `x`)" while translating a step of a multi-job workflow
@@ -798,7 +805,10 @@ class _Translator:
                 if _CHECKOUT_NO_REF_RE.match(uses_raw.strip()):
                     problem(s.line_of("uses"), "`uses:` needs a version: actions/checkout@v4")
                 else:
-                    problem(s.line_of("uses"), UNSUPPORTED_USES)
+                    problem(
+                        s.line_of("uses"),
+                        migrate.suggestion(uses_raw, s.get("with"), self.labels) or UNSUPPORTED_USES,
+                    )
                 return None
             kind = StepKind.CHECKOUT
             with_ = self.string_map(s.get("with"), s.line_of("with"), f"{label}: ", "with")

@@ -234,3 +234,12 @@ def test_a_workflow_call_planned_directly_asks_for_its_inputs(capsys: pytest.Cap
         ("test (a)", "debian-12"),
         ("test (b)", "debian-12"),
     ]
+
+
+def test_plan_names_this_hosts_labels_for_a_vmactions_step(capsys: pytest.CaptureFixture[str]) -> None:
+    status, doc, _ = plan(capsys, str(FIXTURES / "vmactions.yml"), "--json", "--job", "freebsd")
+    assert status == 1
+    (error,) = doc["errors"]
+    assert error["line"] == 9
+    assert "`runs-on: freebsd-14.1`" in error["message"]
+    assert "labels for freebsd on this host: freebsd-14" in error["message"]

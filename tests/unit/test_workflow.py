@@ -1254,3 +1254,48 @@ def test_workflow_inputs_take_defaults_and_given_values_typed_as_declared() -> N
     wf = parse(WORKFLOW_CALL, contexts={"inputs": {"oses": '["a","b"]', "fast": "true"}})
     assert [dict(j.matrix) for j in wf.jobs] == [{"os": "a"}, {"os": "b"}]
     assert wf.inputs == {"oses": '["a","b"]', "fast": True, "level": "3"}
+
+
+# --- coming from vmactions and cross-platform-actions (issue 15 §4) -------------------------------
+
+VMACTIONS = FIXTURES / "vmactions.yml"
+
+
+def test_vmactions_and_cross_platform_actions_say_what_to_write_instead() -> None:
+    labels = ["debian-12", "freebsd-14", "freebsd-13", "omnios-bloody", "omnios-r151058"]
+    with pytest.raises(WorkflowError) as info:
+        load_workflow(VMACTIONS, labels=labels)
+    freebsd, omnios, openbsd = info.value.problems
+    assert freebsd.startswith(f"{VMACTIONS}:9: step 2 (uses: vmactions/freebsd-vm@v1): ")
+    assert (
+        "write `runs-on: freebsd-14.1` for the job (labels for freebsd on this host: freebsd-14, freebsd-13)"
+        in freebsd
+    )
+    assert "`prepare:` as a `run:` step, then `run:` as a `run:` step" in freebsd
+    assert "`usesh: true` becomes `shell: sh`" in freebsd and "`sync`/`copyback` are not needed" in freebsd
+    assert "runs-on: omnios-<release>" in omnios and "omnios-bloody, omnios-r151058" in omnios
+    assert "freebsd" not in omnios
+    assert "cross-platform-actions/action runs its commands in a VM (openbsd)" in openbsd
+    assert "`runs-on: openbsd-7.5`" in openbsd and "this host has no openbsd image yet" in openbsd
+
+
+def test_without_known_labels_the_migration_message_uses_a_placeholder() -> None:
+    with pytest.raises(WorkflowError) as info:
+        load_workflow(VMACTIONS, job="omnios")
+    (message,) = info.value.problems
+    assert (
+        "write `runs-on: omnios-<release>` for the job (the label of your omnios image in this host's catalog)"
+        in message
+    )
+    assert "Solstice runs only `run:` steps" not in message
+
+
+def test_other_actions_keep_the_plain_message() -> None:
+    message = one_problem(
+        """\
+        on: push
+        jobs:
+          a: {runs-on: x, steps: [{uses: actions/setup-python@v5}]}
+        """
+    )
+    assert message.endswith("Solstice runs only `run:` steps and actions/checkout")
