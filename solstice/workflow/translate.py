@@ -604,7 +604,7 @@ class _Translator:
             if p.startswith("inputs.") and p.split(".")[1] not in given
         ]
         if not missing:
-            return str(exc)
+            return self.needs_hint(exc, texts)
         names = ", ".join(f"`{m}`" for m in missing)
         origin = (
             "this workflow is `on: workflow_call`: its inputs come from the calling workflow"
@@ -615,6 +615,19 @@ class _Translator:
             f"input {names} has no value ({origin}); give it with "
             f"`solstice run --input {missing[0]}=VALUE` (or `solstice submit --input`), or a `default:`"
         )
+
+    def needs_hint(self, exc: ExpressionError, texts: Sequence[str]) -> str:
+        """Name the needed job's output that is empty, the usual cause of a failing generated matrix."""
+        needs = self.contexts.get("needs") or {}
+        for text in texts:
+            for path in _references(text):
+                parts = path.split(".")
+                if len(parts) == 4 and parts[0] == "needs" and parts[2] == "outputs":
+                    job = next((v for k, v in needs.items() if k.lower() == parts[1]), None)
+                    outputs = job.get("outputs") or {} if isinstance(job, Mapping) else {}
+                    if not any(k.lower() == parts[3] and v for k, v in outputs.items()):
+                        return f"`{path}` is empty (job `{parts[1]}` did not set output `{parts[3]}`): {exc}"
+        return str(exc)
 
     def needs(self, j: LineDict, key: str, all_keys: list[str]) -> tuple[str, ...]:
         if "needs" not in j:

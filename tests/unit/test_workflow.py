@@ -1176,7 +1176,10 @@ def test_a_deferred_matrix_that_is_not_json_blames_the_needed_output() -> None:
     from solstice.workflow import deferred
 
     wf = load_workflow(GENERATED)
-    with pytest.raises(WorkflowProblems, match="job `test`: fromJSON"):
+    with pytest.raises(
+        WorkflowProblems,
+        match=r"job `test`: `needs.gen.outputs.matrix` is empty \(job `gen` did not set output `matrix`\)",
+    ):
         deferred.expand(wf, "test", {"gen": {"result": "success", "outputs": {"image": "x"}}})
 
 
