@@ -19,7 +19,7 @@ from solstice.job import checkout
 from solstice.job.runner import JobSettings
 from solstice.model import JobRequest, JobSpec, Result, Size, Source
 from solstice.vm.machine import Guest
-from solstice.workflow import needs_context
+from solstice.workflow import Workflow, load_workflow, needs_context
 
 
 def builtin_example() -> Path:
@@ -76,6 +76,18 @@ def local_github(origin: Origin) -> dict[str, Any]:
         "run_number": "1",
         "run_attempt": "1",
     }
+
+
+def local_workflow(path: Path, origin: Origin, args: argparse.Namespace, labels: Sequence[str]) -> Workflow:
+    """The workflow of ``run``/``submit``: ``--job``, ``--input``, the local github context, and this
+    host's labels for the messages that name them."""
+    return load_workflow(
+        path,
+        job=args.job,
+        github=local_github(origin),
+        contexts={"inputs": parse_inputs(args.input)},
+        labels=labels,
+    )
 
 
 def job_settings(

@@ -15,16 +15,15 @@ from solstice.images.catalog import image_from_directory, image_from_file
 from solstice.job.runner import run_job
 from solstice.model import JobSpec, Result
 from solstice.vm.machine import Guest
-from solstice.workflow import deferred, load_workflow, needs_context, order_jobs, should_run
+from solstice.workflow import deferred, needs_context, order_jobs, should_run
 
 from .common import (
     add_input_argument,
     builtin_example,
     checkout_origin,
     job_settings,
-    local_github,
     local_request,
-    parse_inputs,
+    local_workflow,
     parse_secrets,
 )
 from .render import JobSummary, TerminalSink, summary_table
@@ -103,15 +102,8 @@ def main(args: argparse.Namespace) -> int:
     workflow_path = Path(args.workflow) if args.workflow else builtin_example()
     # The checkout is the work tree the workflow lives in (the built-in example checks out the cwd).
     origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
-    inputs = parse_inputs(args.input)
     catalog = Catalog.from_config(cfg)
-    workflow = load_workflow(
-        workflow_path,
-        job=args.job,
-        github=local_github(origin),
-        contexts={"inputs": inputs},
-        labels=catalog.labels,
-    )
+    workflow = local_workflow(workflow_path, origin, args, catalog.labels)
     secrets = parse_secrets(args.secret)
 
     settings = job_settings(

@@ -26,15 +26,14 @@ from typing import TYPE_CHECKING, TextIO, cast
 from solstice import config as configmod
 from solstice.errors import ConfigError, ImageError, WorkflowError
 from solstice.model import EventKind, JobEvent, JobRequest, JobSpec, Result
-from solstice.workflow import deferred, load_workflow, needs_context, order_jobs, should_run
+from solstice.workflow import deferred, needs_context, order_jobs, should_run
 
 from .common import (
     add_input_argument,
     builtin_example,
     checkout_origin,
-    local_github,
     local_request,
-    parse_inputs,
+    local_workflow,
     parse_secrets,
 )
 from .render import JobSummary, TerminalSink, summary_table
@@ -124,15 +123,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = configmod.load(Path(args.config) if args.config else None)
     workflow_path = Path(args.workflow) if args.workflow else builtin_example()
     origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
-    inputs = parse_inputs(args.input)
     catalog = Catalog.from_config(cfg)
-    workflow = load_workflow(
-        workflow_path,
-        job=args.job,
-        github=local_github(origin),
-        contexts={"inputs": inputs},
-        labels=catalog.labels,
-    )
+    workflow = local_workflow(workflow_path, origin, args, catalog.labels)
     secrets = parse_secrets(args.secret)
     # Unset unless given: the dispatcher's host plans the rest (solstice.images.plan).
     size = size_of(args)

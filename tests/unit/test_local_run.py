@@ -14,25 +14,8 @@ from solstice.job.events import Emitter
 from solstice.job.mask import Masker
 from solstice.model import JobRequest, Result
 
-WORKFLOW = """
-name: generated
-on:
-  workflow_dispatch:
-    inputs:
-      flavour: {default: plain}
-jobs:
-  gen:
-    runs-on: debian-12
-    outputs:
-      matrix: '{"os": ["a", "b"], "include": [{"os": "b", "cc": "clang"}]}'
-      label: debian-12
-    steps: [{run: "true"}]
-  test:
-    needs: gen
-    runs-on: ${{ needs.gen.outputs.label }}
-    strategy:
-      matrix: ${{ fromJSON(needs.gen.outputs.matrix) }}
-    steps: [{run: "echo ${{ inputs.flavour }}"}]
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "workflows" / "generate-matrix-literal.yml"
+BROKEN = """
   broken:
     needs: gen
     runs-on: debian-12
@@ -59,7 +42,7 @@ def test_run_expands_a_generated_matrix_once_the_needed_job_ran(
     (tmp_path / "solstice.toml").write_text("")
     monkeypatch.setenv("SOLSTICE_CONFIG", str(tmp_path / "solstice.toml"))
     workflow = tmp_path / "wf.yml"
-    workflow.write_text(WORKFLOW)
+    workflow.write_text(FIXTURE.read_text() + BROKEN)
 
     status = main(["run", str(workflow), "--input", "flavour=spicy"])
     out = capsys.readouterr().out
