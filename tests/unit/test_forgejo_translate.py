@@ -266,7 +266,10 @@ def test_the_job_goes_to_the_queue_of_the_runners_label_without_a_catalog(fake: 
 
 def test_runs_on_reads_needs_and_vars(fake: FakeForgejo, catalog: Catalog) -> None:
     # GitHub's contexts for runs-on include needs and vars: the label routes the job.
-    payload = b"jobs:\n  b:\n    needs: a\n    runs-on: ${{ needs.a.outputs.os }}-${{ vars.V }}\n    steps: [{run: x}]\n"
+    payload = (
+        b"jobs:\n  b:\n    needs: a\n"
+        b"    runs-on: ${{ needs.a.outputs.os }}-${{ vars.V }}\n    steps: [{run: x}]\n"
+    )
     task = m.Task(
         id=9,
         workflow_payload=payload,
