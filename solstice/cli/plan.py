@@ -169,10 +169,13 @@ def plan_text(workflow: Workflow, images: Mapping[str, str] | None = None) -> st
         lines.append("")
         lines.append(f"job {job.name}  [key {job.key}, line {job.line}]")
         image = images.get(job.name)
+        later = workflow.deferred.get(job.key, "")
         shown = f"  (image {image})" if image and tuple(job.runs_on) != (image,) else ""
+        if later.startswith("runs-on"):
+            shown = f"  ({later})"
         lines.append(f"  runs-on: {', '.join(job.runs_on)}{shown}")
-        if job.key in workflow.deferred:
-            lines.append(f"  matrix:  {workflow.deferred[job.key]}")
+        if later.startswith("matrix"):
+            lines.append(f"  matrix:  {later}")
         if job.matrix:
             lines.append(f"  matrix:  {_values(job.matrix)}")
         lines.append(f"  timeout: {_minutes(job.timeout_minutes)}")

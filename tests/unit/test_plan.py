@@ -243,3 +243,19 @@ def test_plan_names_this_hosts_labels_for_a_vmactions_step(capsys: pytest.Captur
     assert error["line"] == 9
     assert "`runs-on: freebsd-14.1`" in error["message"]
     assert "labels for freebsd on this host: freebsd-14" in error["message"]
+
+
+def test_a_runs_on_from_needs_is_shown_as_resolved_at_run_time(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    workflow = tmp_path / "wf.yml"
+    workflow.write_text(
+        "on: push\njobs:\n  pick: {runs-on: debian-12, steps: [{run: x}]}\n"
+        "  use:\n    needs: pick\n    runs-on: ${{ needs.pick.outputs.label }}\n    steps: [{run: x}]\n"
+    )
+    status, out, err = plan(capsys, str(workflow))
+    assert status == 0, err
+    assert (
+        "runs-on: ${{ needs.pick.outputs.label }}  "
+        "(runs-on from needs.pick.outputs.label, expanded at run time)" in out
+    )
