@@ -61,3 +61,19 @@ def resolve(on: Any, given: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in given.items():
         out[name] = _typed(value, decls.get(name, {}).get("type"))
     return out
+
+
+def missing_required(on: Any, given: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """``workflow_call`` inputs marked ``required: true`` with no default and no given value, each
+    with the line of its declaration (0 when unknown)."""
+    spec = _triggers(on).get("workflow_call")
+    inputs = spec.get("inputs") if isinstance(spec, Mapping) else None
+    if not isinstance(inputs, Mapping):
+        return []
+    line_of = getattr(inputs, "line_of", lambda _: 0)
+    return [
+        (name, int(line_of(name)))
+        for name, decl in inputs.items()
+        if isinstance(decl, Mapping) and decl.get("required") is True and "default" not in decl
+        if name not in given
+    ]

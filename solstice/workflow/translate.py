@@ -273,6 +273,7 @@ class _Translator:
         self.callable = False  # `on: workflow_call`: its inputs come from a calling workflow
         self.deferred: dict[str, str] = {}
         self.labels: list[str] | None = None  # this host's image labels, for migration hints
+        self.unset_inputs: dict[str, int] = {}  # required inputs without a value (reported): line
         self.problems: list[Problem] = []
         self.multi_job = False
         self.suffix = ""  # " (in job `x`)" while translating a step of a multi-job workflow
@@ -403,6 +404,14 @@ class _Translator:
         self.unknown_keys(root, WORKFLOW_KEYS, "workflow")
         self.inputs = inputs_mod.resolve(root.get("on"), self.inputs)
         self.callable = inputs_mod.is_callable(root.get("on"))
+        for input_name, input_line in inputs_mod.missing_required(root.get("on"), self.inputs):
+            self.unset_inputs[input_name.lower()] = input_line
+            self.problem(
+                input_line,
+                f"input `{input_name}` is required and has no value: this workflow is "
+                "`on: workflow_call`, its inputs come from the calling workflow; run directly, give it "
+                f"with `solstice run --input {input_name}=VALUE` (or `solstice plan`/`submit --input`)",
+            )
         name = root.get("name")
         wf_name = scalar_to_string(name) if name is not None and _is_scalar(name) else ""
         env = self.string_map(root.get("env"), root.line_of("env"), "", "env")
@@ -606,6 +615,8 @@ class _Translator:
         if not missing:
             return self.needs_hint(exc, texts)
         names = ", ".join(f"`{m}`" for m in missing)
+        if all(m in self.unset_inputs for m in missing):  # said once, where the input is declared
+            return f"input {names} has no value (line {self.unset_inputs[missing[0]]})"
         origin = (
             "this workflow is `on: workflow_call`: its inputs come from the calling workflow"
             if self.callable

@@ -1246,8 +1246,17 @@ WORKFLOW_CALL = """\
 
 
 def test_a_workflow_call_run_directly_says_where_its_inputs_come_from() -> None:
-    message = one_problem(WORKFLOW_CALL)
-    assert "input `oses` has no value" in message
+    required, matrix = problems(WORKFLOW_CALL)
+    assert required.startswith("wf.yml:4: input `oses` is required and has no value")
+    assert "its inputs come from the calling workflow" in required
+    assert "`solstice run --input oses=VALUE`" in required
+    # The matrix that reads it points there instead of failing on fromJSON('').
+    assert matrix == "wf.yml:13: job `test`: input `oses` has no value (line 4)"
+
+
+def test_an_optional_input_without_a_value_is_explained_where_it_is_read() -> None:
+    message = one_problem(WORKFLOW_CALL.replace("required: true", "required: false"))
+    assert message.startswith("wf.yml:13: job `test`: input `oses` has no value")
     assert "inputs come from the calling workflow" in message
     assert "solstice run --input oses=VALUE" in message
     assert "not valid JSON" not in message
