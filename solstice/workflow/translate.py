@@ -404,7 +404,11 @@ class _Translator:
         self.unknown_keys(root, WORKFLOW_KEYS, "workflow")
         self.inputs = inputs_mod.resolve(root.get("on"), self.inputs)
         self.callable = inputs_mod.is_callable(root.get("on"))
-        for input_name, input_line in inputs_mod.missing_required(root.get("on"), self.inputs):
+        # Only for a workflow run directly: a forge's job got its inputs from the forge.
+        direct = self.server_matrix is None
+        for input_name, input_line in inputs_mod.missing_required(
+            root.get("on") if direct else None, self.inputs
+        ):
             self.unset_inputs[input_name.lower()] = input_line
             self.problem(
                 input_line,
