@@ -1309,3 +1309,9 @@ def test_other_actions_keep_the_plain_message() -> None:
         """
     )
     assert message.endswith("Solstice runs only `run:` steps and actions/checkout")
+
+
+def test_a_forge_payload_of_a_called_workflow_is_not_asked_for_its_inputs() -> None:
+    # The forge called it and expanded the matrix: its inputs are the forge's business.
+    wf = parse(WORKFLOW_CALL, matrix={"os": "a"})
+    assert [dict(j.matrix) for j in wf.jobs] == [{"os": "a"}]
