@@ -20,9 +20,9 @@ from solstice import config as configmod
 from solstice.errors import ImageError, WorkflowError
 from solstice.images import Catalog
 from solstice.model.core import JobSpec, Step, StepKind
-from solstice.workflow import Problem, Workflow, WorkflowProblems, load_workflow
+from solstice.workflow import Problem, Workflow, WorkflowProblems
 
-from .common import add_input_argument, parse_inputs
+from .common import add_input_argument, checkout_origin, local_workflow
 
 SCHEMA = "solstice.plan.v1"
 
@@ -220,12 +220,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = configmod.load(Path(args.config) if args.config else None)
         catalog = Catalog.from_config(cfg)
-        workflow = load_workflow(
-            Path(args.workflow),
-            job=args.job,
-            contexts={"inputs": parse_inputs(args.input)},
-            labels=catalog.labels,
-        )
+        # The github context of `solstice run`, so that runs-on and matrices plan as they run.
+        path = Path(args.workflow)
+        workflow = local_workflow(path, checkout_origin(path, explicit=True), args, catalog.labels)
         images, problems = image_problems(workflow, catalog, args.image)
         if problems:
             raise WorkflowProblems(problems)

@@ -259,3 +259,17 @@ def test_a_runs_on_from_needs_is_shown_as_resolved_at_run_time(
         "runs-on: ${{ needs.pick.outputs.label }}  "
         "(runs-on from needs.pick.outputs.label, expanded at run time)" in out
     )
+
+
+def test_runs_on_sees_the_github_context_of_a_local_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    workflow = tmp_path / "wf.yml"
+    workflow.write_text(
+        "on: push\njobs:\n  a:\n"
+        "    runs-on: ${{ github.event_name == 'push' && 'debian-12' || 'elsewhere' }}\n"
+        "    steps: [{run: x}]\n"
+    )
+    status, doc, err = plan(capsys, str(workflow), "--json")
+    assert status == 0, err
+    assert [(j["runs_on"], j["image"]) for j in doc["jobs"]] == [(["debian-12"], "debian-12")]
