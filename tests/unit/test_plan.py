@@ -245,31 +245,36 @@ def test_plan_names_this_hosts_labels_for_a_vmactions_step(capsys: pytest.Captur
     assert "labels for freebsd on this host: freebsd-14" in error["message"]
 
 
+def plan_text_of(capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, *argv: str) -> Any:
+    """Plan ``text`` written to a workflow file; the output (the document with --json)."""
+    workflow = tmp_path / "wf.yml"
+    workflow.write_text(text)
+    status, out, err = plan(capsys, str(workflow), *argv)
+    assert status == 0, err
+    return out
+
+
+RUNS_ON_FROM_NEEDS = (
+    "on: push\njobs:\n  pick: {runs-on: debian-12, steps: [{run: x}]}\n"
+    "  use:\n    needs: pick\n    runs-on: ${{ needs.pick.outputs.label }}\n    steps: [{run: x}]\n"
+)
+RUNS_ON_FROM_GITHUB = (
+    "on: push\njobs:\n  a:\n"
+    "    runs-on: ${{ github.event_name == 'push' && 'debian-12' || 'elsewhere' }}\n"
+    "    steps: [{run: x}]\n"
+)
+
+
 def test_a_runs_on_from_needs_is_shown_as_resolved_at_run_time(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    workflow = tmp_path / "wf.yml"
-    workflow.write_text(
-        "on: push\njobs:\n  pick: {runs-on: debian-12, steps: [{run: x}]}\n"
-        "  use:\n    needs: pick\n    runs-on: ${{ needs.pick.outputs.label }}\n    steps: [{run: x}]\n"
-    )
-    status, out, err = plan(capsys, str(workflow))
-    assert status == 0, err
-    assert (
-        "runs-on: ${{ needs.pick.outputs.label }}  "
-        "(runs-on from needs.pick.outputs.label, expanded at run time)" in out
-    )
+    out = plan_text_of(capsys, tmp_path, RUNS_ON_FROM_NEEDS)
+    assert "runs-on: ${{ needs.pick.outputs.label }}  (runs-on from needs.pick.outputs.label" in out
+    assert "needs.pick.outputs.label, expanded at run time)" in out
 
 
 def test_runs_on_sees_the_github_context_of_a_local_run(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    workflow = tmp_path / "wf.yml"
-    workflow.write_text(
-        "on: push\njobs:\n  a:\n"
-        "    runs-on: ${{ github.event_name == 'push' && 'debian-12' || 'elsewhere' }}\n"
-        "    steps: [{run: x}]\n"
-    )
-    status, doc, err = plan(capsys, str(workflow), "--json")
-    assert status == 0, err
+    doc = plan_text_of(capsys, tmp_path, RUNS_ON_FROM_GITHUB, "--json")
     assert [(j["runs_on"], j["image"]) for j in doc["jobs"]] == [(["debian-12"], "debian-12")]
