@@ -332,6 +332,9 @@ class Config:
     forgejo: ForgejoConfig = field(default_factory=ForgejoConfig)
     github: GithubConfig = field(default_factory=GithubConfig)
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
+    #: ``[labels]``: more runs-on labels -> an image label (``ubuntu-latest = "debian-12"``), so
+    #: workflows written for GitHub-hosted runners run unchanged; resolved like an image's aliases.
+    labels: Mapping[str, str] = field(default_factory=dict)
     source: str = "built-in defaults"  # where it was loaded from, for messages
     #: The file given with --config or SOLSTICE_CONFIG (absolute); None: the default place. The
     #: processes a command starts (job processes) are given it, so they read the same file.
@@ -413,6 +416,25 @@ def _build(cls: type[Any], data: Mapping[str, Any], prefix: str, where: str, **e
         raise ConfigError(f"{where}: {prefix.rstrip('.')}: {exc}") from None
 
 
+def _labels(raw: Any, where: str) -> dict[str, str]:
+    """``[labels]``: each key a runs-on label, each value the image label it runs on."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: [labels] must be a table of label = "image label"')
+    out: dict[str, str] = {}
+    for label, target in raw.items():
+        key = f"[labels] {label}"
+        if not isinstance(target, str) or not target.strip():
+            raise ConfigError(
+                f'{where}: {key} = {target!r}: expected the label of an image, such as "debian-12"'
+            )
+        if target in raw:
+            raise ConfigError(
+                f"{where}: {key} = {target!r}: {target!r} is itself a [labels] key; name an image label"
+            )
+        out[label] = target.strip()
+    return out
+
+
 def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Load the configuration file (``path``, else the default if it exists) and the environment."""
     environ = os.environ if environ is None else environ
@@ -433,11 +455,11 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     else:
         where = "built-in defaults"
 
-    unknown = sorted(set(raw) - set(_SECTIONS) - {"images"})
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"images", "labels"})
     if unknown:
         raise ConfigError(
             f"{where}: unknown table [{unknown[0]}]",
-            hint=f"known tables: {', '.join(sorted([*_SECTIONS, 'images']))}",
+            hint=f"known tables: {', '.join(sorted([*_SECTIONS, 'images', 'labels']))}",
         )
     sections: dict[str, dict[str, Any]] = {}
     for name in _SECTIONS:
@@ -494,6 +516,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         img.validate(where)
         images[label] = img
     return Config(
+        labels=_labels(raw.get("labels", {}), where),
         vm=built["vm"],
         paths=built["paths"],
         broker=built["broker"],

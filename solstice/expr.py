@@ -39,6 +39,7 @@ __all__ = [
     "evaluate_value",
     "interpolate",
     "is_truthy",
+    "references",
     "split_template",
     "to_string",
     "validate",
@@ -254,6 +255,7 @@ FUNCTIONS: dict[str, tuple[str, int, int | None]] = {
     "join": ("join", 1, 2),
     "tojson": ("toJSON", 1, 1),
     "fromjson": ("fromJSON", 1, 1),
+    "case": ("case", 3, None),  # case(pred1, val1, ..., default): an odd count, checked when parsing
 }
 _COMPARISONS = ("<", "<=", ">", ">=")
 _EQUALITIES = ("==", "!=")
@@ -385,7 +387,13 @@ class _Parser:
         if name == "hashfiles":
             raise _error("hashFiles is not supported by Solstice", self.expr, tok.pos)
         if name not in FUNCTIONS:
-            raise _error(f"Unrecognized function: '{tok.text}'", self.expr, tok.pos)
+            # Most often a newer GitHub function: say it is Solstice's gap, not the workflow's.
+            supported = ", ".join(d for d, _, _ in FUNCTIONS.values())
+            raise _error(
+                f"Unrecognized function: '{tok.text}' is not supported by Solstice (supported: {supported})",
+                self.expr,
+                tok.pos,
+            )
         self.nest(tok)
         args: list[_Node] = []
         if not self.accept(")"):
@@ -400,6 +408,12 @@ class _Parser:
             raise _error(f"Too few parameters supplied: '{display}'", self.expr, tok.pos)
         if high is not None and len(args) > high:
             raise _error(f"Too many parameters supplied: '{display}'", self.expr, tok.pos)
+        if name == "case" and len(args) % 2 == 0:
+            raise _error(
+                "case() takes pairs of predicate and value, then a default: an odd number of arguments",
+                self.expr,
+                tok.pos,
+            )
         return _Call(name, tuple(args))
 
 
@@ -856,6 +870,13 @@ def _eval(node: _Node, ctx: Context, expression: str) -> Any:
             if is_truthy(value) == (node.op == "||"):
                 return value
         return value
+    if isinstance(node, _Call) and node.name == "case":
+        # Lazy, like && and ||: only the chosen value is evaluated.
+        *pairs, default = node.args
+        for pred, value in zip(pairs[::2], pairs[1::2], strict=True):
+            if is_truthy(_eval(pred, ctx, expression)):
+                return _eval(value, ctx, expression)
+        return _eval(default, ctx, expression)
     if isinstance(node, _Call):
         return _call(node.name, [_eval(a, ctx, expression) for a in node.args], ctx, expression)
     return "".join(p if isinstance(p, str) else to_string(_eval(p, ctx, expression)) for p in node.parts)
@@ -942,3 +963,41 @@ def evaluate_condition(condition: str | bool | None, ctx: Context) -> bool:
         return is_truthy(_eval(node, ctx, condition.strip()))
     except RecursionError:
         raise _too_deep(condition) from None
+
+
+def _paths(node: _Node) -> Iterator[str]:
+    if isinstance(node, _Named):
+        yield node.name
+    elif isinstance(node, _Property):
+        inner = list(_paths(node.target))
+        if isinstance(node.target, _Named | _Property) and inner and isinstance(node.name, str):
+            yield f"{inner[0]}.{node.name.lower()}"  # one path: extend the chain
+            yield from inner[1:]
+        else:
+            yield from inner
+    elif isinstance(node, _Index):
+        yield from _paths(node.target)
+        if not isinstance(node.index, _Wildcard):
+            yield from _paths(node.index)
+    elif isinstance(node, _Not):
+        yield from _paths(node.operand)
+    elif isinstance(node, _Compare):
+        yield from _paths(node.left)
+        yield from _paths(node.right)
+    elif isinstance(node, _Logical | _Call):
+        for child in node.operands if isinstance(node, _Logical) else node.args:
+            yield from _paths(child)
+    elif isinstance(node, _Template):
+        for part in node.parts:
+            if not isinstance(part, str):
+                yield from _paths(part)
+
+
+def references(template: str) -> tuple[str, ...]:
+    """The context paths the ``${{ }}`` of ``template`` read, in order (``needs.gen.outputs.m``),
+    so a caller can tell what a value waits for. Raises ExpressionError for bad syntax."""
+    out: list[str] = []
+    for is_expr, _, node in _parse_template(template):
+        if is_expr and node is not None:
+            out.extend(p for p in _paths(node) if p not in out)
+    return tuple(out)

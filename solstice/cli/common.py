@@ -3,6 +3,7 @@ the service) and ``job run`` (the job process of a service job)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.resources
 import os
@@ -18,7 +19,7 @@ from solstice.job import checkout
 from solstice.job.runner import JobSettings
 from solstice.model import JobRequest, JobSpec, Result, Size, Source
 from solstice.vm.machine import Guest
-from solstice.workflow import needs_context
+from solstice.workflow import Workflow, load_workflow, needs_context
 
 
 def builtin_example() -> Path:
@@ -40,6 +41,53 @@ def parse_secrets(items: Sequence[str], environ: Mapping[str, str] | None = None
             value = env[name]
         secrets[name] = value
     return secrets
+
+
+def parse_inputs(items: Sequence[str]) -> dict[str, str]:
+    """``--input NAME=VALUE``: the ``inputs`` context of a workflow_call/workflow_dispatch workflow."""
+    inputs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not name or not sep:
+            raise ConfigError(f"--input {item!r}: expected NAME=VALUE")
+        inputs[name] = value
+    return inputs
+
+
+def add_input_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a value for ${{ inputs.NAME }} (a workflow_call or workflow_dispatch input; "
+        "the workflow's `default:` otherwise)",
+    )
+
+
+def local_github(origin: Origin) -> dict[str, Any]:
+    """The github context of a local run, for job-level expressions (``runs-on``, matrix); the job
+    process builds the same values for its steps."""
+    return {
+        "event_name": "push",
+        "repository": origin.root.name,
+        "sha": origin.commit,
+        "run_id": "1",
+        "run_number": "1",
+        "run_attempt": "1",
+    }
+
+
+def local_workflow(path: Path, origin: Origin, args: argparse.Namespace, labels: Sequence[str]) -> Workflow:
+    """The workflow of ``run``/``submit``: ``--job``, ``--input``, the local github context, and this
+    host's labels for the messages that name them."""
+    return load_workflow(
+        path,
+        job=args.job,
+        github=local_github(origin),
+        contexts={"inputs": parse_inputs(args.input)},
+        labels=labels,
+    )
 
 
 def job_settings(
@@ -87,6 +135,8 @@ def local_request(
     results: Mapping[str, Sequence[Result]],
     size: Size,
     reply_to: str = "",
+    outputs: Mapping[str, Mapping[str, str]] | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> JobRequest:
     """The JobRequest of one job of a local workflow (``solstice run``, ``solstice submit``)."""
     return JobRequest(
@@ -98,7 +148,7 @@ def local_request(
         commit=origin.commit,
         checkout_source=str(origin.root),
         secrets=dict(secrets),
-        contexts={"needs": needs_context(job, results)},
+        contexts={"needs": needs_context(job, results, outputs), "inputs": dict(inputs or {})},
         size=size,
         reply_to=reply_to,
     )

@@ -1,7 +1,10 @@
 """Show the jobs and steps a workflow translates to, without running anything.
 
-``solstice plan WORKFLOW [--job ID] [--json]``. The JSON document is described in docs/plan-json.md;
-its schema name changes whenever a field changes meaning or goes away.
+``solstice plan WORKFLOW [--job ID] [--image LABEL] [--input NAME=VALUE]... [--json]``. The JSON
+document is described in docs/plan-json.md; its schema name changes whenever a field changes
+meaning or goes away. Each job's ``runs-on`` is checked against this host's image catalog, as
+``solstice run`` does; a job whose matrix or labels come from ``needs`` is shown as expanded at run
+time.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from solstice.errors import WorkflowError
+from solstice import config as configmod
+from solstice.errors import ImageError, WorkflowError
+from solstice.images import Catalog
 from solstice.model.core import JobSpec, Step, StepKind
-from solstice.workflow import Problem, Workflow, WorkflowProblems, load_workflow
+from solstice.workflow import Problem, Workflow, WorkflowProblems
+
+from .common import add_input_argument, checkout_origin, local_workflow
 
 SCHEMA = "solstice.plan.v1"
 
@@ -23,6 +30,12 @@ SCHEMA = "solstice.plan.v1"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workflow", metavar="WORKFLOW", help="workflow file (.github/workflows/*.yml)")
     parser.add_argument("--job", metavar="ID", help="only this job (its key under `jobs:`)")
+    parser.add_argument(
+        "--image",
+        metavar="LABEL",
+        help="plan every job on this catalog label instead of the one runs-on names (as `solstice run`)",
+    )
+    add_input_argument(parser)
     parser.add_argument("--json", action="store_true", help=f"print a JSON document ({SCHEMA})")
 
 
@@ -61,12 +74,14 @@ def step_json(step: Step) -> dict[str, Any]:
     return doc
 
 
-def job_json(job: JobSpec) -> dict[str, Any]:
+def job_json(job: JobSpec, deferred: str | None = None, image: str | None = None) -> dict[str, Any]:
     return {
         "key": job.key,
         "name": job.name,
         "line": job.line,
         "runs_on": list(job.runs_on),
+        "image": image,
+        "deferred": deferred,
         "matrix": dict(job.matrix),
         "timeout_minutes": _number(job.timeout_minutes),
         "needs": list(job.needs),
@@ -79,12 +94,13 @@ def job_json(job: JobSpec) -> dict[str, Any]:
     }
 
 
-def plan_json(workflow: Workflow) -> dict[str, Any]:
+def plan_json(workflow: Workflow, images: Mapping[str, str] | None = None) -> dict[str, Any]:
+    images = images or {}
     return {
         "schema": SCHEMA,
         "file": workflow.file,
         "workflow": workflow.name,
-        "jobs": [job_json(j) for j in workflow.jobs],
+        "jobs": [job_json(j, workflow.deferred.get(j.key), images.get(j.name)) for j in workflow.jobs],
     }
 
 
@@ -146,12 +162,20 @@ def _step_lines(step: Step) -> list[str]:
     return lines
 
 
-def plan_text(workflow: Workflow) -> str:
+def plan_text(workflow: Workflow, images: Mapping[str, str] | None = None) -> str:
+    images = images or {}
     lines = [f"workflow {workflow.name} ({workflow.file}): {len(workflow.jobs)} job(s)"]
     for job in workflow.jobs:
         lines.append("")
         lines.append(f"job {job.name}  [key {job.key}, line {job.line}]")
-        lines.append(f"  runs-on: {', '.join(job.runs_on)}")
+        image = images.get(job.name)
+        later = workflow.deferred.get(job.key, "")
+        shown = f"  (image {image})" if image and tuple(job.runs_on) != (image,) else ""
+        if later.startswith("runs-on"):
+            shown = f"  ({later})"
+        lines.append(f"  runs-on: {', '.join(job.runs_on)}{shown}")
+        if later.startswith("matrix"):
+            lines.append(f"  matrix:  {later}")
         if job.matrix:
             lines.append(f"  matrix:  {_values(job.matrix)}")
         lines.append(f"  timeout: {_minutes(job.timeout_minutes)}")
@@ -169,9 +193,39 @@ def plan_text(workflow: Workflow) -> str:
     return "\n".join(lines)
 
 
+def image_problems(
+    workflow: Workflow, catalog: Catalog, image: str | None
+) -> tuple[dict[str, str], list[Problem]]:
+    """Each job's image label (by job name) and a Problem per job whose labels this host cannot run,
+    as `solstice run` would refuse them; deferred jobs' labels are known only at run time."""
+    images: dict[str, str] = {}
+    problems: list[Problem] = []
+    if image is not None and catalog.canonical(image) is None:
+        known = ", ".join(catalog.labels)
+        return images, [Problem(workflow.file, 0, f"--image {image}: no such label; this host has: {known}")]
+    for job in workflow.jobs:
+        if job.key in workflow.deferred:
+            continue
+        try:
+            chosen = catalog.canonical(image) if image is not None else None
+            images[job.name] = chosen or catalog.resolve(job.runs_on)
+        except ImageError as exc:
+            hint = f" ({exc.hint})" if exc.hint else ""
+            problems.append(Problem(workflow.file, job.line, f"job `{job.key}`: {exc}{hint}"))
+    unique = {(p.line, p.message): p for p in problems}  # matrix combinations share a line
+    return images, list(unique.values())
+
+
 def main(args: argparse.Namespace) -> int:
     try:
-        workflow = load_workflow(Path(args.workflow), job=args.job)
+        cfg = configmod.load(Path(args.config) if args.config else None)
+        catalog = Catalog.from_config(cfg)
+        # The github context of `solstice run`, so that runs-on and matrices plan as they run.
+        path = Path(args.workflow)
+        workflow = local_workflow(path, checkout_origin(path, explicit=True), args, catalog.labels)
+        images, problems = image_problems(workflow, catalog, args.image)
+        if problems:
+            raise WorkflowProblems(problems)
     except WorkflowError as exc:
         problems = _problems(exc, args.workflow)
         if args.json:
@@ -181,7 +235,7 @@ def main(args: argparse.Namespace) -> int:
                 print(p, file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(plan_json(workflow), indent=2, ensure_ascii=False))
+        print(json.dumps(plan_json(workflow, images), indent=2, ensure_ascii=False))
     else:
-        print(plan_text(workflow))
+        print(plan_text(workflow, images))
     return 0

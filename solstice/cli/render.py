@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 from solstice.model import EventKind, JobEvent, Outcome, Phase, Result, Stream
@@ -26,6 +26,7 @@ class JobSummary:
     started: float = 0.0
     finished: float = 0.0
     boot_seconds: float | None = None
+    outputs: dict[str, str] = field(default_factory=dict)  # the job's outputs, for needs.<job>.outputs
 
 
 class TerminalSink:
@@ -99,6 +100,7 @@ class TerminalSink:
             self.summary.result = event.result
             self.summary.message = event.message
             self.summary.finished = event.time
+            self.summary.outputs = dict(event.outputs)
             color = "32" if event.result is Result.SUCCESS else "31"
             msg = f": {event.message}" if event.message else ""
             self._print(self._c(color, f"■ {event.result.value}{msg}"))

@@ -9,19 +9,21 @@ import threading
 from pathlib import Path
 
 from solstice import config as configmod
-from solstice.errors import ImageError
+from solstice.errors import ImageError, WorkflowError
 from solstice.images import Catalog, Image
 from solstice.images.catalog import image_from_directory, image_from_file
 from solstice.job.runner import run_job
 from solstice.model import JobSpec, Result
 from solstice.vm.machine import Guest
-from solstice.workflow import load_workflow, order_jobs, should_run
+from solstice.workflow import deferred, needs_context, order_jobs, should_run
 
 from .common import (
+    add_input_argument,
     builtin_example,
     checkout_origin,
     job_settings,
     local_request,
+    local_workflow,
     parse_secrets,
 )
 from .render import JobSummary, TerminalSink, summary_table
@@ -53,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a secret for ${{ secrets.NAME }}; with no =VALUE it is read from the environment "
         "variable NAME (which keeps it out of your shell history and the process list)",
     )
+    add_input_argument(p)
     p.add_argument(
         "--keep-on-failure",
         action="store_true",
@@ -97,8 +100,10 @@ def _keep_guest(guest: Guest, workdir: Path) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = configmod.load(Path(args.config) if args.config else None)
     workflow_path = Path(args.workflow) if args.workflow else builtin_example()
-    workflow = load_workflow(workflow_path, job=args.job)
+    # The checkout is the work tree the workflow lives in (the built-in example checks out the cwd).
+    origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
     catalog = Catalog.from_config(cfg)
+    workflow = local_workflow(workflow_path, origin, args, catalog.labels)
     secrets = parse_secrets(args.secret)
 
     settings = job_settings(
@@ -108,35 +113,56 @@ def main(args: argparse.Namespace) -> int:
         keep_on_failure=_keep_guest if args.keep_on_failure else None,
     )
     size = size_of(args)
-    # The checkout is the work tree the workflow lives in (the built-in example checks out the cwd).
-    origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
 
-    # Resolve every image first, so a bad label fails before any VM boots.
+    # Resolve every image first, so a bad label fails before any VM boots (a deferred job's
+    # labels are known only once the jobs it needs ran).
     jobs = order_jobs(workflow.jobs)
-    images = {job.name: _image_for(args, catalog, job) for job in jobs}
+    images = {job.name: _image_for(args, catalog, job) for job in jobs if job.key not in workflow.deferred}
 
     summaries: list[JobSummary] = []
     results: dict[str, list[Result]] = {}
+    outputs: dict[str, dict[str, str]] = {}
+    contexts = {"inputs": dict(workflow.inputs)}
     cancelled = False
-    for job in jobs:
-        image = images[job.name]
-        summary = JobSummary(name=job.name, label=image.label)
-        summaries.append(summary)
-        if cancelled or not should_run(job, results):
-            summary.message = "skipped" + (" (cancelled)" if cancelled else "")
-            continue
-        request = local_request(
-            job,
-            image.label,
-            origin,
-            secrets=secrets,
-            results=results,
-            size=size,
-        )
-        result = run_job(request, image, settings, TerminalSink(summary))
-        results.setdefault(job.key, []).append(result)
-        if result is Result.CANCELLED:
-            cancelled = True
+    for placeholder in jobs:
+        runs = [placeholder]
+        if (
+            placeholder.key in workflow.deferred
+            and not cancelled
+            and should_run(placeholder, results, outputs, contexts)
+        ):
+            try:
+                runs = list(
+                    deferred.expand(workflow, placeholder.key, needs_context(placeholder, results, outputs))
+                )
+                images.update((j.name, _image_for(args, catalog, j)) for j in runs)
+            except (WorkflowError, ImageError) as exc:
+                # As on GitHub: the job fails (its matrix or labels are wrong), the rest go on.
+                summaries.append(JobSummary(placeholder.name, "-", Result.FAILURE, str(exc)))
+                results.setdefault(placeholder.key, []).append(Result.FAILURE)
+                continue
+        for job in runs:
+            image = images.get(job.name)
+            summary = JobSummary(name=job.name, label=image.label if image else "-")
+            summaries.append(summary)
+            if cancelled or image is None or not should_run(job, results, outputs, contexts):
+                summary.message = "skipped" + (" (cancelled)" if cancelled else "")
+                continue
+            request = local_request(
+                job,
+                image.label,
+                origin,
+                secrets=secrets,
+                results=results,
+                size=size,
+                outputs=outputs,
+                inputs=workflow.inputs,
+            )
+            result = run_job(request, image, settings, TerminalSink(summary))
+            results.setdefault(job.key, []).append(result)
+            outputs.setdefault(job.key, {}).update(summary.outputs)
+            if result is Result.CANCELLED:
+                cancelled = True
     summary_table(summaries)
     if cancelled:
         return 130

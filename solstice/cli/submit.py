@@ -24,21 +24,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
 from solstice import config as configmod
-from solstice.errors import ConfigError
+from solstice.errors import ConfigError, ImageError, WorkflowError
 from solstice.model import EventKind, JobEvent, JobRequest, JobSpec, Result
-from solstice.workflow import load_workflow, order_jobs, should_run
+from solstice.workflow import deferred, needs_context, order_jobs, should_run
 
 from .common import (
+    add_input_argument,
     builtin_example,
     checkout_origin,
     local_request,
+    local_workflow,
     parse_secrets,
 )
 from .render import JobSummary, TerminalSink, summary_table
 from .size import add_size_arguments, size_of
 
 if TYPE_CHECKING:
+    from solstice.images import Catalog
     from solstice.queue import Connection, Decision, Delivery
+    from solstice.workflow import Workflow
 
 #: Seconds without any event of a published job before saying that it waits for a dispatcher.
 WAITING_NOTE_AFTER = 30.0
@@ -59,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a secret for ${{ secrets.NAME }} (sealed before it leaves this process); with no "
         "=VALUE it is read from the environment variable NAME",
     )
+    add_input_argument(p)
     add_size_arguments(p)
     p.add_argument(
         "--no-follow",
@@ -103,6 +108,7 @@ class Submitted:
     result: Result | None = None
     verdict: bool = False  # the dispatcher's synthetic final event arrived
     skipped: bool = False
+    deferred: bool = False  # a placeholder: expanded once the jobs it needs ended
 
     @property
     def done(self) -> bool:
@@ -116,10 +122,10 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = configmod.load(Path(args.config) if args.config else None)
     workflow_path = Path(args.workflow) if args.workflow else builtin_example()
-    workflow = load_workflow(workflow_path, job=args.job)
-    catalog = Catalog.from_config(cfg)
-    secrets = parse_secrets(args.secret)
     origin = checkout_origin(workflow_path, explicit=bool(args.workflow))
+    catalog = Catalog.from_config(cfg)
+    workflow = local_workflow(workflow_path, origin, args, catalog.labels)
+    secrets = parse_secrets(args.secret)
     # Unset unless given: the dispatcher's host plans the rest (solstice.images.plan).
     size = size_of(args)
     specs = order_jobs(workflow.jobs)
@@ -129,6 +135,9 @@ def main(args: argparse.Namespace) -> int:
         )
     jobs: list[Submitted] = []
     for spec in specs:
+        if spec.key in workflow.deferred:  # its labels are known once the jobs it needs ended
+            jobs.append(Submitted(spec, "-", JobSummary(name=spec.name, label="-"), deferred=True))
+            continue
         label = catalog.resolve(spec.runs_on)  # a bad label fails before anything is published
         jobs.append(Submitted(spec, label, JobSummary(name=spec.name, label=label)))
     key = load_key(key_path(cfg.secrets.key_file)) if secrets else None
@@ -136,6 +145,8 @@ def main(args: argparse.Namespace) -> int:
     prefix = len(jobs) > 1
     by_id: dict[str, Submitted] = {}
     results: dict[str, list[Result]] = {}
+    outputs: dict[str, dict[str, str]] = {}
+    contexts = {"inputs": dict(workflow.inputs)}
     sequencer = EventSequencer()
     out = sys.stdout
 
@@ -154,6 +165,7 @@ def main(args: argparse.Namespace) -> int:
             job.sink.emit(event)
             if event.kind is EventKind.JOB_FINISHED and event.result is not None:
                 job.verdict = job.verdict or is_synthetic(event)
+                outputs.setdefault(job.spec.key, {}).update(event.outputs)
                 if job.result is None:
                     results.setdefault(job.spec.key, []).append(event.result)
                 else:  # the dispatcher's synthetic final event supersedes the job's own
@@ -181,9 +193,13 @@ def main(args: argparse.Namespace) -> int:
                         continue
                     if not all(j.done for j in jobs if j.spec.key in job.spec.needs):
                         continue
-                    if not should_run(job.spec, results):
+                    if not should_run(job.spec, results, outputs, contexts):
                         job.skipped, job.summary.message = True, "skipped"
                         continue
+                    if job.deferred:
+                        expanded = _expand(workflow, job, catalog, results, outputs)
+                        jobs[jobs.index(job) : jobs.index(job) + 1] = expanded
+                        break  # the list changed: go round again
                     request = local_request(
                         job.spec,
                         job.label,
@@ -192,6 +208,8 @@ def main(args: argparse.Namespace) -> int:
                         results=results,
                         size=size,
                         reply_to=address,
+                        outputs=outputs,
+                        inputs=workflow.inputs,
                     )
                     if key is not None:
                         request = seal(request, key)
@@ -259,6 +277,30 @@ def main(args: argparse.Namespace) -> int:
     if cancelled or any(j.result is Result.CANCELLED for j in jobs):
         return 130
     return 0 if all(j.result in (None, Result.SUCCESS) for j in jobs) else 1
+
+
+def _expand(
+    workflow: Workflow,
+    job: Submitted,
+    catalog: Catalog,
+    results: dict[str, list[Result]],
+    outputs: dict[str, dict[str, str]],
+) -> list[Submitted]:
+    """A deferred job's runs, now that the jobs it needs ended; a matrix or label that is wrong
+    fails the job (as on GitHub) and the workflow goes on."""
+    try:
+        specs = deferred.expand(workflow, job.spec.key, needs_context(job.spec, results, outputs))
+        return [
+            Submitted(s, label, JobSummary(s.name, label))
+            for s in specs
+            for label in [catalog.resolve(s.runs_on)]
+        ]
+    except (WorkflowError, ImageError) as exc:
+        print(f"{job.spec.name}: {exc}", flush=True)
+        job.deferred, job.result = False, Result.FAILURE
+        job.summary.result, job.summary.message = Result.FAILURE, str(exc)
+        results.setdefault(job.spec.key, []).append(Result.FAILURE)
+        return [job]
 
 
 def _delete_queue(conn: Connection, queue: str) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from solstice.config import Config, ImageConfig, parse_size_gib, parse_size_mib
-from solstice.errors import ImageError
+from solstice.errors import ConfigError, ImageError
 from solstice.model.labels import GENERIC_LABELS
 from solstice.vm.machine import BootMode
 from solstice.vm.profiles import GuestProfile, get_profile
@@ -82,7 +82,12 @@ def image_from_file(path: Path, profile: str = "ubuntu") -> ImageConfig:
 
 
 class Catalog:
-    def __init__(self, images: Mapping[str, ImageConfig], images_dir: Path) -> None:
+    def __init__(
+        self,
+        images: Mapping[str, ImageConfig],
+        images_dir: Path,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
         self._images_dir = images_dir
         self._configs: dict[str, ImageConfig] = {TEST_IMAGE_LABEL: test_image_config(images_dir)}
         self._configs.update(images)
@@ -90,10 +95,21 @@ class Catalog:
         for label, cfg in self._configs.items():
             for alias in cfg.aliases:
                 self._aliases[alias] = label
+        # [labels] mapped names resolve like aliases, so dispatchers also consume their queues.
+        for label, target in (labels or {}).items():
+            canon = self.canonical(target)
+            if canon is None:
+                raise ConfigError(
+                    f"[labels] {label} = {target!r}: no image has that label",
+                    hint=f"images: {', '.join(self.labels)}",
+                )
+            if label in self._configs or label in self._aliases:
+                raise ConfigError(f"[labels] {label}: already a label of image {self.canonical(label)!r}")
+            self._aliases[label] = canon
 
     @classmethod
     def from_config(cls, config: Config) -> Catalog:
-        return cls(config.images, config.paths.images_dir)
+        return cls(config.images, config.paths.images_dir, config.labels)
 
     @property
     def labels(self) -> list[str]:

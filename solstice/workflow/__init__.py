@@ -5,6 +5,7 @@
 ``file:line: message``.
 """
 
+from solstice.workflow import deferred
 from solstice.workflow.orchestrate import job_if, needs_context, needs_result, order_jobs, should_run
 from solstice.workflow.translate import (
     DEFAULT_TIMEOUT_MINUTES,
@@ -25,6 +26,7 @@ __all__ = [
     "Workflow",
     "WorkflowProblems",
     "check_shell",
+    "deferred",
     "job_if",
     "needs_context",
     "needs_result",

@@ -41,9 +41,16 @@ def needs_result(results: Sequence[Result]) -> str:
     return "failure"
 
 
-def needs_context(job: JobSpec, results: Mapping[str, Sequence[Result]]) -> dict[str, dict[str, str]]:
-    """The ``needs`` context of ``job`` from the results of the jobs run so far."""
-    return {n: {"result": needs_result(results.get(n, []))} for n in job.needs}
+def needs_context(
+    job: JobSpec,
+    results: Mapping[str, Sequence[Result]],
+    outputs: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The ``needs`` context of ``job`` from the results (and outputs) of the jobs run so far."""
+    outs = outputs or {}
+    return {
+        n: {"result": needs_result(results.get(n, [])), "outputs": dict(outs.get(n, {}))} for n in job.needs
+    }
 
 
 def job_if(job: JobSpec, needs: Mapping[str, Mapping[str, Any]], contexts: Mapping[str, Any]) -> bool:
@@ -65,6 +72,11 @@ def job_if(job: JobSpec, needs: Mapping[str, Mapping[str, Any]], contexts: Mappi
     return expr.evaluate_condition(job.if_ or "", ctx)
 
 
-def should_run(job: JobSpec, results: Mapping[str, Sequence[Result]]) -> bool:
-    """``job_if`` for a local workflow, from the results of the jobs run so far."""
-    return job_if(job, needs_context(job, results), {})
+def should_run(
+    job: JobSpec,
+    results: Mapping[str, Sequence[Result]],
+    outputs: Mapping[str, Mapping[str, str]] | None = None,
+    contexts: Mapping[str, Any] | None = None,
+) -> bool:
+    """``job_if`` for a local workflow, from the results and outputs of the jobs run so far."""
+    return job_if(job, needs_context(job, results, outputs), contexts or {})

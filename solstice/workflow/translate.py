@@ -1,12 +1,16 @@
 """Actions workflow YAML -> ``JobSpec``s: validation with file:line problems, matrix expansion.
 
 Expressions stay unevaluated in steps (they may read earlier steps' results at run time) but their
-syntax is checked here. Only a job's display name and ``runs-on`` are evaluated, with the
-``matrix``, ``strategy`` and ``github`` contexts, because a job is routed by its labels.
+syntax is checked here. A job's ``strategy.matrix``, display name and ``runs-on`` are evaluated here
+with the contexts GitHub allows there (github, needs, vars, inputs; strategy and matrix too for the
+name and ``runs-on``), because a job is routed by its labels. A job whose matrix or ``runs-on``
+reads ``needs`` while the needed jobs have not run yet is *deferred*: one placeholder JobSpec, and
+``Workflow.deferred`` says what it waits for; ``solstice.workflow.deferred`` expands it later.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +20,9 @@ from typing import Any
 from solstice import expr
 from solstice.errors import ExpressionError, WorkflowError
 from solstice.model.core import JobSpec, Step, StepKind
+from solstice.workflow import inputs as inputs_mod
 from solstice.workflow import matrix as matrix_mod
+from solstice.workflow import migrate
 from solstice.workflow.loader import LineDict, LineList, LoadError, load
 
 DEFAULT_TIMEOUT_MINUTES = 360
@@ -89,10 +95,24 @@ class Workflow:
     name: str
     file: str
     jobs: tuple[JobSpec, ...]  # matrix expanded, in file order (then matrix order)
+    #: Job key -> what it waits for ("matrix from needs.gen.outputs.matrix"): its matrix or
+    #: ``runs-on`` reads ``needs``, so its one JobSpec is a placeholder until the needed jobs ran.
+    deferred: Mapping[str, str] = field(default_factory=dict)
+    #: The ``inputs`` context: workflow_call/workflow_dispatch defaults overlaid by the given values.
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    #: What it was translated from and with, to translate a deferred job again at run time.
+    text: str = field(default="", repr=False, compare=False)
+    github: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    contexts: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def load_workflow(
-    path: Path, *, job: str | None = None, github: Mapping[str, Any] | None = None
+    path: Path,
+    *,
+    job: str | None = None,
+    github: Mapping[str, Any] | None = None,
+    contexts: Mapping[str, Any] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Workflow:
     """Read and translate the workflow file at ``path`` (see ``parse_workflow``)."""
     try:
@@ -100,7 +120,7 @@ def load_workflow(
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise WorkflowProblems([Problem(str(path), 0, f"cannot read the workflow: {reason}")]) from None
-    return parse_workflow(text, str(path), job=job, github=github)
+    return parse_workflow(text, str(path), job=job, github=github, contexts=contexts, labels=labels)
 
 
 def parse_workflow(
@@ -110,6 +130,8 @@ def parse_workflow(
     job: str | None = None,
     github: Mapping[str, Any] | None = None,
     matrix: Mapping[str, Any] | None = None,
+    contexts: Mapping[str, Any] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Workflow:
     """Translate workflow YAML to JobSpecs.
 
@@ -117,17 +139,29 @@ def parse_workflow(
     github context used for job names and ``runs-on``. ``matrix``, when given (even ``{}``), means a
     server already expanded the job (Forgejo's single-job payload): its values are used instead of
     expanding ``strategy.matrix``, the job's name is taken as the server wrote it, and ``needs`` may
-    name jobs that are not in the payload.
+    name jobs that are not in the payload. ``contexts`` holds ``vars``, ``inputs`` (the given
+    values, over the workflow's input defaults) and, once the needed jobs ran, ``needs``; without
+    ``needs``, jobs whose matrix or ``runs-on`` read it are deferred (``Workflow.deferred``).
+    ``labels`` are this host's image labels, named when a step uses an action that runs its
+    commands in a VM (vmactions, cross-platform-actions); None: not known.
 
     Raises ``WorkflowProblems`` (a ``WorkflowError``) listing every problem found.
     """
-    tr = _Translator(file, github or {}, matrix)
+    tr = _Translator(file, github or {}, matrix, contexts or {})
+    tr.labels = None if labels is None else list(labels)
     wf = tr.translate(text, job)
     if tr.problems:
         ordered = sorted(tr.problems, key=lambda p: p.line)  # stable: same-line problems keep their order
         raise WorkflowProblems(ordered)
     assert wf is not None
-    return wf
+    return dataclasses.replace(
+        wf,
+        deferred=dict(tr.deferred),
+        inputs=dict(tr.inputs),
+        text=text,
+        github=dict(github or {}),
+        contexts=dict(contexts or {}),
+    )
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -225,11 +259,21 @@ class _JobParts:
 
 class _Translator:
     def __init__(
-        self, file: str, github: Mapping[str, Any], server_matrix: Mapping[str, Any] | None
+        self,
+        file: str,
+        github: Mapping[str, Any],
+        server_matrix: Mapping[str, Any] | None,
+        contexts: Mapping[str, Any],
     ) -> None:
         self.file = file
         self.github = github
         self.server_matrix = server_matrix
+        self.contexts = contexts
+        self.inputs: dict[str, Any] = dict(contexts.get("inputs") or {})
+        self.callable = False  # `on: workflow_call`: its inputs come from a calling workflow
+        self.deferred: dict[str, str] = {}
+        self.labels: list[str] | None = None  # this host's image labels, for migration hints
+        self.unset_inputs: dict[str, int] = {}  # required inputs without a value (reported): line
         self.problems: list[Problem] = []
         self.multi_job = False
         self.suffix = ""  # " (in job `x`)" while translating a step of a multi-job workflow
@@ -358,6 +402,20 @@ class _Translator:
             self.problem(1, "a workflow must be a mapping with a `jobs:` key")
             return None
         self.unknown_keys(root, WORKFLOW_KEYS, "workflow")
+        self.inputs = inputs_mod.resolve(root.get("on"), self.inputs)
+        self.callable = inputs_mod.is_callable(root.get("on"))
+        # Only for a workflow run directly: a forge's job got its inputs from the forge.
+        direct = self.server_matrix is None
+        for input_name, input_line in inputs_mod.missing_required(
+            root.get("on") if direct else None, self.inputs
+        ):
+            self.unset_inputs[input_name.lower()] = input_line
+            self.problem(
+                input_line,
+                f"input `{input_name}` is required and has no value: this workflow is "
+                "`on: workflow_call`, its inputs come from the calling workflow; run directly, give it "
+                f"with `solstice run --input {input_name}=VALUE` (or `solstice plan`/`submit --input`)",
+            )
         name = root.get("name")
         wf_name = scalar_to_string(name) if name is not None and _is_scalar(name) else ""
         env = self.string_map(root.get("env"), root.line_of("env"), "", "env")
@@ -481,13 +539,22 @@ class _Translator:
                 j["continue-on-error"], j.line_of("continue-on-error"), f"{where}: `continue-on-error`"
             )
 
-        combos, strategy = self.combinations(key, j)
+        waits = self.waits_for(j)
+        combos: list[dict[str, Any] | None]
+        if waits:
+            self.deferred[key] = waits
+            combos, strategy = [None], {"fail-fast": True, "max-parallel": 1}
+        else:
+            combos, strategy = self.combinations(key, j)
         specs = []
         for index, combo in enumerate(combos):
             strategy_ctx = {**strategy, "job-index": index, "job-total": len(combos)}
-            ctx = expr.Context({"github": self.github, "matrix": combo or {}, "strategy": strategy_ctx})
-            name = self.job_name(key, j, combo, ctx)
-            runs_on = self.runs_on(key, j, line, ctx)
+            ctx = self.job_context({"matrix": combo or {}, "strategy": strategy_ctx})
+            if waits:  # a placeholder: its name and labels are known once the needed jobs ran
+                name, runs_on = key, self.raw_labels(j)
+            else:
+                name = self.job_name(key, j, combo, ctx)
+                runs_on = self.runs_on(key, j, line, ctx)
             specs.append(
                 JobSpec(
                     key=key,
@@ -509,6 +576,73 @@ class _Translator:
                 )
             )
         return specs
+
+    def job_context(self, extra: Mapping[str, Any]) -> expr.Context:
+        """The contexts of job-level expressions (matrix, name, runs-on): github, needs, vars, inputs."""
+        values = {
+            "github": self.github,
+            "vars": self.contexts.get("vars") or {},
+            "needs": self.contexts.get("needs") or {},
+            "inputs": self.inputs,
+        }
+        return expr.Context({**values, **extra})
+
+    def waits_for(self, j: LineDict) -> str:
+        """What the job's matrix or runs-on waits for ("matrix from needs.gen.outputs.m"), or ''
+        when it can be expanded now (``needs`` is known, or neither reads it)."""
+        if "needs" in self.contexts or self.server_matrix is not None or not self.needs_of(j):
+            return ""  # a job without `needs:` has an empty needs context: evaluated now
+        strategy = j.get("strategy")
+        matrix = strategy.get("matrix") if isinstance(strategy, Mapping) else None
+        for what, value in (("matrix", matrix), ("runs-on", j.get("runs-on"))):
+            paths = [p for text in _strings(value) for p in _references(text) if p.startswith("needs")]
+            if paths:
+                return f"{what} from {', '.join(paths)}, expanded at run time"
+        return ""
+
+    @staticmethod
+    def raw_labels(j: LineDict) -> tuple[str, ...]:
+        raw = j.get("runs-on")
+        if isinstance(raw, Mapping):
+            raw = raw.get("labels")
+        return tuple(_strings(raw))
+
+    def input_hint(self, exc: ExpressionError, texts: Sequence[str]) -> str:
+        """Why an expression failed when it read an input nobody gave (a workflow_call run directly)."""
+        given = {k.lower() for k in self.inputs}
+        missing = [
+            p.split(".")[1]
+            for text in texts
+            for p in _references(text)
+            if p.startswith("inputs.") and p.split(".")[1] not in given
+        ]
+        if not missing:
+            return self.needs_hint(exc, texts)
+        names = ", ".join(f"`{m}`" for m in missing)
+        if all(m in self.unset_inputs for m in missing):  # said once, where the input is declared
+            return f"input {names} has no value (line {self.unset_inputs[missing[0]]})"
+        origin = (
+            "this workflow is `on: workflow_call`: its inputs come from the calling workflow"
+            if self.callable
+            else "the workflow's inputs come from its trigger"
+        )
+        return (
+            f"input {names} has no value ({origin}); give it with "
+            f"`solstice run --input {missing[0]}=VALUE` (or `solstice submit --input`), or a `default:`"
+        )
+
+    def needs_hint(self, exc: ExpressionError, texts: Sequence[str]) -> str:
+        """Name the needed job's output that is empty, the usual cause of a failing generated matrix."""
+        needs = self.contexts.get("needs") or {}
+        for text in texts:
+            for path in _references(text):
+                parts = path.split(".")
+                if len(parts) == 4 and parts[0] == "needs" and parts[2] == "outputs":
+                    job = next((v for k, v in needs.items() if k.lower() == parts[1]), None)
+                    outputs = job.get("outputs") or {} if isinstance(job, Mapping) else {}
+                    if not any(k.lower() == parts[3] and v for k, v in outputs.items()):
+                        return f"`{path}` is empty (job `{parts[1]}` did not set output `{parts[3]}`): {exc}"
+        return str(exc)
 
     def needs(self, j: LineDict, key: str, all_keys: list[str]) -> tuple[str, ...]:
         if "needs" not in j:
@@ -549,15 +683,19 @@ class _Translator:
         if s is None or "matrix" not in s:
             return [None], {"max-parallel": 1, **strategy_ctx}
         line = s.line_of("matrix")
-        ctx = expr.Context({"github": self.github})
+        ctx = self.job_context({})
         try:
             raw = self.evaluate_whole(s["matrix"], ctx)
             if not isinstance(raw, Mapping):
                 raise matrix_mod.MatrixError("`strategy.matrix` must be a mapping of vectors")
-            m = {k: self.evaluate_whole(v, ctx) for k, v in raw.items()}
+            # Every string inside, not only whole values: `os: ["${{ needs.x.outputs.v }}"]`.
+            m = {k: self.evaluate_deep(v, ctx) for k, v in raw.items()}
             combos: list[dict[str, Any] | None] = list(matrix_mod.expand(m))
-        except (matrix_mod.MatrixError, ExpressionError) as exc:
+        except matrix_mod.MatrixError as exc:
             self.problem(line, f"{where}: {exc}")
+            return [], strategy_ctx
+        except ExpressionError as exc:
+            self.problem(line, f"{where}: {self.input_hint(exc, _strings(s['matrix']))}")
             return [], strategy_ctx
         strategy_ctx.setdefault("max-parallel", len(combos))
         return combos, strategy_ctx
@@ -566,6 +704,15 @@ class _Translator:
     def evaluate_whole(value: Any, ctx: expr.Context) -> Any:
         """Strings through ``expr.evaluate_value`` (``matrix: ${{ fromJSON(...) }}``); others as is."""
         return expr.evaluate_value(value, ctx) if isinstance(value, str) else value
+
+    @classmethod
+    def evaluate_deep(cls, value: Any, ctx: expr.Context) -> Any:
+        """``evaluate_whole`` of every string in nested lists and mappings."""
+        if isinstance(value, Mapping):
+            return {k: cls.evaluate_deep(v, ctx) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [cls.evaluate_deep(v, ctx) for v in value]
+        return cls.evaluate_whole(value, ctx)
 
     def job_name(self, key: str, j: LineDict, combo: Mapping[str, Any] | None, ctx: expr.Context) -> str:
         raw = j.get("name")
@@ -610,7 +757,7 @@ class _Translator:
             try:
                 value = self.evaluate_whole(scalar_to_string(item), ctx)
             except ExpressionError as exc:
-                self.problem(rline, f"{where}: {exc}")
+                self.problem(rline, f"{where}: {self.input_hint(exc, [scalar_to_string(item)])}")
                 return ()
             for v in value if isinstance(value, list) else [value]:
                 label = expr.to_string(v).strip()
@@ -686,7 +833,10 @@ class _Translator:
                 if _CHECKOUT_NO_REF_RE.match(uses_raw.strip()):
                     problem(s.line_of("uses"), "`uses:` needs a version: actions/checkout@v4")
                 else:
-                    problem(s.line_of("uses"), UNSUPPORTED_USES)
+                    problem(
+                        s.line_of("uses"),
+                        migrate.suggestion(uses_raw, s.get("with"), self.labels) or UNSUPPORTED_USES,
+                    )
                 return None
             kind = StepKind.CHECKOUT
             with_ = self.string_map(s.get("with"), s.line_of("with"), f"{label}: ", "with")
@@ -766,6 +916,24 @@ class _Translator:
             timeout_minutes=timeout,
             line=line,
         )
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in nested lists and mappings (keys excluded)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _references(text: str) -> tuple[str, ...]:
+    try:
+        return expr.references(text)
+    except ExpressionError:
+        return ()  # reported where the text is evaluated
 
 
 def _run_title(run: str) -> str:

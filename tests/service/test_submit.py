@@ -118,6 +118,23 @@ def test_submit_follows_the_jobs_in_needs_order(pipeline: Pipeline, db: Store, t
     assert f"{pipeline.cfg.broker.events_exchange}.submit-" not in leftovers
 
 
+GENERATED = ROOT / "tests" / "fixtures" / "workflows" / "generate-matrix-literal.yml"
+
+
+def test_submit_expands_a_matrix_from_needs_outputs_when_the_needed_job_ended(
+    pipeline: Pipeline, db: Store, tmp_path: Path
+) -> None:
+    pipeline.dispatcher(capacity=2)
+    workflow = tmp_path / "wf.yml"
+    workflow.write_text(GENERATED.read_text())
+    proc = submit(pipeline, str(workflow))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "submitted test (a)" in out and "submitted test (b, clang)" in out, out
+    assert out.index("[gen] ■ success") < out.index("submitted test (a)")
+    assert "[test (b, clang)] ■ success" in out
+
+
 def test_submit_without_following(pipeline: Pipeline, db: Store, tmp_path: Path) -> None:
     pipeline.dispatcher(capacity=2)
     workflow = tmp_path / "wf.yml"

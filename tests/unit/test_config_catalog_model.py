@@ -178,3 +178,55 @@ def test_broker_names_derive_from_one_prefix() -> None:
         "ci2.jobs.",
     )
     assert other.url == "amqp://h/"
+
+
+# --- [labels]: GitHub-hosted names -> images -------------------------------------------------------
+
+LABELS = """
+[images.omnios-r151058]
+path = "omnios.qcow2"
+profile = "omnios"
+aliases = ["omnios"]
+
+[labels]
+ubuntu-latest = "debian-12"
+illumos-latest = "omnios"
+"""
+
+
+def test_labels_map_github_hosted_names_to_images_like_aliases(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, LABELS), environ={})
+    assert cfg.labels == {"ubuntu-latest": "debian-12", "illumos-latest": "omnios"}
+    catalog = Catalog.from_config(cfg)
+    assert catalog.resolve(["ubuntu-latest"]) == "debian-12"
+    assert catalog.resolve(["illumos-latest"]) == "omnios-r151058"
+    # Dispatchers consume every label in Catalog.labels: the mapped ones too.
+    assert {"ubuntu-latest", "illumos-latest"} <= set(catalog.labels)
+    assert catalog.get("ubuntu-latest").label == "debian-12"
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[labels]\nubuntu-latest = 3\n", "[labels] ubuntu-latest = 3: expected the label of an image"),
+        ('[labels]\nubuntu-latest = ""\n', "[labels] ubuntu-latest = '': expected the label"),
+        ('[labels]\na = "b"\nb = "debian-12"\n', "[labels] a = 'b': 'b' is itself a [labels] key"),
+        ('labels = "debian-12"\n', "[labels] must be a table"),
+    ],
+)
+def test_bad_labels_tables_name_the_key(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, table), environ={})
+    assert message in str(info.value)
+
+
+def test_a_label_mapped_to_no_image_is_named(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, '[labels]\nubuntu-latest = "ubuntu-24.04"\n'), environ={})
+    with pytest.raises(
+        ConfigError, match=r"\[labels\] ubuntu-latest = 'ubuntu-24.04': no image has that label"
+    ):
+        Catalog.from_config(cfg)
+    text = '[images.o]\npath = "o.qcow2"\naliases = ["omnios"]\n[labels]\nomnios = "debian-12"\n'
+    cfg = load(write(tmp_path, text), environ={})
+    with pytest.raises(ConfigError, match=r"\[labels\] omnios: already a label of image 'o'"):
+        Catalog.from_config(cfg)

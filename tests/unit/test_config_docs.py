@@ -33,3 +33,10 @@ def test_every_key_is_documented_in_its_table() -> None:
         assert name in doc, f"no section for [{name}]"
         assert fields - doc[name] == set(), f"[{name}] keys missing from configuration.md"
         assert doc[name] - fields == set(), f"[{name}] documents keys that do not exist"
+
+
+def test_the_labels_table_is_documented() -> None:
+    # [labels] has no fixed keys (each key is a runs-on label): its section and an example.
+    assert "labels" in documented()
+    text = DOC.read_text()
+    assert 'ubuntu-latest = "debian-12"' in text.split("## `[labels]`")[1]

@@ -514,3 +514,38 @@ def test_evaluate_value_keeps_the_type_of_a_single_expression() -> None:
     assert expr.evaluate_value("15", CTX) == "15"
     with pytest.raises(ExpressionError, match="not closed"):
         expr.evaluate_value("${{ matrix.os", CTX)
+
+
+# --- case() and unsupported functions -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("case(vars.os == 'omnios', 'illumos', vars.os == 'freebsd', 'bsd', 'other')", "bsd"),
+        ("case(vars.os == 'linux', 'gnu', 'other')", "other"),
+        ("case(true, 1, 2)", 1),
+        ("case(vars.missing, 'a', '', 'b', 0, 'c', 'default')", "default"),
+        # Lazy: the chosen value only is evaluated (fromJSON('') would fail).
+        ("case(true, 'ok', fromJSON(''))", "ok"),
+    ],
+)
+def test_case_returns_the_value_after_the_first_truthy_predicate(expression: str, expected: object) -> None:
+    assert expr.evaluate(expression, expr.Context({"vars": {"os": "freebsd"}})) == expected
+
+
+@pytest.mark.parametrize("expression", ["case(true, 1)", "case(true, 1, false, 2)"])
+def test_case_needs_an_odd_number_of_arguments(expression: str) -> None:
+    with pytest.raises(ExpressionError, match="case"):
+        expr.validate(expression)
+
+
+def test_an_unknown_function_is_named_as_not_supported_by_solstice() -> None:
+    with pytest.raises(ExpressionError, match="'frobnicate' is not supported by Solstice"):
+        expr.validate("frobnicate(1)")
+
+
+def test_references_lists_the_context_paths_a_template_reads() -> None:
+    text = "${{ fromJSON(needs.gen.outputs.matrix) }}-${{ github.ref }}"
+    assert expr.references(text) == ("needs.gen.outputs.matrix", "github.ref")
+    assert expr.references("no expressions") == ()

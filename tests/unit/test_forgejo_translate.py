@@ -262,3 +262,21 @@ def test_the_job_goes_to_the_queue_of_the_runners_label_without_a_catalog(fake: 
         other, server_url=fake.url, secrets_key=KEY, resolve_label=lambda r: route(r, labels)
     )
     assert isinstance(refused, Rejected) and "names no image label" in refused.reason
+
+
+def test_runs_on_reads_needs_and_vars(fake: FakeForgejo, catalog: Catalog) -> None:
+    # GitHub's contexts for runs-on include needs and vars: the label routes the job.
+    payload = (
+        b"jobs:\n  b:\n    needs: a\n"
+        b"    runs-on: ${{ needs.a.outputs.os }}-${{ vars.V }}\n    steps: [{run: x}]\n"
+    )
+    task = m.Task(
+        id=9,
+        workflow_payload=payload,
+        context={"token": "t"},
+        needs={"a": m.TaskNeed(outputs={"os": "debian"}, result=m.Result.RESULT_SUCCESS)},
+        vars={"V": "12"},
+    )
+    tr = run(task, fake, catalog)
+    assert isinstance(tr, Translated), tr
+    assert tr.request.job.runs_on == ("debian-12",) and tr.request.label == "debian-12"

@@ -599,8 +599,10 @@ def test_expression_errors_are_reported_with_their_line() -> None:
         """
     )
     assert len(found) == 5, found
-    assert found[0].startswith("wf.yml:6: step 1: `run`: Unrecognized function: 'tojsn'.")
-    assert found[1].startswith("wf.yml:8: step 2: `if:`: Unrecognized function: 'sucess'.")
+    assert found[0].startswith(
+        "wf.yml:6: step 1: `run`: Unrecognized function: 'tojsn' is not supported by Solstice"
+    )
+    assert found[1].startswith("wf.yml:8: step 2: `if:`: Unrecognized function: 'sucess' is not")
     assert found[2].startswith("wf.yml:11: step 3: `env.A`: Unexpected end of expression.")
     assert found[3].startswith("wf.yml:12: step 4: `run`: hashFiles is not supported by Solstice.")
     assert found[4].startswith("wf.yml:13: step 5: `run`: An expression is not closed")
@@ -1144,3 +1146,172 @@ def test_mangled_workflows_raise_only_workflow_errors() -> None:
         except WorkflowError as exc:
             assert all(p.startswith(f"{FILE}:") for p in exc.problems), exc.problems
     assert 0 < translated < 400  # both outcomes were exercised
+
+
+# --- expressions in matrix and runs-on, deferred jobs, inputs (issue 15 §2) ----------------------
+
+GENERATED = FIXTURES / "generate-matrix.yml"
+
+
+def test_a_matrix_from_needs_outputs_is_deferred_until_the_needed_job_ran() -> None:
+    wf = load_workflow(GENERATED)
+    assert [j.key for j in wf.jobs] == ["gen", "test"]
+    assert wf.deferred == {"test": "matrix from needs.gen.outputs.matrix, expanded at run time"}
+    placeholder = wf.jobs[1]
+    assert placeholder.matrix == {} and placeholder.needs == ("gen",)
+
+
+def test_a_deferred_matrix_expands_with_the_needed_jobs_outputs() -> None:
+    from solstice.workflow import deferred
+
+    wf = load_workflow(GENERATED)
+    outputs = {"matrix": '{"os":["a","b"],"include":[{"os":"b","extra":"x"}]}', "image": "debian-12"}
+    jobs = deferred.expand(wf, "test", {"gen": {"result": "success", "outputs": outputs}})
+    assert [dict(j.matrix) for j in jobs] == [{"os": "a"}, {"os": "b", "extra": "x"}]
+    assert [j.name for j in jobs] == ["test (a)", "test (b, x)"]
+    assert {j.runs_on for j in jobs} == {("debian-12",)}
+
+
+def test_a_deferred_matrix_that_is_not_json_blames_the_needed_output() -> None:
+    from solstice.workflow import deferred
+
+    wf = load_workflow(GENERATED)
+    with pytest.raises(
+        WorkflowProblems,
+        match=r"job `test`: `needs.gen.outputs.matrix` is empty \(job `gen` did not set output `matrix`\)",
+    ):
+        deferred.expand(wf, "test", {"gen": {"result": "success", "outputs": {"image": "x"}}})
+
+
+def test_runs_on_from_needs_outputs_is_deferred() -> None:
+    wf = parse(
+        """\
+        on: push
+        jobs:
+          pick: {runs-on: debian-12, steps: [{run: "true"}]}
+          use:
+            needs: pick
+            runs-on: ${{ needs.pick.outputs.label }}
+            steps: [{run: "true"}]
+        """
+    )
+    assert wf.deferred == {"use": "runs-on from needs.pick.outputs.label, expanded at run time"}
+
+
+MATRIX_ENTRIES = """\
+    on: push
+    jobs:
+      gen: {runs-on: debian-12, steps: [{run: "true"}]}
+      test:
+        needs: gen
+        runs-on: ${{ matrix.os }}-${{ github.event_name }}-${{ vars.FLAVOUR }}
+        strategy:
+          matrix:
+            os: ["${{ needs.gen.outputs.v }}", fixed]
+            include: ${{ fromJSON(inputs.extra) }}
+            exclude: ${{ fromJSON('[{"os":"fixed"}]') }}
+        steps: [{run: "true"}]
+    """
+
+
+def test_expressions_inside_matrix_entries_and_runs_on_see_needs_vars_inputs_and_github() -> None:
+    contexts = {
+        "needs": {"gen": {"result": "success", "outputs": {"v": "omnios"}}},
+        "vars": {"FLAVOUR": "bloody"},
+        "inputs": {"extra": '[{"os":"omnios","cc":"gcc"}]'},
+    }
+    wf = parse(MATRIX_ENTRIES, github={"event_name": "push"}, contexts=contexts)
+    assert [dict(j.matrix) for j in wf.jobs[1:]] == [{"os": "omnios", "cc": "gcc"}]
+    assert wf.jobs[1].runs_on == ("omnios-push-bloody",)
+    assert wf.deferred == {}
+
+
+WORKFLOW_CALL = """\
+    on:
+      workflow_call:
+        inputs:
+          oses: {type: string, required: true}
+          fast: {type: boolean, default: false}
+      workflow_dispatch:
+        inputs:
+          level: {default: "3"}
+    jobs:
+      test:
+        runs-on: debian-12
+        strategy:
+          matrix:
+            os: ${{ fromJSON(inputs.oses) }}
+        steps: [{run: "echo ${{ inputs.fast }}"}]
+    """
+
+
+def test_a_workflow_call_run_directly_says_where_its_inputs_come_from() -> None:
+    required, matrix = problems(WORKFLOW_CALL)
+    assert required.startswith("wf.yml:4: input `oses` is required and has no value")
+    assert "its inputs come from the calling workflow" in required
+    assert "`solstice run --input oses=VALUE`" in required
+    # The matrix that reads it points there instead of failing on fromJSON('').
+    assert matrix == "wf.yml:13: job `test`: input `oses` has no value (line 4)"
+
+
+def test_an_optional_input_without_a_value_is_explained_where_it_is_read() -> None:
+    message = one_problem(WORKFLOW_CALL.replace("required: true", "required: false"))
+    assert message.startswith("wf.yml:13: job `test`: input `oses` has no value")
+    assert "inputs come from the calling workflow" in message
+    assert "solstice run --input oses=VALUE" in message
+    assert "not valid JSON" not in message
+
+
+def test_workflow_inputs_take_defaults_and_given_values_typed_as_declared() -> None:
+    wf = parse(WORKFLOW_CALL, contexts={"inputs": {"oses": '["a","b"]', "fast": "true"}})
+    assert [dict(j.matrix) for j in wf.jobs] == [{"os": "a"}, {"os": "b"}]
+    assert wf.inputs == {"oses": '["a","b"]', "fast": True, "level": "3"}
+
+
+# --- coming from vmactions and cross-platform-actions (issue 15 §4) -------------------------------
+
+VMACTIONS = FIXTURES / "vmactions.yml"
+
+
+def test_vmactions_and_cross_platform_actions_say_what_to_write_instead() -> None:
+    labels = ["debian-12", "freebsd-14", "freebsd-13", "omnios-bloody", "omnios-r151058"]
+    with pytest.raises(WorkflowError) as info:
+        load_workflow(VMACTIONS, labels=labels)
+    freebsd, omnios, openbsd = info.value.problems
+    assert freebsd.startswith(f"{VMACTIONS}:9: step 2 (uses: vmactions/freebsd-vm@v1): ")
+    assert (
+        "write `runs-on: freebsd-14.1` for the job (labels for freebsd on this host: freebsd-14, freebsd-13)"
+        in freebsd
+    )
+    assert "`prepare:` as a `run:` step, then `run:` as a `run:` step" in freebsd
+    assert "`usesh: true` becomes `shell: sh`" in freebsd and "`sync`/`copyback` are not needed" in freebsd
+    assert "runs-on: omnios-<release>" in omnios and "omnios-bloody, omnios-r151058" in omnios
+    assert "freebsd" not in omnios
+    assert "cross-platform-actions/action runs its commands in a VM (openbsd)" in openbsd
+    assert "`runs-on: openbsd-7.5`" in openbsd and "this host has no openbsd image yet" in openbsd
+
+
+def test_without_known_labels_the_migration_message_uses_a_placeholder() -> None:
+    with pytest.raises(WorkflowError) as info:
+        load_workflow(VMACTIONS, job="omnios")
+    (message,) = info.value.problems
+    assert "write `runs-on: omnios-<release>` for the job" in message
+    assert "(the label of your omnios image in this host's catalog)" in message
+    assert "Solstice runs only `run:` steps" not in message
+
+
+def test_other_actions_keep_the_plain_message() -> None:
+    message = one_problem(
+        """\
+        on: push
+        jobs:
+          a: {runs-on: x, steps: [{uses: actions/setup-python@v5}]}
+        """
+    )
+    assert message.endswith("Solstice runs only `run:` steps and actions/checkout")
+
+
+def test_a_forge_payload_of_a_called_workflow_is_not_asked_for_its_inputs() -> None:
+    # The forge called it and expanded the matrix: its inputs are the forge's business.
+    wf = parse(WORKFLOW_CALL, matrix={"os": "a"})
+    assert [dict(j.matrix) for j in wf.jobs] == [{"os": "a"}]

@@ -143,8 +143,23 @@ def translate(
     key, combo, count = _single_job(text)
     workflow_file = str(context.get("workflow") or "workflow.yml")
     github = {k: v for k, v in context.items() if k not in TOKEN_KEYS}
+    needs = {
+        name: {
+            "outputs": dict(need.outputs),
+            "result": need.result.name.removeprefix("RESULT_").lower()
+            if need.result != m.Result.RESULT_UNSPECIFIED
+            else "",
+        }
+        for name, need in task.needs.items()
+    }
+    event = context.get("event")
+    inputs = event.get("inputs") if isinstance(event, dict) else None
+    contexts: dict[str, Any] = {"github": github, "vars": dict(task.vars), "needs": needs}
+    if isinstance(inputs, dict):
+        contexts["inputs"] = inputs
     try:
-        wf = parse_workflow(text, workflow_file, job=key, github=github, matrix=combo)
+        # runs-on may read needs, vars and inputs (GitHub's contexts there): it routes the job.
+        wf = parse_workflow(text, workflow_file, job=key, github=github, matrix=combo, contexts=contexts)
     except WorkflowError as exc:
         return Rejected(task.id, "the workflow cannot run in Solstice", tuple(exc.problems), count)
     if len(wf.jobs) != 1:
@@ -170,20 +185,6 @@ def translate(
     clone_url = str(context.get("repositoryUrl") or "") or (
         f"{server}/{repository}.git" if repository else ""
     )
-    needs = {
-        name: {
-            "outputs": dict(need.outputs),
-            "result": need.result.name.removeprefix("RESULT_").lower()
-            if need.result != m.Result.RESULT_UNSPECIFIED
-            else "",
-        }
-        for name, need in task.needs.items()
-    }
-    event = context.get("event")
-    inputs = event.get("inputs") if isinstance(event, dict) else None
-    contexts: dict[str, Any] = {"github": github, "vars": dict(task.vars), "needs": needs}
-    if isinstance(inputs, dict):
-        contexts["inputs"] = inputs
     # The job's `if:` is the runner's to evaluate (the server only holds back jobs whose needs
     # failed, unless their `if:` mentions always() or failure()).
     try:

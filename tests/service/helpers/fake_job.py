@@ -13,6 +13,8 @@ after its final event. What it does comes from the job's env ``FAKE``:
     stubborn:S                 like sleep:S, but ignores SIGTERM
     leak                       every secret's value in a line, the job's own masking off (a
                                job-side masking bug: the runner must still mask), then success
+    outputs                    one log line, then success with the job's `outputs:` as written
+                               (literal values: no steps ran to evaluate them)
     steps[:S]                  each step of the request: started, a line naming it (and every S s
                                a tick while it "runs"), finished success
 
@@ -115,7 +117,7 @@ def main() -> int:
     elif mode in ("fail", "error"):
         result = Result.FAILURE if mode == "fail" else Result.ERROR
         message = f"fake {mode}"
-    emit.job_finished(result, message)
+    emit.job_finished(result, message, outputs=dict(request.job.outputs) if mode == "outputs" else None)
     if not sink.close(30):
         return 5
     return RESULT_EXIT[result]
