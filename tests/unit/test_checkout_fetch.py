@@ -19,7 +19,7 @@ from solstice.errors import InfraError
 from solstice.forges.forgejo.client import Client, Credentials
 from solstice.job import checkout
 from solstice.job.checkout import CheckoutError, fetch_commit, pack_tree
-from solstice.job.runner import GuestPaths, JobRun, JobSettings
+from solstice.job.runner import FetchTarget, GuestPaths, JobRun, JobSettings
 from solstice.model import JobEvent, JobRequest, JobSpec, Source, Step, StepKind
 from tests.fakes.forgejo import FakeForgejo, FakeTask
 from tests.fakes.localguest import stand_in_image
@@ -328,14 +328,15 @@ def test_the_checkout_step_fetches_the_task_commit_once(
     run = job_run(clone_url(fake), repo.first, dict(task.secrets), "GITHUB_TOKEN", sink)
     run.workdir = tmp_path / "job"
     run.workdir.mkdir()
-    archive = run._fetch(clone_url(fake), STEP)
+    target = FetchTarget(clone_url(fake), repo.first, "refs/heads/main", task.token)
+    archive = run._fetch(target, STEP)
     out = unpack(archive, tmp_path / "guest")
     assert git("rev-parse", "HEAD", cwd=out) == repo.first
     assert (run.workdir / "checkout" / ".git").is_dir()
     texts = [e.text for e in sink.events]
     assert f"Fetching {clone_url(fake)} {repo.first[:12]}" in texts
     count = len(fake.git_requests)
-    assert run._fetch(clone_url(fake), STEP) is archive  # a second checkout step: no second fetch
+    assert run._fetch(target, STEP) is archive  # a second checkout step: no second fetch
     assert len(fake.git_requests) == count
     assert not any(task.token in t for t in texts)
 
