@@ -1,0 +1,445 @@
+"""actions/checkout's inputs: refused at plan time when Solstice cannot honour them, and honoured by
+the host's fetch (real git against the fake Forgejo's smart HTTP) and by local mode's packing."""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import tarfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from solstice.errors import WorkflowError
+from solstice.forges.forgejo.client import Client, Credentials
+from solstice.job import checkout
+from solstice.job.checkout import CheckoutError, fetch_commit, pack_tree
+from solstice.job.runner import FetchTarget, JobRun, JobSettings
+from solstice.model import EventKind, JobRequest, Result, Source
+from solstice.workflow import WorkflowProblems, parse_workflow
+from solstice.workflow.checkout import INPUTS, CheckoutInputs, Submodules, parse, problems
+from tests.fakes.forgejo import FakeForgejo, FakeTask
+from tests.fakes.gitrepo import add_submodule
+from tests.fakes.jobsink import Collect
+from tests.fakes.localguest import LocalGuest, stand_in_image
+
+
+def git(*args: str | Path, cwd: Path) -> str:
+    out = subprocess.run(
+        ["git", "-c", "user.name=x", "-c", "user.email=x@x", *map(str, args)],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+def commit(repo: Path, message: str) -> str:
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", message, cwd=repo)
+    return git("rev-parse", "HEAD", cwd=repo)
+
+
+@dataclass
+class Repos:
+    main: Path
+    sub: Path
+    first: str  # tagged v1, on main
+    second: str  # tagged v2 (annotated)
+    third: str  # adds the submodule `sub`: main's tip
+    side: str  # branch `side`, off the first commit
+
+
+@pytest.fixture
+def repos(tmp_path: Path) -> Repos:
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    git("init", "-q", "-b", "main", cwd=sub)
+    (sub / "lib.txt").write_text("from the submodule\n")
+    commit(sub, "sub one")
+    main = tmp_path / "main"
+    main.mkdir()
+    git("init", "-q", "-b", "main", cwd=main)
+    (main / "a.txt").write_text("first\n")
+    (main / "docs").mkdir()
+    (main / "docs" / "guide.md").write_text("guide\n")
+    (main / "src").mkdir()
+    (main / "src" / "code.py").write_text("print(1)\n")
+    first = commit(main, "one")
+    git("tag", "v1", cwd=main)
+    (main / "a.txt").write_text("second\n")
+    second = commit(main, "two")
+    git("tag", "-a", "-m", "release 2", "v2", cwd=main)
+    third = add_submodule(main, sub, "sub", "../sub.git")
+    git("checkout", "-q", "-b", "side", first, cwd=main)
+    (main / "side.txt").write_text("side\n")
+    side = commit(main, "side")
+    git("checkout", "-q", "main", cwd=main)
+    return Repos(main, sub, first, second, third, side)
+
+
+@pytest.fixture
+def fake(repos: Repos) -> Iterator[FakeForgejo]:
+    with FakeForgejo() as f:
+        f.add_repository("owner/repo", repos.main)
+        f.add_repository("owner/sub", repos.sub, public=True)
+        yield f
+
+
+WORKFLOW = "on: push\njobs:\n  b:\n    runs-on: debian-12\n    steps:\n      - uses: actions/checkout@v4\n"
+
+
+def running_task(fake: FakeForgejo, sha: str) -> FakeTask:
+    fake.enqueue(WORKFLOW, repository="owner/repo", sha=sha)
+    runner = fake.add_runner(f"r{len(fake.runners)}", ["debian-12"])
+    client = Client(fake.url, Credentials(runner.uuid, runner.token))
+    try:
+        task = client.fetch_task(0).task
+    finally:
+        client.close()
+    assert task is not None
+    return fake.tasks[task.id]
+
+
+def url(fake: FakeForgejo) -> str:
+    return f"{fake.url}/owner/repo.git"
+
+
+def unpack(archive: checkout.Archive, dest: Path) -> Path:
+    dest.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(archive.data)) as tar:
+        tar.extractall(dest, filter="tar")
+    return dest
+
+
+def fetched(
+    fake: FakeForgejo, tmp_path: Path, sha: str, ref: str, inputs: CheckoutInputs, task_sha: str = ""
+) -> tuple[Path, FakeTask]:
+    """Fetch as a job would, pack, and unpack as the guest would: the guest's tree."""
+    task = running_task(fake, task_sha or sha or "0" * 40)
+    tree = fetch_commit(url(fake), sha, ref, task.token, tmp_path / "co", inputs=inputs)
+    archive = pack_tree(tree, include_git=True, submodules=inputs.submodules)
+    return unpack(archive, tmp_path / "guest"), task
+
+
+# --- plan time ----------------------------------------------------------------------------------
+
+
+def plan(with_: str) -> list[str]:
+    text = (
+        "on: push\njobs:\n  b:\n    runs-on: debian-12\n    steps:\n"
+        "      - uses: actions/checkout@v4\n        with:\n" + with_
+    )
+    try:
+        parse_workflow(text, "wf.yml")
+    except WorkflowProblems as exc:
+        return [str(p) for p in exc.entries]
+    return []
+
+
+def test_every_documented_input_is_known_and_the_honoured_ones_plan() -> None:
+    assert (
+        plan(
+            "          fetch-depth: 0\n          fetch-tags: true\n          ref: v1\n"
+            "          submodules: recursive\n          clean: false\n          persist-credentials: false\n"
+            "          lfs: false\n          sparse-checkout: |\n            src\n"
+            "          sparse-checkout-cone-mode: false\n          repository: owner/other\n"
+            "          token: ${{ secrets.OTHER }}\n          github-server-url: https://forge.example\n"
+            "          path: here\n          show-progress: false\n          set-safe-directory: true\n"
+        )
+        == []
+    )
+    docs = (Path(__file__).parents[2] / "docs" / "workflow-syntax.md").read_text()
+    for name in INPUTS:
+        assert f"| `{name}` |" in docs, name
+
+
+def test_an_unknown_input_is_an_error_at_its_line() -> None:
+    (message,) = plan("          path: x\n          fetch-dept: 0\n")
+    assert message.startswith("wf.yml:9: step 1 (uses: actions/checkout@v4): `with.fetch-dept`: ")
+    assert "unknown input of actions/checkout" in message and "fetch-depth" in message
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("fetch-depth: -1", "`with.fetch-depth`: must be a number of commits (0 for all history), not '-1'"),
+        ("fetch-depth: all", "not 'all'"),
+        ("submodules: yes", "`with.submodules`: must be true, false or recursive, not 'yes'"),
+        ("fetch-tags: maybe", "`with.fetch-tags`: must be true or false, not 'maybe'"),
+        ("persist-credentials: 1", "`with.persist-credentials`: must be true or false"),
+        ("ssh-key: ${{ secrets.KEY }}x", "`with.ssh-key`"),
+        ("ssh-key: abc", "SSH keys are not supported"),
+        ("filter: blob:none", "`with.filter`: partial clones are not supported"),
+        ("ssh-user: bob", "`with.ssh-user`"),
+        ("repository: just-a-name", "must be owner/name or an http(s) clone URL"),
+    ],
+)
+def test_an_unsupported_value_is_an_error(line: str, expected: str) -> None:
+    found = plan(f"          {line}\n")
+    if "${{" in line:
+        assert found == []  # an expression is checked when the job evaluates it
+        with pytest.raises(WorkflowError, match="SSH keys are not supported"):
+            parse({"ssh-key": "the evaluated key"})
+        return
+    (message,) = found
+    assert message.startswith("wf.yml:8: step 1 (uses: actions/checkout@v4): ") and expected in message
+
+
+def test_parse_has_actions_checkouts_defaults() -> None:
+    assert parse({}) == CheckoutInputs()
+    assert not parse({}).needs_history
+    got = parse(
+        {"fetch-depth": "0", "submodules": "Recursive", "sparse-checkout": "a\n\n b \n", "lfs": "true"}
+    )
+    assert got.fetch_depth == 0 and got.needs_history and got.submodules is Submodules.RECURSIVE
+    assert got.sparse_checkout == ("a", "b") and got.lfs and got.sparse_cone
+    assert problems({"fetch-depth": "${{ matrix.depth }}"}) == []
+
+
+# --- the host's fetch ---------------------------------------------------------------------------
+
+
+def test_fetch_depth_0_fetches_all_history_branches_and_tags(
+    fake: FakeForgejo, repos: Repos, tmp_path: Path
+) -> None:
+    out, task = fetched(fake, tmp_path, repos.second, "refs/heads/main", CheckoutInputs(fetch_depth=0))
+    assert git("rev-parse", "HEAD", cwd=out) == repos.second
+    assert not (out / ".git" / "shallow").exists()
+    assert git("log", "--format=%s", cwd=out).split("\n") == ["two", "one"]
+    assert git("describe", "--tags", cwd=out) == "v2"
+    assert git("describe", "--tags", "HEAD~1", cwd=out) == "v1"
+    assert set(git("tag", cwd=out).split()) == {"v1", "v2"}
+    assert git("rev-parse", "origin/side", cwd=out) == repos.side
+    assert git("status", "--porcelain", cwd=out) == ""
+    assert task.token not in (out / ".git" / "config").read_text()
+
+
+def test_fetch_depth_n_is_shallow_at_n_commits(fake: FakeForgejo, repos: Repos, tmp_path: Path) -> None:
+    out, _ = fetched(fake, tmp_path, repos.third, "refs/heads/main", CheckoutInputs(fetch_depth=2))
+    assert git("log", "--format=%s", cwd=out).split("\n") == ["submodule sub", "two"]
+    assert (out / ".git" / "shallow").exists()
+    assert git("tag", cwd=out) == ""  # no tags unless asked
+
+
+def test_fetch_tags_with_depth_1(fake: FakeForgejo, repos: Repos, tmp_path: Path) -> None:
+    out, _ = fetched(fake, tmp_path, repos.second, "refs/heads/main", CheckoutInputs(fetch_tags=True))
+    assert git("describe", "--tags", cwd=out) == "v2"
+    assert git("log", "--format=%s", cwd=out) == "two"
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [("side", "side"), ("v1", "first"), ("refs/tags/v2", "second"), ("HEAD", "third")],
+)
+def test_ref_checks_out_a_branch_or_a_tag(
+    fake: FakeForgejo, repos: Repos, tmp_path: Path, ref: str, expected: str
+) -> None:
+    out, _ = fetched(fake, tmp_path, "", ref, CheckoutInputs(ref=ref), task_sha=repos.third)
+    assert git("rev-parse", "HEAD", cwd=out) == getattr(repos, expected)
+
+
+def test_ref_checks_out_a_sha(fake: FakeForgejo, repos: Repos, tmp_path: Path) -> None:
+    out, _ = fetched(fake, tmp_path, repos.first, "", CheckoutInputs(ref=repos.first), task_sha=repos.third)
+    assert git("rev-parse", "HEAD", cwd=out) == repos.first
+    assert (out / "a.txt").read_text() == "first\n"
+
+
+def test_a_ref_that_does_not_exist(fake: FakeForgejo, repos: Repos, tmp_path: Path) -> None:
+    task = running_task(fake, repos.third)
+    with pytest.raises(CheckoutError) as info:
+        fetch_commit(url(fake), "", "no-such-branch", task.token, tmp_path / "co")
+    assert info.value.kind == "not-found" and "no-such-branch" in str(info.value)
+
+
+def test_submodules_are_fetched_with_the_task_token(fake: FakeForgejo, repos: Repos, tmp_path: Path) -> None:
+    inputs = CheckoutInputs(submodules=Submodules.TOP)
+    out, task = fetched(fake, tmp_path, repos.third, "refs/heads/main", inputs)
+    assert (out / "sub" / "lib.txt").read_text() == "from the submodule\n"
+    assert git("rev-parse", "HEAD", cwd=out / "sub") == git("rev-parse", "HEAD", cwd=repos.sub)
+    assert git("status", "--porcelain", cwd=out) == ""
+    assert any(r.repository == "owner/sub" and r.task_id == task.id for r in fake.git_requests)
+    header = base64.b64encode(f"x-access-token:{task.token}".encode())
+    for path in (out / ".git").rglob("*"):  # persist-credentials: nothing of the token in .git
+        if path.is_file():
+            assert task.token.encode() not in path.read_bytes() and header not in path.read_bytes(), path
+
+
+def test_without_submodules_the_submodule_stays_empty(
+    fake: FakeForgejo, repos: Repos, tmp_path: Path
+) -> None:
+    out, _ = fetched(fake, tmp_path, repos.third, "refs/heads/main", CheckoutInputs())
+    assert not (out / "sub" / "lib.txt").exists()
+    assert not any(r.repository == "owner/sub" for r in fake.git_requests)
+
+
+def test_sparse_checkout(fake: FakeForgejo, repos: Repos, tmp_path: Path) -> None:
+    inputs = CheckoutInputs(sparse_checkout=("src",))
+    out, _ = fetched(fake, tmp_path, repos.third, "refs/heads/main", inputs)
+    assert (out / "src" / "code.py").exists()
+    assert (out / "a.txt").exists()  # cone mode keeps the top level's files, as git does
+    assert not (out / "docs").exists()
+    no_cone = CheckoutInputs(sparse_checkout=("docs/guide.md",), sparse_cone=False)
+    out2 = unpack(
+        pack_tree(
+            fetch_commit(
+                url(fake),
+                repos.third,
+                "",
+                running_task(fake, repos.third).token,
+                tmp_path / "co2",
+                inputs=no_cone,
+            ),
+            include_git=True,
+        ),
+        tmp_path / "guest2",
+    )
+    assert (out2 / "docs" / "guide.md").exists()
+    assert not (out2 / "a.txt").exists() and not (out2 / "src").exists()
+
+
+def test_lfs_without_git_lfs_on_the_host_says_so(
+    fake: FakeForgejo, repos: Repos, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkout.shutil, "which", lambda name: None)
+    with pytest.raises(CheckoutError, match="`lfs: true` needs git-lfs on the job host"):
+        fetch_commit(url(fake), repos.third, "", "", tmp_path / "co", inputs=CheckoutInputs(lfs=True))
+    assert not (tmp_path / "co").exists()
+
+
+# --- the job: which target each step fetches -----------------------------------------------------
+
+
+def job(source: str, repository: str = "owner/repo", steps: str = "") -> JobRun:
+    text = WORKFLOW + steps
+    (spec,) = parse_workflow(text, "wf.yml").jobs
+    request = JobRequest(
+        job_id=str(uuid.uuid4()),
+        job=spec,
+        label="debian-12",
+        source=Source.FORGEJO if checkout.is_url(source) else Source.LOCAL,
+        source_ids={"checkout_token_secret": "GITHUB_TOKEN"},
+        repository=repository,
+        commit="a" * 40,
+        ref="refs/heads/main",
+        checkout_source=source,
+        secrets={"GITHUB_TOKEN": "job-token"},
+    )
+    return JobRun(request, stand_in_image("debian-12"), JobSettings(), Collect())
+
+
+def test_targets_of_forge_jobs() -> None:
+    run = job("https://forge.example/sub/path/owner/repo.git")
+    assert run._target(run.request.checkout_source, CheckoutInputs()) == FetchTarget(
+        "https://forge.example/sub/path/owner/repo.git", "a" * 40, "refs/heads/main", "job-token"
+    )
+    other = run._target(run.request.checkout_source, CheckoutInputs(repository="o/lib", token="t2"))
+    assert other == FetchTarget("https://forge.example/sub/path/o/lib.git", "", "HEAD", "t2")
+    tagged = run._target(
+        run.request.checkout_source,
+        CheckoutInputs(repository="o/lib", ref="v1", server_url="https://other.example"),
+    )
+    assert tagged == FetchTarget("https://other.example/o/lib.git", "", "v1", "job-token")
+    sha = run._target(run.request.checkout_source, CheckoutInputs(ref="b" * 40))
+    assert sha is not None and (sha.commit, sha.ref) == ("b" * 40, "")
+
+
+def test_targets_of_local_jobs(tmp_path: Path) -> None:
+    run = job(str(tmp_path), repository=tmp_path.name)
+    assert run._target(str(tmp_path), CheckoutInputs(fetch_depth=0)) is None  # packed as it is
+    assert run._target(str(tmp_path), CheckoutInputs(ref="v1")) == FetchTarget(
+        tmp_path.as_uri(), "", "v1", "job-token"
+    )
+    with pytest.raises(WorkflowError, match="needs `github-server-url:`"):
+        run._target(str(tmp_path), CheckoutInputs(repository="o/lib"))
+
+
+# --- local mode, end to end in a LocalGuest (git runs in the "guest") ----------------------------
+
+
+def run_local(tmp_path: Path, source: Path, steps: str) -> tuple[Result, list[str]]:
+    text = "on: push\njobs:\n  b:\n    runs-on: debian-12\n    steps:\n" + steps
+    (spec,) = parse_workflow(text, "wf.yml").jobs
+    request = JobRequest(
+        job_id=str(uuid.uuid4()),
+        job=spec,
+        label="local",
+        source=Source.LOCAL,
+        repository=source.name,
+        commit=checkout.head_commit(source),
+        checkout_source=str(source),
+    )
+    sink = Collect()
+    runtime = tmp_path / "rt"
+    result = JobRun(
+        request, stand_in_image(), JobSettings(runtime_dir=runtime), sink, boot=LocalGuest.booted
+    ).run()
+    lines = [e.text for e in sink.events if e.kind in (EventKind.LOG, EventKind.JOB_FINISHED)]
+    return result, lines
+
+
+def test_local_mode_packs_the_tree_as_it_is_and_with_fetch_depth_0_its_git(
+    repos: Repos, tmp_path: Path
+) -> None:
+    git("-c", "protocol.file.allow=always", "submodule", "update", "--init", cwd=repos.main)
+    (repos.main / "a.txt").write_text("changed, not committed\n")
+    (repos.main / "new.txt").write_text("untracked\n")
+    result, lines = run_local(
+        tmp_path,
+        repos.main,
+        """\
+      - uses: actions/checkout@v4
+        with:
+          fetch-depth: 0
+          submodules: true
+      - run: |
+          test "$(cat a.txt)" = "changed, not committed" && test -f new.txt
+          git log --format=%s | tr '\\n' ' '; echo
+          echo "described $(git describe --tags --dirty)"
+          echo "sub: $(cat sub/lib.txt)"
+      - uses: actions/checkout@v4
+        with:
+          path: plain
+      - run: test ! -e plain/.git && test ! -e plain/sub/lib.txt && test -f plain/a.txt && echo plain-ok
+""",
+    )
+    assert result is Result.SUCCESS, lines
+    assert "submodule sub two one " in lines
+    assert "described v2-1-g" + repos.third[:7] + "-dirty" in lines
+    assert "sub: from the submodule" in lines
+    assert "plain-ok" in lines
+
+
+def test_local_mode_with_a_ref_clones_the_local_repository(repos: Repos, tmp_path: Path) -> None:
+    (repos.main / "a.txt").write_text("uncommitted\n")
+    result, lines = run_local(
+        tmp_path,
+        repos.main,
+        """\
+      - uses: actions/checkout@v4
+        with:
+          ref: side
+      - run: test "$(cat a.txt)" = first && test -f side.txt && git rev-parse HEAD
+""",
+    )
+    assert result is Result.SUCCESS, lines
+    assert repos.side in lines
+
+
+def test_an_input_whose_evaluated_value_is_wrong_fails_the_step(repos: Repos, tmp_path: Path) -> None:
+    result, lines = run_local(
+        tmp_path,
+        repos.main,
+        """\
+      - uses: actions/checkout@v4
+        with:
+          fetch-depth: ${{ 'deep' }}
+""",
+    )
+    assert result is Result.FAILURE
+    assert any("`with.fetch-depth`: must be a number of commits" in ln for ln in lines), lines
