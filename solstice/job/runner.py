@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from solstice import expr
 from solstice.config import PathsConfig, VMConfig
@@ -565,7 +566,7 @@ class JobRun:
                     "(a local job has no forge to resolve owner/name against)"
                 )
             url = f"{server}/{inputs.repository}.git"
-        token = inputs.token or self._checkout_token()
+        token = inputs.token or (self._checkout_token() if _same_host(url, source) else "")
         if inputs.ref:
             sha = checkout.is_sha(inputs.ref)
             return FetchTarget(url, inputs.ref if sha else "", "" if sha else inputs.ref, token)
@@ -742,6 +743,12 @@ class JobRun:
                 outputs[cmd.params["name"]] = cmd.value
                 return
         self.emit.log(line, step=n, stream=Stream.STDOUT)
+
+
+def _same_host(url: str, source: str) -> bool:
+    """Whether ``url`` is on the job's own forge: only there may the job's token go by default."""
+    a, b = urlsplit(url), urlsplit(source)
+    return checkout.is_url(source) and (a.scheme, a.netloc) == (b.scheme, b.netloc)
 
 
 def run_job(

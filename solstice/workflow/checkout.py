@@ -122,7 +122,7 @@ def _flag(values: Mapping[str, str], name: str, default: bool) -> bool:
 
 def parse(values: Mapping[str, str]) -> CheckoutInputs:
     """The evaluated ``with:`` -> ``CheckoutInputs``; raises ``WorkflowError`` naming the input."""
-    bad = problems({k: v for k, v in values.items()})
+    bad = problems(values)
     if bad:
         raise WorkflowError([f"checkout: {msg}" for _, msg in bad])
     depth = values.get("fetch-depth", "").strip()

@@ -4,9 +4,6 @@ the host's fetch (real git against the fake Forgejo's smart HTTP) and by local m
 from __future__ import annotations
 
 import base64
-import io
-import subprocess
-import tarfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,34 +12,17 @@ from pathlib import Path
 import pytest
 
 from solstice.errors import WorkflowError
-from solstice.forges.forgejo.client import Client, Credentials
 from solstice.job import checkout
 from solstice.job.checkout import CheckoutError, fetch_commit, pack_tree
 from solstice.job.runner import FetchTarget, JobRun, JobSettings
 from solstice.model import EventKind, JobRequest, Result, Source
 from solstice.workflow import WorkflowProblems, parse_workflow
 from solstice.workflow.checkout import INPUTS, CheckoutInputs, Submodules, parse, problems
+from tests.fakes.checkouts import WORKFLOW, commit, git, running_task, unpack
 from tests.fakes.forgejo import FakeForgejo, FakeTask
 from tests.fakes.gitrepo import add_submodule
 from tests.fakes.jobsink import Collect
 from tests.fakes.localguest import LocalGuest, stand_in_image
-
-
-def git(*args: str | Path, cwd: Path) -> str:
-    out = subprocess.run(
-        ["git", "-c", "user.name=x", "-c", "user.email=x@x", *map(str, args)],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip()
-
-
-def commit(repo: Path, message: str) -> str:
-    git("add", "-A", cwd=repo)
-    git("commit", "-q", "-m", message, cwd=repo)
-    return git("rev-parse", "HEAD", cwd=repo)
 
 
 @dataclass
@@ -91,30 +71,8 @@ def fake(repos: Repos) -> Iterator[FakeForgejo]:
         yield f
 
 
-WORKFLOW = "on: push\njobs:\n  b:\n    runs-on: debian-12\n    steps:\n      - uses: actions/checkout@v4\n"
-
-
-def running_task(fake: FakeForgejo, sha: str) -> FakeTask:
-    fake.enqueue(WORKFLOW, repository="owner/repo", sha=sha)
-    runner = fake.add_runner(f"r{len(fake.runners)}", ["debian-12"])
-    client = Client(fake.url, Credentials(runner.uuid, runner.token))
-    try:
-        task = client.fetch_task(0).task
-    finally:
-        client.close()
-    assert task is not None
-    return fake.tasks[task.id]
-
-
 def url(fake: FakeForgejo) -> str:
     return f"{fake.url}/owner/repo.git"
-
-
-def unpack(archive: checkout.Archive, dest: Path) -> Path:
-    dest.mkdir()
-    with tarfile.open(fileobj=io.BytesIO(archive.data)) as tar:
-        tar.extractall(dest, filter="tar")
-    return dest
 
 
 def fetched(
@@ -315,9 +273,8 @@ def test_lfs_without_git_lfs_on_the_host_says_so(
 # --- the job: which target each step fetches -----------------------------------------------------
 
 
-def job(source: str, repository: str = "owner/repo", steps: str = "") -> JobRun:
-    text = WORKFLOW + steps
-    (spec,) = parse_workflow(text, "wf.yml").jobs
+def job(source: str, repository: str = "owner/repo") -> JobRun:
+    (spec,) = parse_workflow(WORKFLOW, "wf.yml").jobs
     request = JobRequest(
         job_id=str(uuid.uuid4()),
         job=spec,
@@ -344,7 +301,12 @@ def test_targets_of_forge_jobs() -> None:
         run.request.checkout_source,
         CheckoutInputs(repository="o/lib", ref="v1", server_url="https://other.example"),
     )
-    assert tagged == FetchTarget("https://other.example/o/lib.git", "", "v1", "job-token")
+    # another host gets no job token unless `token:` says so
+    assert tagged == FetchTarget("https://other.example/o/lib.git", "", "v1", "")
+    elsewhere = CheckoutInputs(repository="https://other.example/o/lib.git", token="t3")
+    assert run._target(run.request.checkout_source, elsewhere) == FetchTarget(
+        "https://other.example/o/lib.git", "", "HEAD", "t3"
+    )
     sha = run._target(run.request.checkout_source, CheckoutInputs(ref="b" * 40))
     assert sha is not None and (sha.commit, sha.ref) == ("b" * 40, "")
 
@@ -353,7 +315,7 @@ def test_targets_of_local_jobs(tmp_path: Path) -> None:
     run = job(str(tmp_path), repository=tmp_path.name)
     assert run._target(str(tmp_path), CheckoutInputs(fetch_depth=0)) is None  # packed as it is
     assert run._target(str(tmp_path), CheckoutInputs(ref="v1")) == FetchTarget(
-        tmp_path.as_uri(), "", "v1", "job-token"
+        tmp_path.as_uri(), "", "v1", ""
     )
     with pytest.raises(WorkflowError, match="needs `github-server-url:`"):
         run._target(str(tmp_path), CheckoutInputs(repository="o/lib"))
