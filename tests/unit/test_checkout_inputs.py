@@ -4,6 +4,7 @@ the host's fetch (real git against the fake Forgejo's smart HTTP) and by local m
 from __future__ import annotations
 
 import base64
+import textwrap
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from solstice.workflow import WorkflowProblems, parse_workflow
 from solstice.workflow.checkout import INPUTS, CheckoutInputs, Submodules, parse, problems
 from tests.fakes.checkouts import WORKFLOW, commit, git, running_task, unpack
 from tests.fakes.forgejo import FakeForgejo, FakeTask
-from tests.fakes.gitrepo import add_submodule
+from tests.fakes.gitrepo import add_submodule, make_repo
 from tests.fakes.jobsink import Collect
 from tests.fakes.localguest import LocalGuest, stand_in_image
 
@@ -35,29 +36,27 @@ class Repos:
     side: str  # branch `side`, off the first commit
 
 
+def write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
 @pytest.fixture
 def repos(tmp_path: Path) -> Repos:
     sub = tmp_path / "sub"
-    sub.mkdir()
-    git("init", "-q", "-b", "main", cwd=sub)
-    (sub / "lib.txt").write_text("from the submodule\n")
-    commit(sub, "sub one")
+    make_repo(sub, "from the submodule\n", name="lib.txt")
     main = tmp_path / "main"
-    main.mkdir()
+    write(main, {"a.txt": "first\n", "docs/guide.md": "guide\n", "src/code.py": "print(1)\n"})
     git("init", "-q", "-b", "main", cwd=main)
-    (main / "a.txt").write_text("first\n")
-    (main / "docs").mkdir()
-    (main / "docs" / "guide.md").write_text("guide\n")
-    (main / "src").mkdir()
-    (main / "src" / "code.py").write_text("print(1)\n")
     first = commit(main, "one")
     git("tag", "v1", cwd=main)
-    (main / "a.txt").write_text("second\n")
+    write(main, {"a.txt": "second\n"})
     second = commit(main, "two")
     git("tag", "-a", "-m", "release 2", "v2", cwd=main)
     third = add_submodule(main, sub, "sub", "../sub.git")
     git("checkout", "-q", "-b", "side", first, cwd=main)
-    (main / "side.txt").write_text("side\n")
+    write(main, {"side.txt": "side\n"})
     side = commit(main, "side")
     git("checkout", "-q", "main", cwd=main)
     return Repos(main, sub, first, second, third, side)
@@ -324,8 +323,14 @@ def test_targets_of_local_jobs(tmp_path: Path) -> None:
 # --- local mode, end to end in a LocalGuest (git runs in the "guest") ----------------------------
 
 
-def run_local(tmp_path: Path, source: Path, steps: str) -> tuple[Result, list[str]]:
-    text = "on: push\njobs:\n  b:\n    runs-on: debian-12\n    steps:\n" + steps
+def run_local(
+    tmp_path: Path, source: Path, inputs: str, script: str, more: str = ""
+) -> tuple[Result, list[str]]:
+    """Run a local job in a LocalGuest: a checkout with ``inputs`` (``with:`` lines), ``script``,
+    then the steps in ``more``; its result and log lines."""
+    steps = f"- uses: actions/checkout@v4\n  with:\n{textwrap.indent(inputs, '    ')}- run: |\n"
+    steps += textwrap.indent(script, "    ") + more
+    text = "on: push\njobs:\n  b:\n    runs-on: debian-12\n    steps:\n" + textwrap.indent(steps, "      ")
     (spec,) = parse_workflow(text, "wf.yml").jobs
     request = JobRequest(
         job_id=str(uuid.uuid4()),
@@ -351,25 +356,18 @@ def test_local_mode_packs_the_tree_as_it_is_and_with_fetch_depth_0_its_git(
     git("-c", "protocol.file.allow=always", "submodule", "update", "--init", cwd=repos.main)
     (repos.main / "a.txt").write_text("changed, not committed\n")
     (repos.main / "new.txt").write_text("untracked\n")
-    result, lines = run_local(
-        tmp_path,
-        repos.main,
-        """\
-      - uses: actions/checkout@v4
-        with:
-          fetch-depth: 0
-          submodules: true
-      - run: |
-          test "$(cat a.txt)" = "changed, not committed" && test -f new.txt
-          git log --format=%s | tr '\\n' ' '; echo
-          echo "described $(git describe --tags --dirty)"
-          echo "sub: $(cat sub/lib.txt)"
-      - uses: actions/checkout@v4
-        with:
-          path: plain
-      - run: test ! -e plain/.git && test ! -e plain/sub/lib.txt && test -f plain/a.txt && echo plain-ok
-""",
-    )
+    script = """\
+test "$(cat a.txt)" = "changed, not committed" && test -f new.txt
+git log --format=%s | tr '\\n' ' '; echo
+echo "described $(git describe --tags --dirty)"
+echo "sub: $(cat sub/lib.txt)"
+"""
+    plain = """\
+- uses: actions/checkout@v4
+  with: {path: plain}
+- run: test ! -e plain/.git && test ! -e plain/sub/lib.txt && test -f plain/a.txt && echo plain-ok
+"""
+    result, lines = run_local(tmp_path, repos.main, "fetch-depth: 0\nsubmodules: true\n", script, plain)
     assert result is Result.SUCCESS, lines
     assert "submodule sub two one " in lines
     assert "described v2-1-g" + repos.third[:7] + "-dirty" in lines
@@ -379,29 +377,13 @@ def test_local_mode_packs_the_tree_as_it_is_and_with_fetch_depth_0_its_git(
 
 def test_local_mode_with_a_ref_clones_the_local_repository(repos: Repos, tmp_path: Path) -> None:
     (repos.main / "a.txt").write_text("uncommitted\n")
-    result, lines = run_local(
-        tmp_path,
-        repos.main,
-        """\
-      - uses: actions/checkout@v4
-        with:
-          ref: side
-      - run: test "$(cat a.txt)" = first && test -f side.txt && git rev-parse HEAD
-""",
-    )
+    script = 'test "$(cat a.txt)" = first && test -f side.txt && git rev-parse HEAD\n'
+    result, lines = run_local(tmp_path, repos.main, "ref: side\n", script)
     assert result is Result.SUCCESS, lines
     assert repos.side in lines
 
 
 def test_an_input_whose_evaluated_value_is_wrong_fails_the_step(repos: Repos, tmp_path: Path) -> None:
-    result, lines = run_local(
-        tmp_path,
-        repos.main,
-        """\
-      - uses: actions/checkout@v4
-        with:
-          fetch-depth: ${{ 'deep' }}
-""",
-    )
-    assert result is Result.FAILURE
+    result, lines = run_local(tmp_path, repos.main, "fetch-depth: ${{ 'deep' }}\n", "echo not reached\n")
+    assert result is Result.FAILURE and "not reached" not in lines
     assert any("`with.fetch-depth`: must be a number of commits" in ln for ln in lines), lines
