@@ -272,7 +272,7 @@ def test_lfs_without_git_lfs_on_the_host_says_so(
 # --- the job: which target each step fetches -----------------------------------------------------
 
 
-def job(source: str, repository: str = "owner/repo") -> JobRun:
+def job(source: str, repository: str = "owner/repo", token: str = "job-token") -> JobRun:
     (spec,) = parse_workflow(WORKFLOW, "wf.yml").jobs
     request = JobRequest(
         job_id=str(uuid.uuid4()),
@@ -284,7 +284,7 @@ def job(source: str, repository: str = "owner/repo") -> JobRun:
         commit="a" * 40,
         ref="refs/heads/main",
         checkout_source=source,
-        secrets={"GITHUB_TOKEN": "job-token"},
+        secrets={"GITHUB_TOKEN": token},
     )
     return JobRun(request, stand_in_image("debian-12"), JobSettings(), Collect())
 
@@ -387,3 +387,20 @@ def test_an_input_whose_evaluated_value_is_wrong_fails_the_step(repos: Repos, tm
     result, lines = run_local(tmp_path, repos.main, "fetch-depth: ${{ 'deep' }}\n", "echo not reached\n")
     assert result is Result.FAILURE and "not reached" not in lines
     assert any("`with.fetch-depth`: must be a number of commits" in ln for ln in lines), lines
+
+
+def test_another_repository_of_the_forge_is_fetched_with_the_job_token(
+    fake: FakeForgejo, repos: Repos, tmp_path: Path
+) -> None:
+    task = running_task(fake, repos.third)
+    run = job(url(fake), token=task.token)
+    run.workdir = tmp_path / "job"
+    run.workdir.mkdir()
+    inputs = parse({"repository": "owner/sub", "path": "lib"})
+    target = run._target(url(fake), inputs)
+    assert target == FetchTarget(f"{fake.url}/owner/sub.git", "", "HEAD", task.token)
+    out = unpack(run._fetch(target, run.job.steps[0], inputs), tmp_path / "guest")
+    assert (out / "lib.txt").read_text() == "from the submodule\n"
+    assert git("rev-parse", "HEAD", cwd=out) == git("rev-parse", "HEAD", cwd=repos.sub)
+    assert (run.workdir / "checkout" / ".git").is_dir()
+    assert any(r.repository == "owner/sub" and r.task_id == task.id for r in fake.git_requests)
