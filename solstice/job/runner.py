@@ -550,7 +550,9 @@ class JobRun:
         req = self.request
         own = not inputs.repository or inputs.repository.lower() == req.repository.lower()
         if own and not checkout.is_url(source):
-            if not (inputs.ref or inputs.sparse_checkout or inputs.lfs):
+            # a linked worktree's (or a submodule's) .git is a file naming a repository elsewhere
+            foreign_git = inputs.needs_history and (Path(source) / ".git").is_file()
+            if not (inputs.ref or inputs.sparse_checkout or inputs.lfs or foreign_git):
                 return None
             # another commit than the work tree's, or a git feature: clone the local repository
             url = Path(source).resolve().as_uri()

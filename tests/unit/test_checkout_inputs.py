@@ -404,3 +404,13 @@ def test_another_repository_of_the_forge_is_fetched_with_the_job_token(
     assert git("rev-parse", "HEAD", cwd=out) == git("rev-parse", "HEAD", cwd=repos.sub)
     assert (run.workdir / "checkout" / ".git").is_dir()
     assert any(r.repository == "owner/sub" and r.task_id == task.id for r in fake.git_requests)
+
+
+def test_local_mode_in_a_linked_worktree_clones_its_repository(repos: Repos, tmp_path: Path) -> None:
+    worktree = tmp_path / "linked"
+    git("worktree", "add", "-q", "--detach", worktree, repos.second, cwd=repos.main)
+    assert (worktree / ".git").is_file()
+    script = 'git rev-parse HEAD && git describe --tags && test "$(cat a.txt)" = second\n'
+    result, lines = run_local(tmp_path, worktree, "fetch-depth: 0\n", script)
+    assert result is Result.SUCCESS, lines
+    assert repos.second in lines and "v2" in lines
