@@ -414,3 +414,20 @@ def test_local_mode_in_a_linked_worktree_clones_its_repository(repos: Repos, tmp
     result, lines = run_local(tmp_path, worktree, "fetch-depth: 0\n", script)
     assert result is Result.SUCCESS, lines
     assert repos.second in lines and "v2" in lines
+
+
+def test_recursive_submodules(repos: Repos, tmp_path: Path) -> None:
+    nested = tmp_path / "nested"
+    make_repo(nested, "deep inside\n", name="deep.txt")
+    add_submodule(repos.sub, nested, "nested", "../nested.git")
+    outer = add_submodule(repos.main, repos.sub, "sub2", "../sub.git")
+    with FakeForgejo() as fake:
+        fake.add_repository("owner/repo", repos.main)
+        fake.add_repository("owner/sub", repos.sub, public=True)
+        fake.add_repository("owner/nested", nested, public=True)
+        top, _ = fetched(fake, tmp_path / "top", outer, "", CheckoutInputs(submodules=Submodules.TOP))
+        assert (top / "sub2" / "lib.txt").exists() and not (top / "sub2" / "nested" / "deep.txt").exists()
+        inputs = CheckoutInputs(submodules=Submodules.RECURSIVE)
+        out, _ = fetched(fake, tmp_path / "all", outer, "", inputs)
+    assert (out / "sub2" / "nested" / "deep.txt").read_text() == "deep inside\n"
+    assert git("status", "--porcelain", cwd=out / "sub2") == ""
