@@ -3,8 +3,9 @@
 The archive is ustar (what every POSIX tar reads, illumos and BSD included); names too long for
 ustar fall back to pax headers, which those tars also accept.
 
-Forge jobs check out a commit of a remote repository: ``fetch_commit`` fetches exactly that commit
-with the host's git (the task token only in git's environment, as an HTTP header), and
+Forge jobs check out a commit of a remote repository: ``fetch_commit`` fetches that commit (or a
+branch or tag) with the host's git, as deep as the step's ``fetch-depth``, with tags, submodules,
+sparse checkout and LFS as asked (the token only in git's environment, as an HTTP header), and
 ``pack_tree(..., include_git=True)`` packs the work tree together with its ``.git``.
 """
 
@@ -14,13 +15,16 @@ import base64
 import io
 import os
 import re
+import shutil
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from solstice import proc
 from solstice.errors import CommandError, InfraError
+from solstice.workflow.checkout import CheckoutInputs, Submodules
 
 #: How long one git command of a fetch may take (a big repository over a slow link).
 GIT_TIMEOUT = 600.0
@@ -70,23 +74,59 @@ def _git_dir_entries(root: Path) -> list[str]:
     return names
 
 
-def pack_tree(root: Path, *, include_git: bool = False) -> Archive:
-    """Pack a local directory (a git work tree, or any directory).
+def _gitlinks(root: Path) -> list[str]:
+    """The paths of the submodules recorded in the index of the repository at ``root``."""
+    try:
+        out = proc.run(["git", "-C", root, "ls-files", "-z", "--stage"]).stdout
+    except CommandError:
+        return []
+    links = []
+    for entry in out.decode(errors="surrogateescape").split("\0"):
+        meta, _, name = entry.partition("\t")
+        if meta.startswith("160000 "):
+            links.append(name)
+    return links
 
-    With ``include_git`` the repository itself (``.git``, a directory) goes into the archive too, so
-    that ``git log`` or ``git describe`` work in the guest; ``files`` counts the work tree's files.
-    """
-    if not root.is_dir():
-        raise InfraError(f"checkout: {root} is not a directory")
+
+def _tree_names(root: Path, submodules: Submodules, include_git: bool) -> tuple[list[str], set[str]]:
+    """The work tree's files (``submodules`` checked-out submodules' too), and the ``.git`` entries
+    to pack with them (the top one's and the submodules' ``.git`` files) when ``include_git``."""
     names = _git_files(root)
     if names is None:
         names = _walk(root)
     git_names = set(_git_dir_entries(root)) if include_git else set()
+    if submodules is Submodules.NONE:
+        return names, git_names
+    nested = submodules if submodules is Submodules.RECURSIVE else Submodules.NONE
+    for link in _gitlinks(root):
+        sub = root / link
+        if not (sub / ".git").exists():
+            continue  # not initialised: nothing checked out to pack
+        sub_names, sub_git = _tree_names(sub, nested, include_git)
+        names.extend(f"{link}/{n}" for n in sub_names)
+        git_names.update(f"{link}/{n}" for n in sub_git)
+        if include_git and (sub / ".git").is_file():
+            git_names.add(f"{link}/.git")  # "gitdir: ../.git/modules/<name>", packed above
+    return names, git_names
+
+
+def pack_tree(root: Path, *, include_git: bool = False, submodules: Submodules = Submodules.NONE) -> Archive:
+    """Pack a local directory (a git work tree, or any directory).
+
+    With ``include_git`` the repository itself (``.git``, a directory) goes into the archive too, so
+    that ``git log`` or ``git describe`` work in the guest; ``files`` counts the work tree's files.
+    ``submodules`` adds the files of checked-out submodules (``RECURSIVE``: theirs too).
+    """
+    if not root.is_dir():
+        raise InfraError(f"checkout: {root} is not a directory")
+    names, git_names = _tree_names(root, submodules, include_git)
     buf = io.BytesIO()
     count = 0
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(set(names) | git_names):
             path = root / name
+            if not os.path.lexists(path):
+                continue
             info = tar.gettarinfo(str(path), arcname=name)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
@@ -147,6 +187,11 @@ class CheckoutError(InfraError):
         self.url = url
         self.commit = commit
         self.kind = kind
+
+
+def is_sha(text: str) -> bool:
+    """Whether ``text`` is a full commit sha (SHA-1 or SHA-256)."""
+    return _SHA.fullmatch(text) is not None
 
 
 def is_url(source: str) -> bool:
@@ -268,6 +313,19 @@ def _error(exc: CommandError, url: str, commit: str, token: str, doing: str) -> 
     return CheckoutError(f"checkout: {what}: {tail}", url=url, commit=commit, kind=kind)
 
 
+def _check_args(url: str, commit: str, ref: str) -> str:
+    if not is_url(url):
+        raise InfraError(f"checkout: {url!r} is not a clone URL")
+    if urlsplit(url).username is not None or "@" in urlsplit(url).netloc:
+        # It would end up in .git/config and in logs: credentials travel as secrets instead.
+        raise InfraError("checkout: the clone URL must not carry credentials")
+    if commit and not _SHA.fullmatch(commit):
+        raise InfraError(f"checkout: {url}: {commit!r} is not a full commit sha")
+    if ref.startswith("-") or ":" in ref or (not commit and not ref):
+        raise InfraError(f"checkout: {url}: {ref!r} is not a ref")
+    return commit.lower()
+
+
 def fetch_commit(
     url: str,
     commit: str,
@@ -275,11 +333,15 @@ def fetch_commit(
     token: str,
     dest: Path,
     *,
+    inputs: CheckoutInputs | None = None,
     timeout: float = GIT_TIMEOUT,
 ) -> Path:
-    """Fetch exactly ``commit`` of the repository at ``url`` into the new directory ``dest`` and
-    check it out (detached HEAD, shallow); return ``dest``.
+    """Fetch ``commit`` of the repository at ``url`` into the new directory ``dest`` and check it
+    out (detached HEAD); return ``dest``. ``commit`` "" means the tip of ``ref`` (a branch, a tag,
+    or ``HEAD`` for the default branch).
 
+    ``inputs`` says how much: ``fetch_depth`` commits (0: all history, every branch and tag),
+    ``fetch_tags``, ``submodules``, ``sparse_checkout`` and ``lfs`` as actions/checkout means them.
     ``token`` (may be empty) authenticates over HTTP(S) as actions/checkout does; ``origin`` is
     set to ``url``, which must carry no credentials. The commit is fetched by its sha; a server
     that refuses that (protocol v0 without ``uploadpack.allow*SHA1InWant``) gets ``ref`` fetched
@@ -287,16 +349,16 @@ def fetch_commit(
     ``CheckoutError`` (an ``InfraError``) naming the URL, the commit and git's last words, with
     the token masked.
     """
-    if not is_url(url):
-        raise InfraError(f"checkout: {url!r} is not a clone URL")
-    if urlsplit(url).username is not None or "@" in urlsplit(url).netloc:
-        # It would end up in .git/config and in logs: credentials travel as secrets instead.
-        raise InfraError("checkout: the clone URL must not carry credentials")
-    if not _SHA.fullmatch(commit):
-        raise InfraError(f"checkout: {url}: {commit!r} is not a full commit sha")
-    commit = commit.lower()
-    if ref.startswith("-") or ":" in ref:
-        raise InfraError(f"checkout: {url}: {ref!r} is not a ref")
+    commit = _check_args(url, commit, ref)
+    inputs = inputs or CheckoutInputs()
+    if inputs.lfs and shutil.which("git-lfs") is None:
+        raise CheckoutError(
+            "checkout: `lfs: true` needs git-lfs on the job host, which is not installed "
+            "(install the git-lfs package, or drop `lfs:`)",
+            url=url,
+            commit=commit,
+            kind="git",
+        )
     try:
         dest.mkdir(mode=0o700, parents=True)
     except FileExistsError:
@@ -308,37 +370,44 @@ def fetch_commit(
         out = proc.run(["git", "-C", dest, *args], env=env, timeout=timeout).stdout
         return out.decode(errors="replace").strip()
 
-    doing = f"fetching commit {commit}"
+    depth = [f"--depth={inputs.fetch_depth}"] if inputs.fetch_depth > 0 else []
+    doing = f"fetching commit {commit}" if commit else f"fetching {ref}"
     try:
         git("init", "-q")
         git("remote", "add", "origin", url)
-        try:
-            git("fetch", "--depth=1", "--no-tags", "origin", commit)
-        except CommandError as exc:
-            low = exc.stderr.lower()
-            if (
-                not ref
-                or _kind(exc.stderr) in ("auth", "unreachable")
-                or not any(n in low for n in _REFUSED_SHA)
-            ):
-                raise
-            doing = f"fetching {ref} for commit {commit}"
-            git("fetch", "--depth=1", "--no-tags", "origin", ref)
-            if git("rev-parse", "FETCH_HEAD") != commit and (dest / ".git" / "shallow").exists():
-                git("fetch", "--unshallow", "--no-tags", "origin", ref)
-            if proc.run(
-                ["git", "-C", dest, "cat-file", "-e", f"{commit}^{{commit}}"], env=env, check=False
-            ).returncode:
-                raise CheckoutError(
-                    f"checkout: commit {commit} cannot be fetched by its sha from {url} and is "
-                    f"not in the history of {ref} (force-pushed away?)",
-                    url=url,
-                    commit=commit,
-                    kind="not-found",
-                ) from None
+        if not commit:
+            git("fetch", *depth, "--no-tags", "origin", ref)
+            commit = git("rev-parse", "FETCH_HEAD^{commit}")
+        else:
+            _fetch_sha(git, dest, env, url, commit, ref, depth)
+        if inputs.fetch_depth == 0:
+            doing = "fetching all branches and tags"
+            git(
+                "fetch",
+                "--no-tags",
+                "origin",
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+            )
+        elif inputs.fetch_tags:
+            doing = "fetching tags"
+            git("fetch", *depth, "--no-tags", "origin", "+refs/tags/*:refs/tags/*")
+        if inputs.sparse_checkout:
+            doing = "setting up the sparse checkout"
+            cone = [] if inputs.sparse_cone else ["--no-cone"]
+            git("sparse-checkout", "set", *cone, "--", *inputs.sparse_checkout)
         doing = f"checking out commit {commit}"
         git("checkout", "-q", "--detach", commit)
         head = git("rev-parse", "HEAD")
+        if inputs.submodules is not Submodules.NONE:
+            doing = "fetching submodules"
+            recursive = ["--recursive"] if inputs.submodules is Submodules.RECURSIVE else []
+            git("submodule", "sync", *recursive)
+            git("submodule", "update", "--init", "--force", *depth, *recursive)
+        if inputs.lfs:
+            doing = "fetching LFS objects"
+            git("lfs", "install", "--local")
+            git("lfs", "pull", "origin")
     except CommandError as exc:
         raise _error(exc, url, commit, token, doing) from None
     if head != commit:
@@ -349,3 +418,38 @@ def fetch_commit(
             kind="git",
         )
     return dest
+
+
+def _fetch_sha(
+    git: Callable[..., str],
+    dest: Path,
+    env: dict[str, str],
+    url: str,
+    commit: str,
+    ref: str,
+    depth: list[str],
+) -> None:
+    """Fetch ``commit`` by its sha, else (a server refusing shas) ``ref`` deep enough to hold it."""
+    try:
+        git("fetch", *depth, "--no-tags", "origin", commit)
+    except CommandError as exc:
+        low = exc.stderr.lower()
+        if (
+            not ref
+            or _kind(exc.stderr) in ("auth", "unreachable")
+            or not any(n in low for n in _REFUSED_SHA)
+        ):
+            raise
+        git("fetch", *depth, "--no-tags", "origin", ref)
+        if git("rev-parse", "FETCH_HEAD") != commit and (dest / ".git" / "shallow").exists():
+            git("fetch", "--unshallow", "--no-tags", "origin", ref)
+        if proc.run(
+            ["git", "-C", dest, "cat-file", "-e", f"{commit}^{{commit}}"], env=env, check=False
+        ).returncode:
+            raise CheckoutError(
+                f"checkout: commit {commit} cannot be fetched by its sha from {url} and is "
+                f"not in the history of {ref} (force-pushed away?)",
+                url=url,
+                commit=commit,
+                kind="not-found",
+            ) from None

@@ -11,6 +11,7 @@ guest, a subprocess of ours, the checkout fetch), since the build then never had
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shlex
 import shutil
@@ -21,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from solstice import expr
 from solstice.config import PathsConfig, VMConfig
@@ -36,6 +38,7 @@ from solstice.job.notify import Notifier
 from solstice.model import EventSink, JobRequest, Outcome, Phase, Result, Step, StepKind, Stream
 from solstice.vm import machine
 from solstice.vm.machine import MachineSpec, start_machine
+from solstice.workflow import checkout as checkout_inputs
 
 log = logging.getLogger("solstice.job")
 
@@ -68,6 +71,16 @@ class StepResult:
     exit_code: int | None = None
     message: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FetchTarget:
+    """What a checkout step fetches: ``commit`` ("" for the tip of ``ref``) of ``url``."""
+
+    url: str
+    commit: str
+    ref: str
+    token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -126,8 +139,8 @@ class JobRun:
         self.outputs: dict[str, str] = {}
         #: The job's work directory on the host (set by _run_in_vm; removed by its ExitStack).
         self.workdir: Path | None = None
-        #: The forge commit, fetched and packed by the first checkout step (later ones reuse it).
-        self._fetched: checkout.Archive | None = None
+        #: What checkout steps fetched and packed, by target and inputs (a second step reuses it).
+        self._fetched: dict[tuple[FetchTarget, checkout_inputs.CheckoutInputs], checkout.Archive] = {}
 
     # --- the whole job ---------------------------------------------------------------------
 
@@ -508,16 +521,21 @@ class JobRun:
         source = self.request.checkout_source
         if not source:
             return StepResult(Outcome.FAILURE, message="checkout: this job has no source tree to check out")
-        dest_rel = expr.interpolate(str(step.with_.get("path", "")), ctx)
-        dest = self._workdir_for(paths, dest_rel or None, ctx)
-        if checkout.is_url(source):
-            archive = self._fetch(source, step)
+        # `token:` and the rest are expressions over secrets and the like, evaluated only now
+        inputs = checkout_inputs.parse({k: expr.interpolate(str(v), ctx) for k, v in step.with_.items()})
+        dest = paths.workspace
+        if inputs.path:
+            dest = inputs.path if inputs.path.startswith("/") else f"{paths.workspace}/{inputs.path}"
+        target = self._target(source, inputs)
+        if target is None:  # local mode: the work tree as it is
+            archive = checkout.pack_tree(
+                Path(source), include_git=inputs.needs_history, submodules=inputs.submodules
+            )
+            what = f"{self.request.repository or source} {self.request.commit[:12]}"
         else:
-            archive = checkout.pack_tree(Path(source))
-        self.emit.log(
-            f"Checking out {self.request.repository or source} {self.request.commit[:12]} into {dest}",
-            step=step.number,
-        )
+            archive = self._fetch(target, step, inputs)
+            what = f"{target.url} {(target.commit or target.ref)[:12]}"
+        self.emit.log(f"Checking out {what} into {dest}", step=step.number)
         err: list[bytes] = []
         cmd = f"mkdir -p {shlex.quote(dest)} && cd {shlex.quote(dest)} && {self.image.profile.tar} xf -"
         status = guest.exec(cmd, stdin=archive.data, on_stdout=lambda b: None, on_stderr=err.append)
@@ -527,18 +545,60 @@ class JobRun:
         self.emit.log(f"{archive.files} files, {len(archive.data) // 1024} KiB", step=step.number)
         return StepResult(Outcome.SUCCESS, 0)
 
-    def _fetch(self, url: str, step: Step) -> checkout.Archive:
-        """The task's commit (never ``with: ref:``), fetched on the host once per job."""
-        if self._fetched is None:
+    def _target(self, source: str, inputs: checkout_inputs.CheckoutInputs) -> FetchTarget | None:
+        """What the host fetches for a checkout step; None for a local tree packed as it is."""
+        req = self.request
+        own = not inputs.repository or inputs.repository.lower() == req.repository.lower()
+        if own and not checkout.is_url(source):
+            # a linked worktree's (or a submodule's) .git is a file naming a repository elsewhere
+            foreign_git = inputs.needs_history and (Path(source) / ".git").is_file()
+            if not (inputs.ref or inputs.sparse_checkout or inputs.lfs or foreign_git):
+                return None
+            # another commit than the work tree's, or a git feature: clone the local repository
+            url = Path(source).resolve().as_uri()
+        elif own:
+            url = source
+        elif inputs.repository.startswith(("http://", "https://")):
+            url = inputs.repository
+        else:
+            server = inputs.server_url or self._server_url(source)
+            if not server:
+                raise WorkflowError(
+                    f"checkout: `repository: {inputs.repository}` needs `github-server-url:` here "
+                    "(a local job has no forge to resolve owner/name against)"
+                )
+            url = f"{server}/{inputs.repository}.git"
+        token = inputs.token or (self._checkout_token() if _same_host(url, source) else "")
+        if inputs.ref:
+            sha = checkout.is_sha(inputs.ref)
+            return FetchTarget(url, inputs.ref if sha else "", "" if sha else inputs.ref, token)
+        if own:
+            return FetchTarget(url, req.commit, req.ref, token)
+        return FetchTarget(url, "", "HEAD", token)  # another repository's default branch
+
+    def _server_url(self, source: str) -> str:
+        """The forge's URL: the job's clone URL without ``/<owner>/<name>.git``."""
+        suffix = f"/{self.request.repository}.git"
+        if checkout.is_url(source) and self.request.repository and source.endswith(suffix):
+            return source[: -len(suffix)]
+        return str((self.request.contexts.get("github") or {}).get("server_url") or "").rstrip("/")
+
+    def _fetch(
+        self, target: FetchTarget, step: Step, inputs: checkout_inputs.CheckoutInputs | None = None
+    ) -> checkout.Archive:
+        """``target`` fetched on the host and packed, once per job for the same inputs."""
+        inputs = inputs or checkout_inputs.CheckoutInputs()
+        key = (target, dataclasses.replace(inputs, path=""))
+        if key not in self._fetched:
             if self.workdir is None:
                 raise InfraError("checkout: the job has no work directory to fetch into")
-            commit = self.request.commit
-            self.emit.log(f"Fetching {url} {commit[:12]}", step=step.number)
+            self.emit.log(f"Fetching {target.url} {(target.commit or target.ref)[:12]}", step=step.number)
+            name = "checkout" if not self._fetched else f"checkout-{len(self._fetched) + 1}"
             tree = checkout.fetch_commit(
-                url, commit, self.request.ref, self._checkout_token(), self.workdir / "checkout"
+                target.url, target.commit, target.ref, target.token, self.workdir / name, inputs=inputs
             )
-            self._fetched = checkout.pack_tree(tree, include_git=True)
-        return self._fetched
+            self._fetched[key] = checkout.pack_tree(tree, include_git=True, submodules=inputs.submodules)
+        return self._fetched[key]
 
     def _run_script(self, guest: Guest, paths: GuestPaths, step: Step, ctx: expr.Context) -> StepResult:
         n = step.number
@@ -685,6 +745,12 @@ class JobRun:
                 outputs[cmd.params["name"]] = cmd.value
                 return
         self.emit.log(line, step=n, stream=Stream.STDOUT)
+
+
+def _same_host(url: str, source: str) -> bool:
+    """Whether ``url`` is on the job's own forge: only there may the job's token go by default."""
+    a, b = urlsplit(url), urlsplit(source)
+    return checkout.is_url(source) and (a.scheme, a.netloc) == (b.scheme, b.netloc)
 
 
 def run_job(

@@ -20,6 +20,7 @@ from typing import Any
 from solstice import expr
 from solstice.errors import ExpressionError, WorkflowError
 from solstice.model.core import JobSpec, Step, StepKind
+from solstice.workflow import checkout as checkout_inputs
 from solstice.workflow import inputs as inputs_mod
 from solstice.workflow import matrix as matrix_mod
 from solstice.workflow import migrate
@@ -840,6 +841,9 @@ class _Translator:
                 return None
             kind = StepKind.CHECKOUT
             with_ = self.string_map(s.get("with"), s.line_of("with"), f"{label}: ", "with")
+            w = s.get("with")
+            for key, message in checkout_inputs.problems(with_):
+                problem(w.line_of(key) if isinstance(w, LineDict) else s.line_of("with"), message)
             for k in ("shell", "working-directory"):
                 if k in s:
                     problem(s.line_of(k), f"`{k}:` applies only to `run:` steps")

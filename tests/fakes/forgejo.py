@@ -649,7 +649,9 @@ class FakeForgejo:
             return
         if task is not None:
             record.task_id = task.id
-            if task_repo != full_name.lower():  # the token of another repository's task
+            # the token of another repository's task (it may read public repositories, as on
+            # Forgejo: a public submodule is fetched with the task token)
+            if task_repo != full_name.lower() and not repo.public:
                 record.status = 403
                 self._git_reply(h, 403, b"User permission denied\n")
                 return

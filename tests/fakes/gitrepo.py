@@ -34,6 +34,16 @@ def make_repo(path: Path, *versions: str, name: str = "hello.txt") -> list[str]:
     return shas
 
 
+def add_submodule(repo: Path, sub: Path, name: str, url: str) -> str:
+    """Add the repository ``sub`` to ``repo`` as the submodule ``name``, recorded with ``url`` (such
+    as ``../sub.git``, relative to the superproject's origin); commit; the new commit's sha."""
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub), name)
+    git(repo, "config", "-f", ".gitmodules", f"submodule.{name}.url", url)
+    git(repo, "add", ".gitmodules")
+    git(repo, "commit", "-q", "-m", f"submodule {name}")
+    return git(repo, "rev-parse", "HEAD")
+
+
 def reply(h: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
     h.send_response(status)
     h.send_header("Content-Type", "text/plain; charset=utf-8")

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import io
-import subprocess
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,34 +13,12 @@ import pytest
 
 from solstice import expr
 from solstice.errors import InfraError
-from solstice.forges.forgejo.client import Client, Credentials
-from solstice.job import checkout
 from solstice.job.checkout import CheckoutError, fetch_commit, pack_tree
-from solstice.job.runner import GuestPaths, JobRun, JobSettings
+from solstice.job.runner import FetchTarget, GuestPaths, JobRun, JobSettings
 from solstice.model import JobEvent, JobRequest, JobSpec, Source, Step, StepKind
-from tests.fakes.forgejo import FakeForgejo, FakeTask
+from tests.fakes.checkouts import commit, git, running_task, unpack
+from tests.fakes.forgejo import FakeForgejo
 from tests.fakes.localguest import stand_in_image
-
-WORKFLOW = """
-on: push
-jobs:
-  build:
-    runs-on: debian-12
-    steps:
-      - uses: actions/checkout@v4
-      - run: make
-"""
-
-
-def git(*args: str | Path, cwd: Path) -> str:
-    out = subprocess.run(["git", *map(str, args)], cwd=cwd, check=True, capture_output=True, text=True)
-    return out.stdout.strip()
-
-
-def commit(repo: Path, message: str) -> str:
-    git("add", "-A", cwd=repo)
-    git("-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "-m", message, cwd=repo)
-    return git("rev-parse", "HEAD", cwd=repo)
 
 
 @dataclass
@@ -74,27 +49,6 @@ def fake(repo: Repo) -> Iterator[FakeForgejo]:
     with FakeForgejo() as f:
         f.add_repository("owner/repo", repo.path)
         yield f
-
-
-def running_task(fake: FakeForgejo, sha: str, repository: str = "owner/repo") -> FakeTask:
-    """A task of a pushed run of ``repository`` at ``sha``, picked by a runner through FetchTask."""
-    fake.enqueue(WORKFLOW, repository=repository, sha=sha)
-    runner = fake.add_runner(f"r{len(fake.runners)}", ["debian-12"])
-    client = Client(fake.url, Credentials(runner.uuid, runner.token))
-    try:
-        task = client.fetch_task(0).task
-    finally:
-        client.close()
-    assert task is not None
-    assert task.context["repositoryUrl"] == f"{fake.url}/{repository}.git"
-    return fake.tasks[task.id]
-
-
-def unpack(archive: checkout.Archive, dest: Path) -> Path:
-    dest.mkdir()
-    with tarfile.open(fileobj=io.BytesIO(archive.data)) as tar:
-        tar.extractall(dest, filter="tar")
-    return dest
 
 
 def clone_url(fake: FakeForgejo) -> str:
@@ -328,14 +282,15 @@ def test_the_checkout_step_fetches_the_task_commit_once(
     run = job_run(clone_url(fake), repo.first, dict(task.secrets), "GITHUB_TOKEN", sink)
     run.workdir = tmp_path / "job"
     run.workdir.mkdir()
-    archive = run._fetch(clone_url(fake), STEP)
+    target = FetchTarget(clone_url(fake), repo.first, "refs/heads/main", task.token)
+    archive = run._fetch(target, STEP)
     out = unpack(archive, tmp_path / "guest")
     assert git("rev-parse", "HEAD", cwd=out) == repo.first
     assert (run.workdir / "checkout" / ".git").is_dir()
     texts = [e.text for e in sink.events]
     assert f"Fetching {clone_url(fake)} {repo.first[:12]}" in texts
     count = len(fake.git_requests)
-    assert run._fetch(clone_url(fake), STEP) is archive  # a second checkout step: no second fetch
+    assert run._fetch(target, STEP) is archive  # a second checkout step: no second fetch
     assert len(fake.git_requests) == count
     assert not any(task.token in t for t in texts)
 

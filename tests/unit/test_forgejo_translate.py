@@ -160,6 +160,12 @@ def test_needs_and_inputs_reach_the_contexts(fake: FakeForgejo, catalog: Catalog
             "cannot run in Solstice",
             "`container:` is not supported",
         ),
+        (
+            "jobs:\n  a:\n    runs-on: debian-12\n    steps:\n"
+            "      - {uses: actions/checkout@v4, with: {ssh-key: k}}\n",
+            "cannot run in Solstice",
+            "`with.ssh-key`: Solstice fetches over HTTPS with a token",
+        ),
     ],
 )
 def test_rejections_explain_themselves(

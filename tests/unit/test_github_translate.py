@@ -131,3 +131,11 @@ def test_an_unusable_shell_is_refused() -> None:
     msg, _ = message()
     out = run(dataclasses.replace(msg, defaults=({"run": {"shell": "pwsh"}},)))
     assert isinstance(out, Refused) and "pwsh" in out.reason
+
+
+def test_a_checkout_input_solstice_cannot_honour_is_refused() -> None:
+    msg, _ = message()
+    first = dataclasses.replace(msg.steps[0], inputs={"path": "tree", "filter": "blob:none"})
+    out = run(dataclasses.replace(msg, steps=(first, *msg.steps[1:])))
+    assert isinstance(out, Refused), out
+    assert "`with.filter`: partial clones are not supported" in out.reason and "step 1" in out.reason

@@ -531,7 +531,7 @@ def test_a_failing_boot_is_an_error(runtime: Path) -> None:
 
 
 def test_a_machinery_error_in_a_step_is_an_error(runtime: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(root: Path, *, include_git: bool = False) -> checkout.Archive:
+    def broken(root: Path, **kw: object) -> checkout.Archive:
         raise CommandError(["git", "ls-files"], 128, "fatal: something of ours broke")
 
     monkeypatch.setattr(checkout, "pack_tree", broken)
