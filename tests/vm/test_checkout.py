@@ -1,17 +1,12 @@
 """actions/checkout with ``fetch-depth: 0`` and ``submodules: true`` in a real guest (one boot).
 
-Local mode, from a repository made in tmp_path: two tagged commits and a submodule. The test image
-has no git, so the guest checks what it unpacked with plain tools and sends its workspace back as
-base64 in the log; the host then runs ``git describe --tags`` and ``git log`` on exactly that.
+Local mode, from a repository made in tmp_path: two tagged commits and a submodule; the job runs
+``git describe --tags`` and ``git log`` in the guest (the test image has git, as real images do).
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import shutil
-import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -42,9 +37,12 @@ jobs:
         run: |
           test "$(cat sub/lib.txt)" = "from the submodule"
           test -d .git && test ! -e .git/shallow && test -f sub/.git
-          echo BEGIN
-          tar cf - --exclude=./.git/hooks . | gzip -9 | base64
-          echo END
+          echo "head $(git rev-parse HEAD)"
+          echo "describe $(git describe --tags)"
+          echo "first $(git describe --tags HEAD~2)"
+          git log --format='log %s'
+          echo "sub $(git -C sub rev-parse HEAD)"
+          test -f .github/workflows/history.yml && echo untracked-kept
 """
 
 
@@ -77,24 +75,14 @@ def test_fetch_depth_0_and_submodules_reach_the_guest(test_image: Path, tmp_path
         shutil.rmtree(runtime, ignore_errors=True)
     lines = [e.text for e in sink.events if e.kind is EventKind.LOG]
     assert result is Result.SUCCESS, lines
-    assert "BEGIN" in lines and "END" in lines, lines[:3] + lines[-10:]
-    data = base64.b64decode("".join(lines[lines.index("BEGIN") + 1 : lines.index("END")]))
-    out = tmp_path / "from-guest"
-    out.mkdir()
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(out, filter="tar")
-
-    def run(*args: str, cwd: Path = out) -> str:
-        # the files are the guest user's (extracted as root here): git would call them dubious
-        argv = ["git", "-c", "safe.directory=*", *args]
-        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-    assert run("rev-parse", "HEAD") == head
-    assert run("describe", "--tags") == f"v2-1-g{head[:7]}"
-    assert run("log", "--format=%s").split("\n") == ["submodule sub", "version 2", "version 1"]
-    assert run("describe", "--tags", "HEAD~2") == "v1"
-    assert (out / "sub" / "lib.txt").read_text() == "from the submodule\n"
-    assert (out / ".github" / "workflows" / "history.yml").read_text() == WORKFLOW
-    assert run("rev-parse", "HEAD", cwd=out / "sub") == checkout.head_commit(sub)
+    step = [e.text for e in sink.events if e.kind is EventKind.LOG and e.step == 2]
+    assert step == [
+        f"head {head}",
+        f"describe v2-1-g{head[:7]}",
+        "first v1",
+        "log submodule sub",
+        "log version 2",
+        "log version 1",
+        f"sub {checkout.head_commit(sub)}",
+        "untracked-kept",
+    ], lines[-20:]
