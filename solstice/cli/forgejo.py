@@ -14,16 +14,15 @@ See docs/forgejo.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import pwd
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 from solstice import config as configmod
-from solstice.cli.poller import start_hint
+from solstice.cli.poller import print_tasks, start_hint
 from solstice.errors import ConfigError, SolsticeError
 
 log = logging.getLogger("solstice.forgejo")
@@ -198,17 +197,13 @@ def show(cfg: configmod.Config) -> int:
     print(f"forge:   {reg.address}")
     print(f"labels:  {', '.join(reg.labels)}")
     print(f"file:    {path}")
-    tasks = sorted((path.parent / "tasks").glob("*.json"))
-    print(f"tasks being reported: {len(tasks)}")
-    for t in tasks:
-        try:
-            data = json.loads(t.read_text())
-        except (OSError, ValueError):
-            continue
+
+    def describe(data: dict[str, Any]) -> str:
         state = data.get("reporter", {}).get("state", {})
-        age = time.time() - t.stat().st_mtime
-        print(
-            f"  task {data.get('task_id')}: job {data.get('job_id') or '(rejected)'} "
-            f"[{data.get('label') or '-'}] {state.get('result') or 'running'}; saved {age:.0f} s ago"
+        return (
+            f"task {data.get('task_id')}: job {data.get('job_id') or '(rejected)'} "
+            f"[{data.get('label') or '-'}] {state.get('result') or 'running'}"
         )
+
+    print_tasks(path.parent / "tasks", "tasks", describe)
     return 0

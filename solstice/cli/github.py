@@ -12,11 +12,10 @@ prints the registration without secrets. See docs/github.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 from solstice import config as configmod
 from solstice.cli.forgejo import (
@@ -25,7 +24,7 @@ from solstice.cli.forgejo import (
     _read_token,
     parse_labels,
 )
-from solstice.cli.poller import start_hint
+from solstice.cli.poller import print_tasks, start_hint
 from solstice.errors import ConfigError, SolsticeError
 
 log = logging.getLogger("solstice.github")
@@ -234,17 +233,10 @@ def show(cfg: configmod.Config) -> int:
     print(f"kind:    {'JIT' if view['jit'] else 'ephemeral' if view['ephemeral'] else 'long-lived'}")
     print(f"broker:  {view['broker']}")
     print(f"file:    {path}")
-    tasks = sorted((path.parent / "tasks").glob("*.json"))
-    print(f"jobs being reported: {len(tasks)}")
-    for t in tasks:
-        try:
-            data = json.loads(t.read_text())
-        except (OSError, ValueError):
-            continue
-        age = time.time() - t.stat().st_mtime
+
+    def describe(data: dict[str, Any]) -> str:
         result = data.get("reporter", {}).get("result") or "running"
-        print(
-            f"  job {data.get('task_id')}: {data.get('job_id') or '(refused)'} {result}; "
-            f"saved {age:.0f} s ago"
-        )
+        return f"job {data.get('task_id')}: {data.get('job_id') or '(refused)'} {result}"
+
+    print_tasks(path.parent / "tasks", "jobs", describe)
     return 0

@@ -4,8 +4,10 @@ secrets key, the forge's backend in the poller core, SIGTERM/SIGINT as a clean s
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,20 @@ from typing import Any
 from solstice import config as configmod
 
 log = logging.getLogger("solstice.forges")
+
+
+def print_tasks(tasks_dir: Path, noun: str, describe: Callable[[dict[str, Any]], str]) -> None:
+    """``show``'s list of the tasks a runner is still reporting (its checkpoints in the core's
+    task store): ``describe`` makes one line's text from a checkpoint's JSON."""
+    tasks = sorted(tasks_dir.glob("*.json"))
+    print(f"{noun} being reported: {len(tasks)}")
+    for t in tasks:
+        try:
+            data = json.loads(t.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced right now, or broken (the runner renames it at its start)
+        age = time.time() - t.stat().st_mtime
+        print(f"  {describe(data)}; saved {age:.0f} s ago")
 
 
 def start_hint(verb: str, config: Path | None, systemd_dir: Path = Path("/run/systemd/system")) -> str:

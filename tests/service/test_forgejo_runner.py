@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 from helpers.forgejo import RunnerProcess, cli, forgejo_config, register, wait_done
-from helpers.pipeline import Pipeline, load_config, make_pipeline, wait_state, wait_until
+from helpers.pipeline import Pipeline, runner_pipeline, wait_state, wait_until
 from store_fixtures import database_url as database_url  # noqa: F401  (fixture)
 from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
 from solstice.config import BrokerConfig, DatabaseConfig
 from solstice.forges.forgejo import messages as m
 from solstice.forges.forgejo.translate import job_uuid
-from solstice.secrets import write_new_key
 from solstice.store import Store
 from tests.fakes.forgejo import FakeForgejo, FakeTask
 
@@ -42,17 +41,7 @@ def db(database_url: str) -> Iterator[Store]:
 
 
 def _pipeline(broker_cfg: BrokerConfig, database_url: str, extra: str = "") -> Iterator[Pipeline]:
-    made = make_pipeline(broker_cfg, database_url)
-    pipeline = next(made)
-    key = pipeline.runtime_dir / "secrets.key"
-    write_new_key(key)
-    with pipeline.config_file.open("a") as fh:
-        fh.write(forgejo_config(key, extra=extra))
-    pipeline.cfg = load_config(pipeline.config_file)
-    try:
-        yield pipeline
-    finally:
-        made.close()
+    return runner_pipeline(broker_cfg, database_url, lambda key: forgejo_config(key, extra=extra))
 
 
 @pytest.fixture

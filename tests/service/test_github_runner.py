@@ -20,12 +20,11 @@ from helpers.github import (
     wait_acquired,
     wait_completed,
 )
-from helpers.pipeline import Pipeline, load_config, make_pipeline, wait_until
+from helpers.pipeline import Pipeline, runner_pipeline, wait_until
 from store_fixtures import database_url as database_url  # noqa: F401  (fixture)
 from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
 from solstice.config import BrokerConfig
-from solstice.secrets import write_new_key
 from tests.fakes.github import FakeGitHub, FakeJob
 
 SECRET = "canary-7f3b-github-secret"
@@ -42,17 +41,7 @@ TWO_STEPS = "      - name: First\n        run: echo one\n      - name: Second\n 
 
 
 def _pipeline(broker_cfg: BrokerConfig, database_url: str, extra: str = "") -> Iterator[Pipeline]:
-    made = make_pipeline(broker_cfg, database_url)
-    pipeline = next(made)
-    key = pipeline.runtime_dir / "secrets.key"
-    write_new_key(key)
-    with pipeline.config_file.open("a") as fh:
-        fh.write(github_config(key, extra=extra))
-    pipeline.cfg = load_config(pipeline.config_file)
-    try:
-        yield pipeline
-    finally:
-        made.close()
+    return runner_pipeline(broker_cfg, database_url, lambda key: github_config(key, extra=extra))
 
 
 @pytest.fixture

@@ -266,3 +266,15 @@ def test_register_says_how_to_start_the_runner_on_this_host(tmp_path: Path) -> N
     assert "systemctl" not in hint and "solstice forgejo-runner run" in hint
     hint = start_hint("github-runner", Path("/srv/ci.toml"), tmp_path / "absent")
     assert "solstice --config /srv/ci.toml github-runner run" in hint
+
+
+def test_show_lists_the_tasks_being_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from solstice.cli.poller import print_tasks
+
+    (tmp_path / "7.json").write_text(json.dumps({"task_id": 7, "job_id": "j-7"}))
+    (tmp_path / "8.json").write_text("{half a checkpoint")  # being replaced: left out
+    print_tasks(tmp_path, "tasks", lambda d: f"task {d['task_id']}: job {d['job_id']}")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "tasks being reported: 2"
+    assert out[1].startswith("  task 7: job j-7; saved ") and out[1].endswith(" s ago")
+    assert len(out) == 2

@@ -355,3 +355,23 @@ __all__ = [
     "wait_state",
     "wait_until",
 ]
+
+
+def runner_pipeline(
+    broker: BrokerConfig, database_url: str, runner_config: Callable[[Path], str]
+) -> Iterator[Pipeline]:
+    """A pipeline for a forge runner: a fresh secrets key and ``runner_config(key file)`` (the
+    runner's configuration lines) appended to the pipeline's configuration file."""
+    from solstice.secrets import write_new_key
+
+    made = make_pipeline(broker, database_url)
+    pipeline = next(made)
+    key = pipeline.runtime_dir / "secrets.key"
+    write_new_key(key)
+    with pipeline.config_file.open("a") as fh:
+        fh.write(runner_config(key))
+    pipeline.cfg = load_config(pipeline.config_file)
+    try:
+        yield pipeline
+    finally:
+        made.close()
