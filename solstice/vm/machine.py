@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +177,19 @@ class Guest:
         self._transport.close()
 
 
+#: What QEMU keeps of its caller's environment. Nothing else: the caller's environment can hold a
+#: job's secrets (`solstice run --secret NAME` reads them from it), and QEMU would keep them in its
+#: /proc/<pid>/environ for the job's whole life.
+QEMU_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+def qemu_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = os.environ if environ is None else environ
+    kept = {k: env[k] for k in QEMU_ENV_KEEP if k in env}
+    kept.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    return kept
+
+
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
 
@@ -242,7 +256,7 @@ def _launch(
             attempt_stack.callback(_unlink, qmp_path)
             argv = qemu_argv(qemu_args(lease.port))
             with stderr_path.open("wb") as err:
-                qemu = proc.spawn(argv, stderr=err.fileno(), new_session=True)
+                qemu = proc.spawn(argv, stderr=err.fileno(), new_session=True, env=qemu_environment())
             # Own process group: a Ctrl-C on the terminal reaches us, and we stop QEMU in order.
             attempt_stack.callback(_stop, qemu, qmp_path, shutdown)
             try:
