@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     from solstice.dispatch.spawner import Spawner
     from solstice.dispatch.systemd import SystemdSpawner
     from solstice.images import Catalog
-    from solstice.job.notify import Notifier
+    from solstice.notify import Notifier
 
     if not args.debug:
         logging.getLogger("solstice").setLevel(logging.INFO)

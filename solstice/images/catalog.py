@@ -12,7 +12,7 @@ from pathlib import Path
 
 from solstice.config import Config, ImageConfig, parse_size_gib, parse_size_mib
 from solstice.errors import ConfigError, ImageError
-from solstice.model.labels import GENERIC_LABELS
+from solstice.model.labels import match
 from solstice.vm.machine import BootMode
 from solstice.vm.profiles import GuestProfile, get_profile
 
@@ -124,15 +124,7 @@ class Catalog:
         """Pick the image for a job's ``runs-on``: every label must be an image label or a generic one,
         and they must name exactly one image."""
         labels = list(runs_on)
-        chosen: list[str] = []
-        unknown: list[str] = []
-        for label in labels:
-            canon = self.canonical(label)
-            if canon is not None:
-                if canon not in chosen:
-                    chosen.append(canon)
-            elif label.lower() not in GENERIC_LABELS:
-                unknown.append(label)
+        chosen, unknown = match(labels, self.canonical)
         known = ", ".join(self.labels)
         if unknown:
             raise ImageError(

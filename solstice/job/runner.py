@@ -34,8 +34,8 @@ from solstice.job.events import Emitter, LineSplitter
 from solstice.job.guest import Boot, Guest
 from solstice.job.liveness import GuestMonitor, Liveness
 from solstice.job.mask import Masker
-from solstice.job.notify import Notifier
 from solstice.model import EventSink, JobRequest, Outcome, Phase, Result, Step, StepKind, Stream
+from solstice.notify import Notifier
 from solstice.vm import machine
 from solstice.vm.machine import MachineSpec, start_machine
 from solstice.workflow import checkout as checkout_inputs

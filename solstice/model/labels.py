@@ -7,7 +7,7 @@ and the job host resolves the label to the image.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from solstice.errors import SolsticeError
 
@@ -30,19 +30,27 @@ def queue_labels(labels: Iterable[str]) -> list[str]:
     return sorted({x for x in labels if not is_generic(x)})
 
 
+def match(runs_on: Iterable[str], canonical: Callable[[str], str | None]) -> tuple[list[str], list[str]]:
+    """The rule shared by the pollers (route) and the image catalog (Catalog.resolve): each label of
+    ``runs-on`` is known (``canonical`` names what it stands for), generic, or unknown. Returns the
+    known ones' canonical names, once each in order, and the unknown ones."""
+    chosen: list[str] = []
+    unknown: list[str] = []
+    for label in runs_on:
+        canon = canonical(label)
+        if canon is not None:
+            if canon not in chosen:
+                chosen.append(canon)
+        elif not is_generic(label):
+            unknown.append(label)
+    return chosen, unknown
+
+
 def route(runs_on: Sequence[str], served: Iterable[str]) -> str:
     """The queue label of a job: its ``runs-on`` minus generic labels must name exactly one of the
     ``served`` labels (the runner's own)."""
     known = queue_labels(served)
-    chosen: list[str] = []
-    unknown: list[str] = []
-    for label in runs_on:
-        if is_generic(label):
-            continue
-        if label not in known:
-            unknown.append(label)
-        elif label not in chosen:
-            chosen.append(label)
+    chosen, unknown = match(runs_on, lambda label: label if label in known else None)
     served_text = ", ".join(known) or "none"
     if unknown:
         raise RoutingError(

@@ -11,7 +11,7 @@ import pytest
 
 from solstice.job import liveness
 from solstice.job.liveness import GuestMonitor, Liveness, Stage
-from solstice.job.notify import Notifier
+from solstice.notify import Notifier
 from tests.fakes.localguest import LocalGuest
 
 
