@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from solstice import proc
 from solstice.errors import CommandError, InfraError
+from solstice.model.masking import mask_text, mask_values
 from solstice.workflow.checkout import CheckoutInputs, Submodules
 
 #: How long one git command of a fetch may take (a big repository over a slow link).
@@ -228,13 +229,10 @@ def _git_env(url: str, token: str, home: Path) -> dict[str, str]:
 def _mask(text: str, token: str) -> str:
     if not token:
         return text
-    for secret in (
-        _auth_header(token).split(" ", 2)[-1],
-        base64.b64encode(f"x-access-token:{token}".encode()).decode(),
-        token,
-    ):
-        text = text.replace(secret, "***")
-    return text
+    # The token as git may print it: plain, and inside the Basic authorization it is sent in.
+    header = _auth_header(token).split(" ", 2)[-1]
+    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    return mask_text(text, mask_values((header, basic, token)))
 
 
 def _tail(exc: CommandError, token: str) -> str:
