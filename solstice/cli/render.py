@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from solstice.model import EventKind, JobEvent, Outcome, Phase, Result, Stream
+from solstice.model.terminal import safe_line, safe_text
 
 _MARK = {
     Outcome.SUCCESS: "✓",
@@ -46,7 +47,8 @@ class TerminalSink:
         return f"\033[{code}m{text}\033[0m" if self.color else text
 
     def _print(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        # Step output and messages are untrusted: only SGR colours reach the terminal.
+        print(safe_text(text), file=self.out, flush=True)
 
     def _ts(self, event: JobEvent) -> str:
         return self._c("2", f"{event.time - self._start:7.1f}s")
@@ -56,7 +58,7 @@ class TerminalSink:
         if kind is EventKind.JOB_STARTED:
             self._start = event.time
             self.summary.started = event.time
-            self._print(self._c("1", f"▶ {event.text}") + f" on {self.summary.label}")
+            self._print(self._c("1", f"▶ {safe_line(event.text)}") + f" on {self.summary.label}")
         elif kind is EventKind.PHASE:
             if event.text == Phase.BOOT.value:
                 self._boot_start = event.time
@@ -66,12 +68,12 @@ class TerminalSink:
         elif kind is EventKind.STEP_STARTED:
             assert event.step is not None
             self._step_start[event.step] = event.time
-            self._step_names[event.step] = event.text
+            self._step_names[event.step] = safe_line(event.text)
         elif kind is EventKind.LOG:
             if event.step is not None and event.step in self._step_start and event.step not in self._shown:
                 self._header(event.step)
             prefix = self._ts(event)
-            text = event.text
+            text = safe_line(event.text)
             if event.stream is Stream.STDERR:
                 text = self._c("33", text)
             elif event.stream is Stream.SYSTEM:
@@ -115,12 +117,12 @@ def summary_table(rows: list[JobSummary], out: TextIO | None = None) -> None:
     headers = ("job", "image", "result", "time", "boot", "message")
     table = [
         (
-            r.name,
+            safe_text(r.name),
             r.label,
             r.result.value if r.result else "skipped",
             f"{r.finished - r.started:.1f} s" if r.finished else "-",
             f"{r.boot_seconds:.1f} s" if r.boot_seconds is not None else "-",
-            r.message.splitlines()[0] if r.message else "",
+            safe_text(r.message.splitlines()[0]) if r.message else "",
         )
         for r in rows
     ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import posixpath
 import shlex
 import shutil
 import threading
@@ -35,6 +36,7 @@ from solstice.job.guest import Boot, Guest
 from solstice.job.liveness import GuestMonitor, Liveness
 from solstice.job.mask import Masker
 from solstice.model import EventSink, JobRequest, Outcome, Phase, Result, Step, StepKind, Stream
+from solstice.model.jobcontract import canonical_job_id
 from solstice.notify import Notifier
 from solstice.vm import machine
 from solstice.vm.machine import MachineSpec, start_machine
@@ -178,6 +180,8 @@ class JobRun:
 
     def _workdir(self, stack: contextlib.ExitStack) -> Path:
         root = Path(self.settings.runtime_dir)
+        if canonical_job_id(self.request.job_id) is None:  # it names a directory we rm -rf later
+            raise InfraError(f"job id {self.request.job_id[:80]!r} is not a uuid in canonical form")
         workdir = root / "jobs" / self.request.job_id
         root.mkdir(parents=True, exist_ok=True)
         (root / "jobs").mkdir(mode=0o755, exist_ok=True)
@@ -525,7 +529,12 @@ class JobRun:
         inputs = checkout_inputs.parse({k: expr.interpolate(str(v), ctx) for k, v in step.with_.items()})
         dest = paths.workspace
         if inputs.path:
-            dest = inputs.path if inputs.path.startswith("/") else f"{paths.workspace}/{inputs.path}"
+            dest = posixpath.normpath(posixpath.join(paths.workspace, inputs.path))
+            if dest != paths.workspace and not dest.startswith(paths.workspace + "/"):
+                # as actions/checkout: the checkout goes into the workspace, nowhere else
+                raise WorkflowError(
+                    f"checkout: path {inputs.path!r} is not under the workspace {paths.workspace}"
+                )
         target = self._target(source, inputs)
         if target is None:  # local mode: the work tree as it is
             archive = checkout.pack_tree(

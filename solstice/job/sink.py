@@ -11,6 +11,7 @@ from typing import Protocol, TextIO
 
 from solstice.errors import SolsticeError
 from solstice.model import EventKind, JobEvent, JobRequest, Outcome, Result
+from solstice.model.terminal import safe_line, safe_text
 
 log = logging.getLogger("solstice.job")
 
@@ -58,7 +59,10 @@ class Journal:
         self._thread.start()
 
     def emit(self, event: JobEvent) -> None:
-        line = journal_line(event, self.label)
+        # Step output and names are untrusted: only SGR colours reach the journal (and the terminal
+        # `journalctl` shows it on); a newline only in messages, never to forge a line of its own.
+        one_line = event.kind in (EventKind.LOG, EventKind.JOB_STARTED, EventKind.STEP_STARTED)
+        line = (safe_line if one_line else safe_text)(journal_line(event, self.label))
         with self._lock:
             self.out.write(line + "\n")
             self._dirty = True

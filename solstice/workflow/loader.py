@@ -19,6 +19,12 @@ from solstice.errors import SolsticeError
 
 _TAG = "tag:yaml.org,2002:"
 _MAX_DEPTH = 100  # recursive aliases (`&a [*a]`) would otherwise never end
+#: A workflow file is untrusted input (any pusher writes it) and is parsed by the pollers and the
+#: job, so its size is bounded before parsing and its shape while composing.
+MAX_BYTES = 1024 * 1024
+#: Values the document expands to with every alias followed: a "billion laughs" document of a few
+#: hundred bytes expands to 10^9, and the translation and the JSON of its jobs would visit each.
+MAX_VALUES = 100_000
 
 
 class LoadError(SolsticeError):
@@ -60,7 +66,22 @@ class LineList(list[Any]):
 
 
 class _CoreLoader(yaml.SafeLoader):
-    """SafeLoader whose implicit typing is the YAML 1.2 core schema."""
+    """SafeLoader whose implicit typing is the YAML 1.2 core schema, and which refuses to nest
+    deeper than _MAX_DEPTH while composing (PyYAML's composer recurses: `[[[[...` of some
+    thousand levels would end in a RecursionError)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > _MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise LoadError(int(mark.line) + 1, f"the document nests deeper than {_MAX_DEPTH} levels")
+            node: Node | None = super().compose_node(parent, index)
+            return node
+        finally:
+            self._depth -= 1
 
 
 _CoreLoader.yaml_implicit_resolvers = {}
@@ -166,12 +187,51 @@ class _Builder:
         return out
 
 
+def _expanded_size(root: Node) -> int:
+    """How many values ``root`` stands for with every alias followed (each shared node counted
+    at every place it is used), stopping as soon as that passes MAX_VALUES."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Node, depth: int) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if depth > _MAX_DEPTH:  # an alias cycle (`&a [*a]`): _Builder reports it with its line
+            return 1
+        total = 1
+        if isinstance(node, SequenceNode):
+            children: list[Node] = list(node.value)
+        elif isinstance(node, MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_VALUES:
+                raise LoadError(
+                    _line(node),
+                    f"the document expands to more than {MAX_VALUES} values through its aliases "
+                    "(`*name`); write the values out or use fewer aliases",
+                )
+        sizes[id(node)] = total
+        return total
+
+    return size(root, 0)
+
+
 def load(text: str) -> Any:
     """Parse one YAML document into plain values (LineDict, LineList, str, int, float, bool, None).
 
-    Raises LoadError for malformed YAML, with the line the parser stopped at.
+    Raises LoadError for malformed YAML, with the line the parser stopped at, and for a document
+    over MAX_BYTES, nesting deeper than _MAX_DEPTH or expanding (aliases) to over MAX_VALUES values.
     """
-    loader = _CoreLoader(text)
+    if len(text) > MAX_BYTES:
+        raise LoadError(1, f"the document is larger than {MAX_BYTES // 1024} KiB ({len(text)} characters)")
+    try:
+        # The reader checks the text when made: a control character raises here already.
+        loader = _CoreLoader(text)
+    except yaml.YAMLError as exc:
+        raise LoadError(1, f"invalid YAML: {exc}") from None
     try:
         try:
             node = loader.get_single_node()
@@ -186,4 +246,5 @@ def load(text: str) -> Any:
         loader.dispose()
     if node is None:
         return None
+    _expanded_size(node)
     return _Builder().build(node)

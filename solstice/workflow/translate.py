@@ -22,8 +22,8 @@ from solstice.errors import ExpressionError, WorkflowError
 from solstice.model.core import JobSpec, Step, StepKind
 from solstice.workflow import checkout as checkout_inputs
 from solstice.workflow import inputs as inputs_mod
+from solstice.workflow import loader, migrate
 from solstice.workflow import matrix as matrix_mod
-from solstice.workflow import migrate
 from solstice.workflow.loader import LineDict, LineList, LoadError, load
 
 DEFAULT_TIMEOUT_MINUTES = 360
@@ -117,7 +117,14 @@ def load_workflow(
 ) -> Workflow:
     """Read and translate the workflow file at ``path`` (see ``parse_workflow``)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            # no more than the loader accepts: a huge file is refused without reading it whole
+            data = fh.read(loader.MAX_BYTES + 1)
+        if len(data) > loader.MAX_BYTES:
+            raise WorkflowProblems(
+                [Problem(str(path), 0, f"the workflow is larger than {loader.MAX_BYTES // 1024} KiB")]
+            )
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise WorkflowProblems([Problem(str(path), 0, f"cannot read the workflow: {reason}")]) from None

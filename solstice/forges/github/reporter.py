@@ -136,8 +136,13 @@ class Reporter:
         seed = uuid.UUID(job.job_id) if _is_uuid(job.job_id) else uuid.uuid4()
         names = [(str(uuid.uuid5(seed, "set-up-job")), "Set up job"), *steps]
         names.append((str(uuid.uuid5(seed, "complete-job")), "Complete job"))
+        # The spool files are named by a uuid, never by the message's jobId as it came: that is
+        # the forge's text, and `../` or `/` in it would name a file outside spool_dir.
+        file_key = str(
+            uuid.UUID(job.job_id) if _is_uuid(job.job_id) else uuid.uuid5(uuid.NAMESPACE_OID, job.job_id)
+        )
         logs = [
-            StepLog(ext, name, log=Spool(str(spool_dir / f"{job.job_id}.{n}.log"), MAX_STEP_BYTES))
+            StepLog(ext, name, log=Spool(str(spool_dir / f"{file_key}.{n}.log"), MAX_STEP_BYTES))
             for n, (ext, name) in enumerate(names)
         ]
         return cls(
@@ -147,7 +152,7 @@ class Reporter:
             run_url=job.system_connection.url,
             results_url=job.results_url,
             steps=logs,
-            job_spool=Spool(str(spool_dir / f"{job.job_id}.job.log"), MAX_JOB_BYTES),
+            job_spool=Spool(str(spool_dir / f"{file_key}.job.log"), MAX_JOB_BYTES),
             mask=tuple(mask_values(mask)),
             token=token,
         )
