@@ -10,9 +10,12 @@ import sys
 import types
 from collections.abc import Callable, Sequence
 from importlib import import_module
+from pathlib import Path
 
 from solstice import __version__
+from solstice import config as configmod
 from solstice.errors import SolsticeError
+from solstice.vm import leftovers
 
 #: verb -> module under solstice.cli with ``add_arguments(parser)`` and ``main(args) -> int``.
 VERBS: dict[str, str] = {
@@ -62,6 +65,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     return parser, handlers
 
 
+def _sweep_leftovers(args: argparse.Namespace) -> None:
+    """What jobs killed earlier left behind (work directories, QEMUs, port locks) goes first."""
+    try:
+        cfg = configmod.load(Path(args.config) if args.config else None)
+    except SolsticeError:
+        return  # the command itself reports a bad configuration
+    leftovers.sweep(Path(cfg.paths.runtime_dir))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
@@ -77,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     signal.signal(signal.SIGTERM, _sigterm_to_exit)
+    _sweep_leftovers(args)
     try:
         return handlers[args.verb](args)
     except SolsticeError as exc:

@@ -58,6 +58,11 @@ class Guest(Protocol):
         GuestConnectionLost."""
         ...
 
+    def exited(self, wait: float = 0.0) -> str:
+        """ "" while the VM runs; once it ended, what ended it, first line first ("QEMU exited
+        (killed by signal 9)"), then what it said. ``wait``: seconds to wait for that end."""
+        ...
+
 
 #: Boots (or otherwise provides) the job's guest; everything it makes is undone by the stack.
 Boot = Callable[[contextlib.ExitStack], Guest]

@@ -27,7 +27,14 @@ from urllib.parse import urlsplit
 
 from solstice import expr
 from solstice.config import PathsConfig, VMConfig
-from solstice.errors import ExpressionError, GuestConnectionLost, InfraError, SolsticeError, WorkflowError
+from solstice.errors import (
+    ExpressionError,
+    GuestConnectionLost,
+    InfraError,
+    SolsticeError,
+    VMError,
+    WorkflowError,
+)
 from solstice.images import Image, MachinePlan, plan_machine
 from solstice.job import checkout, filecmds, script
 from solstice.job.commands import Command, CommandState
@@ -38,7 +45,7 @@ from solstice.job.mask import Masker
 from solstice.model import EventSink, JobRequest, Outcome, Phase, Result, Step, StepKind, Stream
 from solstice.model.jobcontract import canonical_job_id
 from solstice.notify import Notifier
-from solstice.vm import machine
+from solstice.vm import leftovers, machine
 from solstice.vm.machine import MachineSpec, start_machine
 from solstice.workflow import checkout as checkout_inputs
 
@@ -47,6 +54,8 @@ log = logging.getLogger("solstice.job")
 #: How long a killed step gets between SIGTERM and SIGKILL, and then to close its output.
 KILL_GRACE = 3.0
 STOP_GRACE = 3.0
+#: How long a lost connection waits for QEMU's exit to be seen, to name the cause first.
+QEMU_EXIT_WAIT = 2.0
 #: The user's own doing: a job that ends on one of these failed; on any other error it errored.
 WORKFLOW_ERRORS = (WorkflowError, ExpressionError, filecmds.FileCommandError)
 
@@ -125,6 +134,7 @@ class JobRun:
         self.host_log = host_log
         self.liveness = Liveness(settings.vm.boot_timeout, settings.vm.shutdown_timeout)
         self.monitor: GuestMonitor | None = None
+        self.guest: Guest | None = None
         #: The first step whose failure failed the job, and why (for the job's message).
         self.failed_step: tuple[Step, str] | None = None
         self.masker = Masker(list(request.secrets.values()))
@@ -189,6 +199,9 @@ class JobRun:
         workdir.mkdir(mode=0o700, exist_ok=True)
         if any(workdir.iterdir()):
             raise InfraError(f"job work directory {workdir} is not empty: is this job already running?")
+        # Held until the directory is gone: a later `solstice` command sweeps it only once this
+        # process is dead (vm.leftovers), however it died.
+        stack.callback(leftovers.claim_workdir(workdir).release)
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         return workdir
 
@@ -239,6 +252,7 @@ class JobRun:
         workdir = self._workdir(stack)
         self.workdir = workdir
         guest = self.boot(stack)
+        self.guest = guest
         if self.cancel.is_set():
             return Result.CANCELLED, "the job was cancelled"
         self.monitor = GuestMonitor(guest, self.settings.vm.unresponsive_after)
@@ -265,12 +279,16 @@ class JobRun:
         return result, message
 
     def _explain(self, exc: BaseException) -> BaseException:
-        """A lost connection after the monitor gave the guest up is the guest's unresponsiveness."""
-        if (
-            isinstance(exc, GuestConnectionLost)
-            and self.monitor is not None
-            and self.monitor.tripped.is_set()
-        ):
+        """What broke first: a lost connection after QEMU exited is QEMU's exit (then the drop);
+        after the monitor gave the guest up it is the guest's unresponsiveness."""
+        if not isinstance(exc, GuestConnectionLost):
+            return exc
+        # A killed QEMU's socket closes as it exits: allow its exit a moment to be reaped.
+        ended = self.guest.exited(wait=QEMU_EXIT_WAIT) if self.guest is not None else ""
+        if ended:
+            first, _, rest = ended.partition("\n")
+            return VMError(f"{first}; then {exc}" + (f"\n{rest}" if rest else ""))
+        if self.monitor is not None and self.monitor.tripped.is_set():
             return self.monitor.error()
         return exc
 

@@ -108,8 +108,10 @@ class Guest:
         profile: GuestProfile,
         keypair: KeyPair,
         shutdown: ShutdownPolicy | None = None,
+        qemu: subprocess.Popen[bytes] | None = None,
     ) -> None:
         self._shutdown = shutdown or ShutdownPolicy()
+        self._qemu = qemu
         self._transport = transport
         self._sftp = ssh.SFTP(transport)
         self._keypair = keypair
@@ -171,6 +173,19 @@ class Guest:
         """Drop the SSH connection (from any thread): whatever waits on it raises GuestConnectionLost.
         For a guest that stopped answering; ``close`` would wait for a blocked SFTP call."""
         self._transport.close()
+
+    def exited(self, wait: float = 0.0) -> str:
+        if self._qemu is None:
+            return ""
+        try:
+            code = self._qemu.wait(timeout=wait) if wait > 0 else self._qemu.poll()
+        except subprocess.TimeoutExpired:
+            return ""
+        if code is None:
+            return ""
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        stderr = self.console_path.with_name("qemu.stderr")
+        return _early_exit_message(f"QEMU exited ({how})", stderr, self.console_path)
 
     def close(self) -> None:
         self._sftp.close()
@@ -256,8 +271,11 @@ def _launch(
             attempt_stack.callback(_unlink, qmp_path)
             argv = qemu_argv(qemu_args(lease.port))
             with stderr_path.open("wb") as err:
-                qemu = proc.spawn(argv, stderr=err.fileno(), new_session=True, env=qemu_environment())
+                qemu = proc.spawn(
+                    argv, stderr=err.fileno(), new_session=True, env=qemu_environment(), die_with_parent=True
+                )
             # Own process group: a Ctrl-C on the terminal reaches us, and we stop QEMU in order.
+            # And it dies with us: a job process killed by SIGKILL leaves no QEMU running.
             attempt_stack.callback(_stop, qemu, qmp_path, shutdown)
             try:
                 _await_qemu(qemu, qmp_path, stderr_path, console, deadline)
@@ -378,7 +396,7 @@ def start_machine(
         ) from None
     if spec.powerdown:
         shutdown.powerdown_timeout = spec.shutdown_timeout  # up now: it can power down politely
-    guest = Guest(transport, port, console, spec.profile, keypair, shutdown)
+    guest = Guest(transport, port, console, spec.profile, keypair, shutdown, qemu=qemu)
     stack.callback(guest.close)
     try:
         guest.open_files()

@@ -57,6 +57,7 @@ class LocalGuest:
         self._thawed = threading.Event()
         self._thawed.set()
         self._gone = threading.Event()
+        self._ended = ""  # what ended the "VM" (crash()), for exited()
 
     @classmethod
     def booted(cls, stack: contextlib.ExitStack, **kw: str) -> LocalGuest:
@@ -156,12 +157,20 @@ class LocalGuest:
     def disconnect(self) -> None:
         self._gone.set()
 
+    def exited(self, wait: float = 0.0) -> str:
+        return self._ended
+
     # --- for tests ----------------------------------------------------------------------------
 
     def freeze(self) -> None:
         """Like QMP ``stop``: nothing in the guest runs and nothing answers."""
         self._thawed.clear()
         self._signal_all(signal.SIGSTOP)
+
+    def crash(self, why: str = "QEMU exited (killed by signal 9)") -> None:
+        """Like QEMU killed under the job: everything in the guest dies, the connection drops."""
+        self._ended = why
+        self.close()
 
     def close(self) -> None:
         """The VM is gone: every process of it is killed."""
