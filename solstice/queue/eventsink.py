@@ -8,8 +8,9 @@ confirm, then takes the next. A batch goes out when it is full, when its oldest 
 
 Nothing is dropped while the broker is away: a batch is retried (same events, same seqs) across
 reconnects until it is confirmed, so the consumer may see a batch twice but never misses one
-(EventSequencer drops the duplicates). When the buffer holds ``max_buffered`` events, ``emit``
-waits: the job's output then slows down instead of memory growing without bound.
+(EventSequencer drops the duplicates). When the buffer holds ``max_buffered`` events or
+``max_buffered_bytes`` of them, ``emit`` waits: the job's output then slows down instead of memory
+growing without bound (a step printing long lines fills bytes long before it fills the count).
 
 One exception: when nobody listens at ``reply_to`` (RabbitMQ returns the message as unroutable:
 the poller's queue was deleted), the batch is dropped with a warning, since retrying cannot
@@ -57,6 +58,7 @@ class BatchingEventSink:
         max_bytes: int = 512 * 1024,
         flush_interval: float = 0.1,
         max_buffered: int = 50_000,
+        max_buffered_bytes: int = 16 * 1024 * 1024,
         attempt_timeout: float = 10.0,
         backoff: Backoff | None = None,
         connection: Callable[[], Connection] | None = None,
@@ -66,6 +68,8 @@ class BatchingEventSink:
         self.max_bytes = max_bytes
         self.flush_interval = flush_interval
         self.max_buffered = max_buffered
+        self.max_buffered_bytes = max_buffered_bytes
+        self._buffered_bytes = 0  # approximate_size of the events in _buffer
         self.attempt_timeout = attempt_timeout
         self._connect = connection or (
             lambda: Connection(cfg, name=name, backoff=backoff or Backoff(maximum=5.0))
@@ -98,16 +102,25 @@ class BatchingEventSink:
         with self._cond:
             if self._closing:
                 raise RuntimeError("emit() after close()")
-            while len(self._buffer) >= self.max_buffered and not self._stop_waiting:
+            while self._full() and not self._stop_waiting:
                 self._cond.wait(0.1)
             if not self._buffer:
                 self._first_at = time.monotonic()
             self._buffer.append(event)
+            self._buffered_bytes += approximate_size(event)
             if event.kind is EventKind.JOB_FINISHED:
                 self._urgent = True
                 self._cond.notify_all()
-            elif len(self._buffer) == 1 or len(self._buffer) >= self.max_events:
+            elif len(self._buffer) == 1 or self._batch_ready():
                 self._cond.notify_all()
+
+    def _batch_ready(self) -> bool:
+        return len(self._buffer) >= self.max_events or self._buffered_bytes >= self.max_bytes
+
+    def _full(self) -> bool:
+        return bool(self._buffer) and (
+            len(self._buffer) >= self.max_buffered or self._buffered_bytes >= self.max_buffered_bytes
+        )
 
     def stop_waiting(self) -> None:
         """Let ``emit`` take events beyond ``max_buffered`` (e.g. once the job is being cancelled,
@@ -162,7 +175,7 @@ class BatchingEventSink:
                     return None
                 if self._buffer:
                     due = self._first_at + self.flush_interval
-                    if self._urgent or self._closing or len(self._buffer) >= self.max_events:
+                    if self._urgent or self._closing or self._batch_ready():
                         break
                     wait = due - time.monotonic()
                     if wait <= 0:
@@ -175,8 +188,12 @@ class BatchingEventSink:
                     if not self._cond.wait(IDLE_TICK):
                         return []
             batch: list[JobEvent] = []
-            while self._buffer and len(batch) < self.max_events:
+            taken = 0  # bytes: a batch of long lines is a message's worth, not max_events of them
+            while self._buffer and len(batch) < self.max_events and taken < self.max_bytes:
                 batch.append(self._buffer.popleft())
+                size = approximate_size(batch[-1])
+                taken += size
+                self._buffered_bytes -= size
             self._inflight = len(batch)
             if self._buffer:
                 self._first_at = time.monotonic()

@@ -44,6 +44,10 @@ class FakeReport:
     def buffered_rows(self) -> int:
         return 0
 
+    @property
+    def buffered_bytes(self) -> int:
+        return 0
+
     def feed(self, event: JobEvent) -> None:
         self.last_seq = max(self.last_seq, event.seq)
         if event.kind is EventKind.JOB_FINISHED and event.result is not None:

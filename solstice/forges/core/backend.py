@@ -53,6 +53,10 @@ class Report(Protocol):
         """Log lines held in memory that the forge has not acknowledged."""
 
     @property
+    def buffered_bytes(self) -> int:
+        """Characters of those lines (long lines fill memory long before the row count)."""
+
+    @property
     def result(self) -> str:
         """The job's ``Result`` value once finished, else ``""``."""
 

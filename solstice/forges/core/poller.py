@@ -61,6 +61,8 @@ log = logging.getLogger("solstice.forges")
 CONTACT_AT_LEAST = 30.0
 #: Unsent rows a task may hold in memory before its events are left in RabbitMQ.
 MAX_BUFFERED_ROWS = 20_000
+#: ... and their characters: 20,000 lines of 64 KiB would be over a gigabyte.
+MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 #: After a cancel was sent, how long the job gets to confirm it before the task is ended here.
 CANCEL_GRACE = 60.0
 #: Consecutive refusals (not outages) of one task's reports before it is given up.
@@ -504,7 +506,7 @@ class Poller:
         if not force:
             if not a.dirty and rep.last_seq == a.saved_seq:
                 return
-            if rep.buffered_rows > MAX_BUFFERED_ROWS:
+            if rep.buffered_rows > MAX_BUFFERED_ROWS or rep.buffered_bytes > MAX_BUFFERED_BYTES:
                 return  # events stay unsettled in RabbitMQ until the forge takes rows again
         try:
             self.store.save(a.saved)

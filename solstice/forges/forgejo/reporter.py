@@ -175,6 +175,10 @@ class Reporter:
         """Rows not acknowledged by the server yet."""
         return len(self.s.buffer)
 
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(len(content) for _, content in self.s.buffer)
+
     def note(self, text: str, time: float) -> None:
         """A line of the runner's own (not from a job event), placed like a job-level line."""
         if not self.s.finished:

@@ -162,6 +162,10 @@ class Reporter:
         """Lines in memory (the rest is spooled to files)."""
         return len(self.job_spool.pending) + sum(len(st.log.pending) for st in self.steps)
 
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(len(line) for spool in self._spools() for line in spool.pending)
+
     def request_cancel(self) -> None:
         self.cancel_requested = True
 
