@@ -12,8 +12,6 @@ directory, and removes the port lock files nobody holds (ports.py). Directories 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import shutil
@@ -22,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from solstice.errors import VMError
-from solstice.vm.ports import try_lease
+from solstice.vm.ports import lock_file, try_lease
 
 log = logging.getLogger("solstice.vm.leftovers")
 
@@ -41,25 +39,12 @@ class WorkdirLock:
             os.close(fd)
 
 
-def _lock(path: Path) -> int | None:
-    """An fd of ``path`` locked exclusively, or None when a live process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return None
-        raise
-    return fd
-
-
 def claim_workdir(workdir: Path) -> WorkdirLock:
     """Mark ``workdir`` as this process's for as long as it lives (release it after emptying it)."""
     # Locked under another name first and then renamed (the lock stays with the file): a sweep
     # never sees an ``owner`` that is not locked yet.
     temp = workdir / f".{OWNER}-{os.getpid()}"
-    fd = _lock(temp)
+    fd = lock_file(temp)
     if fd is None or (workdir / OWNER).exists():
         if fd is not None:
             os.close(fd)
@@ -98,7 +83,7 @@ def _qemus_using(workdir: Path) -> list[int]:
 
 def _sweep_workdir(workdir: Path, swept: Swept) -> None:
     try:
-        fd = _lock(workdir / OWNER)
+        fd = lock_file(workdir / OWNER)
     except OSError as exc:  # not ours to lock (another user's job), or gone meanwhile
         log.debug("not sweeping %s: %s", workdir, exc)
         return

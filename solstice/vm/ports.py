@@ -64,10 +64,10 @@ class PortLease:
         return f"PortLease(port={self.port}, held={self.held})"
 
 
-def try_lease(ports_dir: Path, port: int) -> PortLease | None:
-    """Lock ``port`` for this caller, or return None when another job holds it."""
-    path = ports_dir / f"{port}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def lock_file(path: Path) -> int | None:
+    """An fd of ``path`` (created if missing) locked exclusively, or None when another open file
+    description holds the lock (another job, or this one)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -75,6 +75,15 @@ def try_lease(ports_dir: Path, port: int) -> PortLease | None:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             return None
         raise
+    return fd
+
+
+def try_lease(ports_dir: Path, port: int) -> PortLease | None:
+    """Lock ``port`` for this caller, or return None when another job holds it."""
+    path = ports_dir / f"{port}.lock"
+    fd = lock_file(path)
+    if fd is None:
+        return None
     # The holder before us may have unlinked the file between our open and our flock: then we
     # locked an orphaned inode and a third job could lock a new file of the same name.
     try:
