@@ -28,6 +28,7 @@ runner's labels, solstice.model.labels); the poller needs no image catalog.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -426,7 +427,9 @@ class Poller:
             return ACK
         for event in events:
             a.report.feed(event)
-        a.deliveries.append((max(e.seq for e in events), delivery))
+        # Kept only to be acknowledged: without its events, which the report has now (up to
+        # EVENT_PREFETCH deliveries of long lines would otherwise stay in memory twice).
+        a.deliveries.append((max(e.seq for e in events), dataclasses.replace(delivery, message=())))
         a.dirty = True
         return None  # settled by _save once a checkpoint covers it
 

@@ -55,6 +55,7 @@ from . import messages as m
 
 SYNTHETIC_SEQ = 2**31 - 1  # solstice.queue.SYNTHETIC_SEQ
 MAX_ROWS_PER_REQUEST = 1000
+MAX_REQUEST_CHARS = 4 * 1024 * 1024  # of rows' content in one UpdateLog
 MAX_OUTPUT_KEY = 255  # bytes; the server drops longer keys silently (§3.5)
 MAX_OUTPUT_VALUE = 1024 * 1024
 
@@ -382,6 +383,13 @@ class Reporter:
                 s.log_closed = True  # the server has every row, the last one came with no_more
             return None
         rows = s.buffer[: self.max_rows]
+        # ... and a few MiB: a thousand rows of 64 KiB would make one 64 MiB request (and its copies).
+        size = 0
+        for n, (_, content) in enumerate(rows):
+            size += len(content)
+            if size > MAX_REQUEST_CHARS and n > 0:
+                rows = rows[:n]
+                break
         last = s.finished and len(rows) == len(s.buffer)
         if last:
             s.closing_sent = True

@@ -8,6 +8,7 @@ after its final event. What it does comes from the job's env ``FAKE``:
     ok | fail | error          one log line, then that result
     sleep:S                    a log line every 0.1 s for S seconds, then success
     lines:N                    N log lines as fast as it can, then success
+    flood:MB:LEN               MB megabytes of LEN-character lines as fast as it can, then success
     exit:N                     a log line, then exit N without a final event
     signal:NAME                a log line, then kill itself with SIGNAME (no final event)
     stubborn:S                 like sleep:S, but ignores SIGTERM
@@ -104,6 +105,11 @@ def main() -> int:
                 time.sleep(0.1)
             outcome = Outcome.CANCELLED if cancel.is_set() else Outcome.SUCCESS
             emit.step_finished(step.number, outcome, outcome)
+    elif mode == "flood":
+        megabytes, _, length = arg.partition(":")
+        line = "x" * int(length)
+        for _ in range(int(megabytes) * 1024 * 1024 // len(line)):
+            emit.log(line, step=1)
     elif mode == "lines":
         for i in range(1, int(arg) + 1):
             emit.log(f"line {i}", step=1)
