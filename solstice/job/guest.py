@@ -33,8 +33,9 @@ class Guest(Protocol):
 
     def put(self, path: str, data: bytes, mode: int) -> None: ...
 
-    def get(self, path: str) -> bytes:
-        """The file's content; FileNotFoundError when it does not exist."""
+    def get(self, path: str, limit: int | None = None) -> bytes:
+        """The file's content (at most ``limit`` + 1 bytes, so that the caller sees it is longer);
+        FileNotFoundError when it does not exist."""
         ...
 
     def make_dirs(self, relative: Sequence[str]) -> str:

@@ -54,6 +54,9 @@ log = logging.getLogger("solstice.job")
 #: How long a killed step gets between SIGTERM and SIGKILL, and then to close its output.
 KILL_GRACE = 3.0
 STOP_GRACE = 3.0
+#: A step's runner files are read into memory whole: bounded, as GitHub bounds the summary.
+MAX_SUMMARY = 1024 * 1024
+MAX_RUNNER_FILE = 16 * 1024 * 1024
 #: How long a lost connection waits for QEMU's exit to be seen, to name the cause first.
 QEMU_EXIT_WAIT = 2.0
 #: The user's own doing: a job that ends on one of these failed; on any other error it errored.
@@ -668,10 +671,18 @@ class JobRun:
         status, reason = self._exec_supervised(guest, command, pidfile, n, minutes, outputs)
 
         # Runner files: read even after a failure, as GitHub does.
-        env_text = guest.get(std["GITHUB_ENV"]).decode(errors="replace")
-        out_text = guest.get(std["GITHUB_OUTPUT"]).decode(errors="replace")
-        path_text = guest.get(std["GITHUB_PATH"]).decode(errors="replace")
-        summary = guest.get(std["GITHUB_STEP_SUMMARY"]).decode(errors="replace")
+        env_text = self._runner_file(guest, std["GITHUB_ENV"], "GITHUB_ENV")
+        out_text = self._runner_file(guest, std["GITHUB_OUTPUT"], "GITHUB_OUTPUT")
+        path_text = self._runner_file(guest, std["GITHUB_PATH"], "GITHUB_PATH")
+        summary_data = guest.get(std["GITHUB_STEP_SUMMARY"], MAX_SUMMARY)
+        summary = summary_data.decode(errors="replace")
+        if len(summary_data) > MAX_SUMMARY:
+            self.emit.log(
+                f"Warning: $GITHUB_STEP_SUMMARY is larger than {MAX_SUMMARY // 1024} KiB; "
+                "not shown (as on GitHub)",
+                step=n,
+            )
+            summary = ""
         self.env_added.update(filecmds.parse_key_values(env_text, "GITHUB_ENV"))
         outputs.update(filecmds.parse_key_values(out_text, "GITHUB_OUTPUT"))
         self.path_added.extend(filecmds.parse_path(path_text))
@@ -694,6 +705,12 @@ class JobRun:
             return StepResult(Outcome.SUCCESS, 0, "", outputs)
         what = "was killed by a signal" if status is None or status < 0 else f"exited with code {status}"
         return StepResult(Outcome.FAILURE, status, f"the step's process {what}", outputs)
+
+    def _runner_file(self, guest: Guest, path: str, name: str) -> str:
+        data = guest.get(path, MAX_RUNNER_FILE)
+        if len(data) > MAX_RUNNER_FILE:
+            raise filecmds.FileCommandError(f"${name} is larger than {MAX_RUNNER_FILE // (1024 * 1024)} MiB")
+        return data.decode(errors="replace")
 
     def _exec_supervised(
         self,

@@ -148,8 +148,8 @@ class Guest:
     def put(self, path: str, data: bytes, mode: int) -> None:
         self._sftp.put(path, data, mode)
 
-    def get(self, path: str) -> bytes:
-        return self._sftp.get(path)
+    def get(self, path: str, limit: int | None = None) -> bytes:
+        return self._sftp.get(path, limit)
 
     def make_dirs(self, relative: Sequence[str]) -> str:
         return self._sftp.make_dirs(relative)

@@ -267,10 +267,14 @@ class SFTP:
                 fh.write(data)
             sftp.chmod(path, mode)
 
-    def get(self, path: str) -> bytes:
+    def get(self, path: str, limit: int | None = None) -> bytes:
+        """The file, or its first ``limit`` + 1 bytes (a guest's file can be of any size)."""
         with self._call(f"downloading {path}") as sftp, sftp.open(path, "rb") as fh:
-            fh.prefetch()
-            return fh.read()
+            if limit is None:
+                fh.prefetch()
+                return fh.read()
+            fh.prefetch(min(fh.stat().st_size or 0, limit + 1))
+            return fh.read(limit + 1)
 
     def make_dirs(self, relative: Sequence[str]) -> str:
         """Create ``relative`` directories (parents too) under the login's home; return the home.

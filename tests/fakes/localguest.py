@@ -132,9 +132,10 @@ class LocalGuest:
         Path(path).write_bytes(data)
         os.chmod(path, mode)
 
-    def get(self, path: str) -> bytes:
+    def get(self, path: str, limit: int | None = None) -> bytes:
         self._check()
-        return Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            return fh.read() if limit is None else fh.read(limit + 1)
 
     def make_dirs(self, relative: Sequence[str]) -> str:
         self._check()

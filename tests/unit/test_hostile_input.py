@@ -164,3 +164,17 @@ def test_a_github_job_id_never_names_a_file_outside_the_spool(tmp_path: Path, jo
 def test_control_characters_in_a_workflow_are_a_clear_error(char: str) -> None:
     with pytest.raises(WorkflowProblems, match="invalid YAML: unacceptable character"):
         parse_workflow(f"on: push\njobs:\n  j{char}:\n    runs-on: x\n", "ctl.yml")
+
+
+def test_runner_files_are_read_bounded(runtime: Path) -> None:
+    steps = (
+        "      - name: summary\n"
+        "        run: head -c 2000000 /dev/zero | tr '\\0' s >> \"$GITHUB_STEP_SUMMARY\"\n"
+        "      - name: env\n        run: head -c 20000000 /dev/zero | tr '\\0' e >> \"$GITHUB_ENV\"\n"
+    )
+    result, sink, _ = _job(runtime, steps)
+    logs = [e.text for e in sink.events if e.kind.value == "log"]
+    assert "Warning: $GITHUB_STEP_SUMMARY is larger than 1024 KiB; not shown (as on GitHub)" in logs
+    assert not any(line.startswith("sss") for line in logs)
+    assert result is Result.FAILURE
+    assert "$GITHUB_ENV is larger than 16 MiB" in sink.events[-1].message
