@@ -69,3 +69,14 @@ def test_the_forgejo_reporter_counts_the_bytes_it_holds() -> None:
     # Far under the row bound, over the byte bound: the poller stops acknowledging.
     assert rep.buffered_rows < MAX_BUFFERED_ROWS
     assert rep.buffered_bytes > MAX_BUFFERED_BYTES
+
+
+def test_a_github_log_is_cut_to_the_blob_limit_at_a_line_end() -> None:
+    from solstice.forges.github.client import fit_log
+
+    body = b"".join(f"line {i}\n".encode() for i in range(100_000))
+    assert fit_log(body, None) == body and fit_log(body, len(body)) == body
+    cut = fit_log(body, 4096)
+    assert len(cut) <= 4096 and cut.endswith(b"(the results service's size limit)\n")
+    kept = cut.splitlines()[:-1]
+    assert kept == body.splitlines()[: len(kept)] and len(kept) > 100

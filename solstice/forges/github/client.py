@@ -723,9 +723,23 @@ class JobClient:
     def upload_log(self, target: m.LogsTarget, lines: list[str], *, when: datetime | None = None) -> None:
         """A whole log (already masked, one formatted line each): URL, PUT, metadata (§7.1)."""
         signed = self.signed_log_url(target)
-        body = "".join(line if line.endswith("\n") else line + "\n" for line in lines).encode()
+        body = fit_log(
+            "".join(line if line.endswith("\n") else line + "\n" for line in lines).encode(),
+            signed.soft_size_limit,
+        )
         self.put_blob(signed, body)
-        self.logs_metadata(m.LogsMetadata(target, timestamp(when), len(lines)))
+        self.logs_metadata(m.LogsMetadata(target, timestamp(when), body.count(b"\n")))
+
+
+def fit_log(body: bytes, limit: int | None) -> bytes:
+    """``body`` cut at a line's end to the blob's size limit, with a line that says so: the
+    service refuses a larger blob (HTTP 413), and a log it never gets would leave the job
+    uncompleted."""
+    if not limit or len(body) <= limit:
+        return body
+    note = f"... the log was cut at {limit} bytes (the results service's size limit)\n".encode()
+    cut = body.rfind(b"\n", 0, max(0, limit - len(note))) + 1
+    return body[:cut] + note
 
 
 def owner_name(hostname: str, pid: int) -> str:
