@@ -77,18 +77,19 @@ class LineSplitter:
         self._limit = limit
 
     def feed(self, chunk: bytes) -> list[str]:
-        self._buf += chunk
+        # One split per chunk: slicing the buffer line by line copied the rest of a 64 KiB chunk
+        # for each of its short lines.
+        parts = (self._buf + chunk).split(b"\n")
+        self._buf = parts.pop()
         lines = []
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                if len(self._buf) >= self._limit:
-                    lines.append(self._buf[: self._limit])
-                    self._buf = self._buf[self._limit :]
-                    continue
-                break
-            lines.append(self._buf[:nl])
-            self._buf = self._buf[nl + 1 :]
+        for part in parts:
+            while len(part) > self._limit:
+                lines.append(part[: self._limit])
+                part = part[self._limit :]
+            lines.append(part)
+        while len(self._buf) >= self._limit:
+            lines.append(self._buf[: self._limit])
+            self._buf = self._buf[self._limit :]
         return [ln.decode(errors="replace").rstrip("\r") for ln in lines]
 
     def flush(self) -> list[str]:

@@ -80,3 +80,17 @@ def test_a_github_log_is_cut_to_the_blob_limit_at_a_line_end() -> None:
     assert len(cut) <= 4096 and cut.endswith(b"(the results service's size limit)\n")
     kept = cut.splitlines()[:-1]
     assert kept == body.splitlines()[: len(kept)] and len(kept) > 100
+
+
+def test_every_line_is_cut_at_the_limit_also_when_its_newline_came_in_the_same_chunk() -> None:
+    from solstice.job.events import LineSplitter
+
+    s = LineSplitter(limit=8)
+    assert s.feed(b"0123456789ab\nshort\n" + b"x" * 20) == [
+        "01234567",
+        "89ab",
+        "short",
+        "xxxxxxxx",
+        "xxxxxxxx",
+    ]
+    assert s.flush() == ["xxxx"]
