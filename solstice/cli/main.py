@@ -15,6 +15,7 @@ from pathlib import Path
 from solstice import __version__
 from solstice import config as configmod
 from solstice.errors import SolsticeError
+from solstice.model.terminal import safe_text
 from solstice.vm import leftovers
 
 #: verb -> module under solstice.cli with ``add_arguments(parser)`` and ``main(args) -> int``.
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SolsticeError as exc:
         if args.debug:
             raise
-        print(f"solstice: error: {exc}", file=sys.stderr)
+        print(safe_text(f"solstice: error: {exc}"), file=sys.stderr)  # may quote a guest's console
         if exc.hint:
             print(f"  ({exc.hint})", file=sys.stderr)
         return EXIT_ERROR

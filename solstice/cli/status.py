@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from solstice.cli.db import add_config_argument, format_time, open_store
 from solstice.errors import SolsticeError
+from solstice.model.terminal import safe_text
 
 if TYPE_CHECKING:
     from solstice.store import JobRecord, Store
@@ -135,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"schema": SCHEMA, "job": job_json(job, request=True)}, indent=2))
             else:
-                print("\n".join(_detail(job)))
+                print(safe_text("\n".join(_detail(job))))  # messages carry a guest's console lines
             return 0
         jobs = store.list_jobs(state=args.state, host=args.host, limit=args.limit)
         if args.json:
@@ -144,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
         if not jobs:
             print("no jobs" + (" match" if args.state or args.host else " recorded yet"))
         else:
-            print("\n".join(_table(jobs)))
+            print(safe_text("\n".join(_table(jobs))))
         counts = store.count_by_state()
         if counts:
             order = {state: i for i, state in enumerate(STATES)}
