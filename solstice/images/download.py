@@ -19,7 +19,8 @@ from solstice.errors import DownloadError
 
 log = logging.getLogger("solstice.images")
 
-CHUNK = 1 << 20
+#: Bytes per read and write: what an interrupted read loses (it is fetched again on resume).
+CHUNK = 64 << 10
 #: A checksum file or manifest bigger than this is not one.
 MAX_TEXT = 4 << 20
 
