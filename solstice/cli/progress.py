@@ -39,8 +39,9 @@ class ProgressPrinter:
             self.finish()
             self._phase, self._start, self._last_percent = phase, now, -1
             self._last_line = -1e9
-        elapsed = max(now - self._start, 1e-6)
-        rate = done / elapsed / MIB
+        elapsed = now - self._start
+        # no rate from the first instants: it would be noise
+        speed = f", {done / elapsed / MIB:.1f} MiB/s" if elapsed >= 0.5 else ""
         percent = int(done * 100 / total) if total else None
         amount = f"{done / MIB:.1f}" + (f" of {total / MIB:.1f}" if total else "") + " MiB"
         if self.tty:
@@ -48,7 +49,7 @@ class ProgressPrinter:
             if percent is not None:
                 filled = min(30, percent * 30 // 100)
                 bar = f" [{'#' * filled}{' ' * (30 - filled)}] {percent:3d}%"
-            self.out.write(f"\r{self.label}: {phase}{bar} {amount} {rate:.1f} MiB/s\x1b[K")
+            self.out.write(f"\r{self.label}: {phase}{bar} {amount}{speed}\x1b[K")
             self.out.flush()
             self._drawn = True
             return
@@ -57,7 +58,7 @@ class ProgressPrinter:
             if percent is not None and percent == self._last_percent and done < (total or 0):
                 return
             shown = f" ({percent}%)" if percent is not None else ""
-            self.out.write(f"{self.label}: {phase} {amount}{shown}, {rate:.1f} MiB/s\n")
+            self.out.write(f"{self.label}: {phase} {amount}{shown}{speed}\n")
             self.out.flush()
             self._last_line = now
             if percent is not None:

@@ -43,7 +43,7 @@ from solstice.images.state import (
 
 log = logging.getLogger("solstice.images")
 
-#: phase ("download", "decompress", "verify"), done bytes, total bytes or None
+#: phase ("download", "decompress"), done bytes, total bytes or None
 PhaseProgress = Callable[[str, int, int | None], None]
 
 
@@ -119,9 +119,6 @@ class Puller:
             download = part_of(disk, ".download")
             on_bytes: Progress | None = (lambda d, t: progress("download", d, t)) if progress else None
             self.downloader.fetch(fetch.url, download, headers=fetch.headers, progress=on_bytes)
-            size = download.stat().st_size
-            if progress:
-                progress("verify", 0, size)
             got = file_digest(download, fetch.digest.algorithm)
             if got != fetch.digest.hex:
                 download.unlink()
