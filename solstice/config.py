@@ -287,6 +287,17 @@ class GithubConfig:
             )
 
 
+def _check_size(key: str, cpus: int | None, memory: str | None, disk: str | None) -> None:
+    if cpus is not None and cpus < 1:
+        raise ConfigError(f"{key} cpus must be at least 1")
+    for name, value in (("memory", memory), ("disk", disk)):
+        if value is not None:
+            try:
+                parse_size_mib(value)
+            except ValueError as exc:
+                raise ConfigError(f"{key} {name}: {exc}") from None
+
+
 IMAGE_FORMATS = ("qcow2", "raw", "vmdk")
 COMPRESSIONS = ("zst", "xz", "gz", "none")
 ARCHES = ("x86_64", "aarch64")
@@ -343,14 +354,7 @@ class ImageConfig:
             raise ConfigError(
                 f"{where}: {key} needs path (a disk on this host) or source (where to pull it from)"
             )
-        if self.cpus is not None and self.cpus < 1:
-            raise ConfigError(f"{where}: {key} cpus must be at least 1")
-        for name, value in (("memory", self.memory), ("disk", self.disk)):
-            if value is not None:
-                try:
-                    parse_size_mib(value)
-                except ValueError as exc:
-                    raise ConfigError(f"{where}: {key} {name}: {exc}") from None
+        _check_size(f"{where}: {key}", self.cpus, self.memory, self.disk)
         if self.compression and self.compression not in COMPRESSIONS:
             raise ConfigError(
                 f"{where}: {key} compression = {self.compression!r}: must be zst, xz, gz or none"
@@ -385,15 +389,7 @@ class SizePreset:
     disk: str | None = None
 
     def validate(self, where: str) -> None:
-        key = f"[sizes.{self.name}]"
-        if self.cpus is not None and self.cpus < 1:
-            raise ConfigError(f"{where}: {key} cpus must be at least 1")
-        for name, value in (("memory", self.memory), ("disk", self.disk)):
-            if value is not None:
-                try:
-                    parse_size_mib(value)
-                except ValueError as exc:
-                    raise ConfigError(f"{where}: {key} {name}: {exc}") from None
+        _check_size(f"{where}: [sizes.{self.name}]", self.cpus, self.memory, self.disk)
 
 
 @dataclass(frozen=True)
@@ -615,21 +611,20 @@ def _tables(raw: Any, name: str, where: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _named_tables(cls: type[Any], field_name: str, raw: Any, name: str, where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, table in _tables(raw, name, where).items():
+        obj = _build(cls, table, f"[{name}.{key}] ", where, **{field_name: key})
+        obj.validate(where)
+        out[key] = obj
+    return out
+
+
 def image_tables(raw: Any, where: str) -> dict[str, ImageConfig]:
     """``[images.<label>]`` tables (of solstice.toml, an images.d file or the built-in catalog)."""
-    images: dict[str, ImageConfig] = {}
-    for label, table in _tables(raw, "images", where).items():
-        img = _build(ImageConfig, table, f"[images.{label}] ", where, label=label)
-        img.validate(where)
-        images[label] = img
-    return images
+    return _named_tables(ImageConfig, "label", raw, "images", where)
 
 
 def size_tables(raw: Any, where: str) -> dict[str, SizePreset]:
     """``[sizes.<name>]`` tables: cpus, memory, disk."""
-    sizes: dict[str, SizePreset] = {}
-    for name, table in _tables(raw, "sizes", where).items():
-        preset = _build(SizePreset, table, f"[sizes.{name}] ", where, name=name)
-        preset.validate(where)
-        sizes[name] = preset
-    return sizes
+    return _named_tables(SizePreset, "name", raw, "sizes", where)
