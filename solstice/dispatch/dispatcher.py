@@ -261,7 +261,9 @@ class Dispatcher:
                 if state.ready:
                     log.info("label %s: taking jobs (image %s)", label, state.reason)
                 else:
-                    log.warning("label %s: not taking jobs: %s", label, state.reason)
+                    # a label that stops being usable is news; one never pulled is the usual start
+                    level = logging.WARNING if old is not None and old.ready else logging.INFO
+                    log.log(level, "label %s: not taking jobs: %s", label, state.reason)
             self.images[label] = state
         return before is not None and before != self.takes_labels()
 

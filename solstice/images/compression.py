@@ -62,4 +62,7 @@ def decompress(src: Path, dst: Path, kind: str, progress: Callable[[int], None] 
     except (zstandard.ZstdError, lzma.LZMAError, EOFError, gzip.BadGzipFile) as exc:
         dst.unlink(missing_ok=True)
         raise DownloadError(f"{src.name}: not valid {kind} data: {exc}") from None
+    except OSError as exc:  # a full disk, mostly
+        dst.unlink(missing_ok=True)
+        raise DownloadError(f"{dst}: cannot write the decompressed image: {exc.strerror}") from None
     return h.hexdigest()

@@ -111,6 +111,8 @@ class Downloader:
                     self.attempts,
                 )
                 self.sleep(delay)
+            except OSError as exc:  # writing the part (requests' errors are OSErrors too: above)
+                raise DownloadError(f"{part}: cannot write: {exc.strerror}") from None
         raise AssertionError("unreachable")
 
     def _get(self, url: str, part: Path, headers: dict[str, str], progress: Progress | None) -> int:

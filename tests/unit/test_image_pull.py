@@ -256,3 +256,14 @@ def test_plain_http_needs_a_pinned_digest_or_a_loopback_host(tmp_path: Path) -> 
     )
     with pytest.raises(DownloadError, match="plain http without a pinned sha256"):
         puller().pull(host(tmp_path, text).get("img"))
+
+
+@pytest.mark.parametrize("kind", ["zst", "xz", "gz"])
+def test_data_that_does_not_decompress_is_refused(tmp_path: Path, server: ImageServer, kind: str) -> None:
+    junk = os.urandom(100_000)  # the digest matches: the publisher's file is simply not what it says
+    server.files[f"/disk.raw.{kind}"] = junk
+    image = host(tmp_path, entry("img", server.url(f"disk.raw.{kind}"), junk)).get("img")
+    with pytest.raises(DownloadError, match=f"not valid {kind} data"):
+        puller().pull(image)
+    assert leftovers(image) == []
+    assert_nothing_usable(image)
