@@ -130,6 +130,8 @@ class Puller:
             kind = compression_of(fetch.name, cfg.compression)
             staged = part_of(disk)
             if kind == "none":
+                with download.open("rb+") as f:
+                    os.fsync(f.fileno())  # on disk before state.json can call it verified
                 os.replace(download, staged)
                 sha256 = got if fetch.digest.algorithm == "sha256" else file_digest(staged)
             else:
