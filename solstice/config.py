@@ -332,7 +332,8 @@ class ImageConfig:
     #: The sha256 of the file at ``source`` (as published, before decompression).
     sha256: str = ""
     #: A checksum file (SHA256SUMS, SHA512SUMS, BSD ``SHA256 (file) = ...``, a bare digest) that
-    #: lists the file at ``source``; used when ``sha256`` is not given.
+    #: lists the file at ``source``; used when ``sha256`` is not given. ``{source}`` in it stands
+    #: for the source's URL (after a ``*`` in its file name picked the newest match).
     checksums: str = ""
     #: How the file at ``source`` is compressed: zst, xz, gz or none; empty: from its name.
     compression: str = ""
@@ -375,7 +376,16 @@ class ImageConfig:
                 f"{where}: {key} source = {self.source!r}: must be an https:// URL, an absolute "
                 "file path (or file:// URL) or oci://registry/repository:tag"
             )
-        if self.checksums and not self.checksums.startswith(("https://", "http://", "file://", "/")):
+        if "*" in self.source and not (self.source.startswith(("https://", "http://")) and self.checksums):
+            raise ConfigError(
+                f"{where}: {key} source = {self.source!r}: a * pattern needs an http(s) source and "
+                'checksums (e.g. "{source}.sha256"): a moving file cannot have a pinned sha256'
+            )
+        if "*" in self.source.rsplit("/", 1)[0]:
+            raise ConfigError(f"{where}: {key} source: a * may only be in the file name")
+        if self.checksums and not self.checksums.startswith(
+            ("https://", "http://", "file://", "/", "{source}")
+        ):
             raise ConfigError(f"{where}: {key} checksums = {self.checksums!r}: must be a URL or a file path")
 
 

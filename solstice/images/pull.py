@@ -32,6 +32,7 @@ from solstice.images.catalog import BUILD_HINT, LOCAL_BUILD, Image
 from solstice.images.checksum import Digest, file_digest, parse_checksums
 from solstice.images.compression import compression_of, decompress
 from solstice.images.download import Downloader, Progress, local_path
+from solstice.images.listing import is_pattern, newest
 from solstice.images.state import (
     SELFTEST_FILE,
     STATE_FILE,
@@ -53,6 +54,7 @@ class Fetch:
     name: str  # the published file's name (for the checksum file and its compression)
     digest: Digest
     headers: dict[str, str]
+    source: str  # what state.json records: the entry's source, or the file a pattern matched
 
 
 def part_of(path: Path, what: str = "") -> Path:
@@ -97,16 +99,19 @@ class Puller:
                 raise ChecksumMismatch(
                     f"{source}: the registry's layer is {blob.digest}, the entry pins sha256:{cfg.sha256}"
                 )
-            return Fetch(blob.url, blob.name, blob.digest, blob.headers)
+            return Fetch(blob.url, blob.name, blob.digest, blob.headers, source)
         _check_transport(source, pinned=bool(cfg.sha256), what="source")
+        if is_pattern(source):
+            source = newest(self.downloader, source)
         path = local_path(source)
         name = path.name if path is not None else PurePosixPath(urlsplit(source).path).name
+        checksums = cfg.checksums.replace("{source}", source)
         if cfg.sha256:
             digest = Digest("sha256", cfg.sha256)
         else:
-            _check_transport(cfg.checksums, pinned=False, what="checksums")
-            digest = parse_checksums(self.downloader.text(cfg.checksums), name, cfg.checksums)
-        return Fetch(source, name, digest, {})
+            _check_transport(checksums, pinned=False, what="checksums")
+            digest = parse_checksums(self.downloader.text(checksums), name, checksums)
+        return Fetch(source, name, digest, {}, source)
 
     def pull(self, image: Image, progress: PhaseProgress | None = None) -> ImageState:
         cfg = image.config
@@ -152,7 +157,7 @@ class Puller:
             now = utc_now()
             state = ImageState(
                 label=image.label,
-                source=cfg.source,
+                source=fetch.source,
                 path=str(disk),
                 format=cfg.format,
                 size=st.st_size,

@@ -46,7 +46,12 @@ def test_the_built_in_catalog_covers_the_issues_oses_with_existing_profiles(tmp_
         assert entry.profile in PROFILES
         assert entry.verified.startswith(("booted ", "not verified: ")), label
         assert entry.os, label
-        if label not in ("debian-12", "omnios-bloody"):
+        if label == "omnios-bloody":
+            assert (
+                entry.source.endswith("/omnios-bloody-*.cloud.raw.zst")
+                and entry.checksums == "{source}.sha256"
+            )
+        elif label != "debian-12":
             assert entry.source.startswith("https://") and entry.checksums.startswith("https://"), label
     # the names a workflow author uses
     assert catalog.canonical("illumos-latest") == "omnios-r151058"
@@ -123,6 +128,11 @@ def test_the_operators_names_hide_built_in_ones(tmp_path: Path) -> None:
         ('[sizes.huge]\nmemory = "lots"\n', "[sizes.huge] memory: 'lots' is not a size"),
         ('[images.x]\nchecksums = "https://h/SUMS"\npath = "a"\n', "[images.x] checksums needs a source"),
         ('[images.ubuntu-26.04]\npath = "a"\n', "[images.ubuntu-26.04] is not an image table"),
+        ('[images.x]\nsource = "https://h/d-*.raw"\nsha256 = "' + "a" * 64 + '"\n', "a * pattern needs"),
+        (
+            '[images.x]\nsource = "https://h/*/d.raw"\nchecksums = "{source}.sha256"\n',
+            "only be in the file name",
+        ),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:

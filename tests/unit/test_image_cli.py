@@ -103,9 +103,10 @@ def test_list_pull_verify_rm(capsys: pytest.CaptureFixture[str], operator: Path,
 
 
 def test_what_cannot_be_pulled_says_why(capsys: pytest.CaptureFixture[str], operator: Path) -> None:
-    status, _, err = run(capsys, operator, "pull", "omnios-bloody", "debian-12", "nope")
+    (operator.parent / "images.d" / "mine.toml").write_text('[images.mine]\npath = "/srv/mine.qcow2"\n')
+    status, _, err = run(capsys, operator, "pull", "mine", "debian-12", "nope")
     assert status == 1
-    assert "solstice: error: omnios-bloody: image 'omnios-bloody' (the built-in catalog" in err
+    assert f"solstice: error: mine: image 'mine' ({operator.parent / 'images.d' / 'mine.toml'})" in err
     assert "has no source to pull it from" in err and "images_d" in err
     assert "solstice: error: debian-12: image 'debian-12' is built on this host" in err
     assert "build-test-image" in err

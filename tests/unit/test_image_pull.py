@@ -267,3 +267,26 @@ def test_data_that_does_not_decompress_is_refused(tmp_path: Path, server: ImageS
         puller().pull(image)
     assert leftovers(image) == []
     assert_nothing_usable(image)
+
+
+def test_a_pattern_source_pulls_the_newest_match_of_the_directory_index(
+    tmp_path: Path, server: ImageServer, raw_disk: bytes
+) -> None:
+    new = compress("zst", raw_disk)
+    names = ["omnios-bloody-20261001.cloud.raw.zst", "omnios-bloody-20261120.cloud.raw.zst"]
+    for name, data in zip(names, [b"old", new], strict=True):
+        server.files[f"/bloody/{name}"] = data
+        server.files[f"/bloody/{name}.sha256"] = hashlib.sha256(data).hexdigest().encode() + b"\n"
+    links = [*names, f"{names[1]}.sha256", "omnios-bloody-20261120.usb-dd", "../", "/elsewhere/x.raw.zst"]
+    server.files["/bloody/"] = "".join(f'<a href="{n}">{n}</a>\n' for n in links).encode()
+    text = (
+        f'[images.bloody]\nsource = "{server.url("bloody/omnios-bloody-*.cloud.raw.zst")}"\n'
+        'checksums = "{source}.sha256"\nformat = "raw"\n'
+    )
+    image = host(tmp_path, text).get("bloody")
+    state = puller().pull(image)
+    assert state.source == server.url(f"bloody/{names[1]}")  # the file, not the pattern
+    assert image.base_image.read_bytes() == raw_disk
+    server.files["/bloody/"] = b'<a href="omnios-bloody-2026.usb-dd">x</a>'
+    with pytest.raises(DownloadError, match=r"bloody/: no file matches omnios-bloody-\*.cloud.raw.zst"):
+        puller().pull(image)
