@@ -36,6 +36,8 @@ class ImageServer:
     manifests: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     log: list[Served] = field(default_factory=list)
+    #: False: ignore Range headers (answer 200 with the whole file), as some mirrors do
+    ranges: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -120,7 +122,7 @@ def _handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
         def _file(self, data: bytes) -> None:
             start = 0
             wanted = self.headers.get("Range")
-            m = re.fullmatch(r"bytes=(\d+)-", wanted or "")
+            m = re.fullmatch(r"bytes=(\d+)-", wanted or "") if server.ranges else None
             if m:
                 start = int(m.group(1))
                 if start >= len(data):

@@ -131,6 +131,21 @@ def test_a_dropped_connection_is_resumed_with_range(
     assert cut - CHUNK <= start <= cut and second.body_bytes == len(raw_disk) - start
 
 
+def test_a_server_without_ranges_sends_it_all_again(
+    tmp_path: Path, server: ImageServer, raw_disk: bytes
+) -> None:
+    server.ranges = False
+    server.files["/disk.raw"] = raw_disk
+    server.drops["/disk.raw"] = [MIB]
+    image = host(tmp_path, entry("img", server.url("disk.raw"), raw_disk)).get("img")
+    puller().pull(image)
+    assert image.base_image.read_bytes() == raw_disk  # the 200 replaced the part, not appended
+    assert [(s.status, s.body_bytes) for s in server.requests_for("/disk.raw")] == [
+        (200, MIB),
+        (200, len(raw_disk)),
+    ]
+
+
 def test_when_retries_run_out_the_part_is_kept_and_the_next_pull_resumes(
     tmp_path: Path, server: ImageServer, raw_disk: bytes
 ) -> None:
