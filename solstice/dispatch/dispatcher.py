@@ -281,9 +281,10 @@ class Dispatcher:
                 self.notify("READY=1")
         db = "ok" if self.store.connected else "UNAVAILABLE"
         broker = "ok" if self.conn.is_open else "reconnecting"
+        images = f"; {len(self.takes_labels())}/{len(self.labels)} labels ready" if self.images else ""
         self.notify(
             f"WATCHDOG=1\nSTATUS={self.running()}/{self.capacity} jobs running; database {db}; "
-            f"broker {broker}"
+            f"broker {broker}{images}"
         )
 
     # --- reconciliation -------------------------------------------------------------------------
