@@ -101,12 +101,12 @@ def _handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
                 server.log.append(Served(self.command, self.path, self.headers.get("Range"), status, body))
 
         def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+            self._record(status, len(body))  # before the client can see the answer
             self.send_response(status)
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self._record(status, len(body))  # before the client can see the answer
             self.wfile.write(body)
 
         def do_GET(self) -> None:
@@ -128,24 +128,25 @@ def _handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
                 if start >= len(data):
                     return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
             body = data[start:]
-            self.send_response(206 if m else 200)
+            status = 206 if m else 200
+            with server.lock:
+                drops = server.drops.get(self.path)
+                cut = drops.pop(0) if drops else None
+            dropped = cut is not None and cut < len(body)
+            self._record(status, cut if dropped and cut is not None else len(body))  # before any answer
+            self.send_response(status)
             if m:
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            with server.lock:
-                drops = server.drops.get(self.path)
-                cut = drops.pop(0) if drops else None
-            if cut is not None and cut < len(body):
+            if dropped and cut is not None:
                 # The connection dies mid-body: part of it, then a reset.
-                self._record(206 if m else 200, cut)
                 self.wfile.write(body[:cut])
                 self.wfile.flush()
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
-            self._record(206 if m else 200, len(body))
             self.wfile.write(body)
 
         def _registry(self) -> None:
