@@ -96,6 +96,8 @@ class PathsConfig:
     state_dir: str = field(default_factory=lambda: str(_default_state_dir()))
     #: Per-job directories (overlay, seed, sockets, port locks).
     runtime_dir: str = field(default_factory=lambda: str(_default_runtime_dir()))
+    #: The operator's image catalog files (``*.toml``, docs/images.md); a missing directory is empty.
+    images_d: str = "/etc/solstice/images.d"
 
     @property
     def images_dir(self) -> Path:
@@ -177,6 +179,9 @@ class DispatcherConfig:
     runtime_margin: float = 600.0
     #: Seconds between two looks at the running jobs (and the longest wait for broker events).
     poll_interval: float = 1.0
+    #: Take jobs only for labels whose image is present and verified (docs/images.md); false takes
+    #: every label's jobs and a job whose image is missing ends as error (stand-in jobs in tests).
+    check_images: bool = True
 
     def validate(self, where: str) -> None:
         if self.capacity < 0:
@@ -282,12 +287,32 @@ class GithubConfig:
             )
 
 
+def _check_size(key: str, cpus: int | None, memory: str | None, disk: str | None) -> None:
+    if cpus is not None and cpus < 1:
+        raise ConfigError(f"{key} cpus must be at least 1")
+    for name, value in (("memory", memory), ("disk", disk)):
+        if value is not None:
+            try:
+                parse_size_mib(value)
+            except ValueError as exc:
+                raise ConfigError(f"{key} {name}: {exc}") from None
+
+
+IMAGE_FORMATS = ("qcow2", "raw", "vmdk")
+COMPRESSIONS = ("zst", "xz", "gz", "none")
+ARCHES = ("x86_64", "aarch64")
+_HEX = re.compile(r"[0-9a-f]+")
+
+
 @dataclass(frozen=True)
 class ImageConfig:
-    """One ``runs-on`` label: which disk to boot, how, and which guest profile it has."""
+    """One ``runs-on`` label: which disk to boot, how, and which guest profile it has; for a
+    published image also where it comes from and how it is checked (docs/images.md)."""
 
     label: str
-    path: str  # base disk (qcow2 or raw); relative paths are under <state_dir>/images
+    #: The base disk (qcow2, raw or vmdk); relative paths are under <state_dir>/images. Empty with a
+    #: ``source``: ``<label>/disk.<format>`` (where ``solstice image pull`` puts it).
+    path: str = ""
     profile: str = "debian"
     boot: str = "bios"  # bios | uefi | kernel
     kernel: str = ""
@@ -300,6 +325,23 @@ class ImageConfig:
     #: Grow each job's overlay to this size (e.g. "20G", whole GiB, rounded up); unset: the base's.
     disk: str | None = None
     aliases: tuple[str, ...] = ()
+    #: A size preset ([sizes.<name>]) for cpus, memory and disk; the keys above win over it.
+    size: str = ""
+    #: Where ``solstice image pull`` gets it: an https URL, a file path, or ``oci://registry/repo:tag``.
+    source: str = ""
+    #: The sha256 of the file at ``source`` (as published, before decompression).
+    sha256: str = ""
+    #: A checksum file (SHA256SUMS, SHA512SUMS, BSD ``SHA256 (file) = ...``, a bare digest) that
+    #: lists the file at ``source``; used when ``sha256`` is not given. ``{source}`` in it stands
+    #: for the source's URL (after a ``*`` in its file name picked the newest match).
+    checksums: str = ""
+    #: How the file at ``source`` is compressed: zst, xz, gz or none; empty: from its name.
+    compression: str = ""
+    arch: str = "x86_64"
+    #: What ``solstice image list`` shows as the OS, e.g. "OmniOS r151058".
+    os: str = ""
+    #: Whether and where this entry was booted: "booted on <host> <date>" or "not verified: ...".
+    verified: str = ""
 
     def validate(self, where: str) -> None:
         key = f"[images.{self.label}]"
@@ -307,18 +349,57 @@ class ImageConfig:
             raise ConfigError(f"{where}: {key} boot = {self.boot!r}: must be bios, uefi or kernel")
         if self.boot == "kernel" and not self.kernel:
             raise ConfigError(f'{where}: {key} boot = "kernel" needs kernel = "<path>"')
-        if self.format not in ("qcow2", "raw"):
-            raise ConfigError(f"{where}: {key} format = {self.format!r}: must be qcow2 or raw")
-        if not self.path:
-            raise ConfigError(f"{where}: {key} path is required")
-        if self.cpus is not None and self.cpus < 1:
-            raise ConfigError(f"{where}: {key} cpus must be at least 1")
-        for name, value in (("memory", self.memory), ("disk", self.disk)):
-            if value is not None:
-                try:
-                    parse_size_mib(value)
-                except ValueError as exc:
-                    raise ConfigError(f"{where}: {key} {name}: {exc}") from None
+        if self.format not in IMAGE_FORMATS:
+            raise ConfigError(f"{where}: {key} format = {self.format!r}: must be qcow2, raw or vmdk")
+        if not self.path and not self.source:
+            raise ConfigError(
+                f"{where}: {key} needs path (a disk on this host) or source (where to pull it from)"
+            )
+        _check_size(f"{where}: {key}", self.cpus, self.memory, self.disk)
+        if self.compression and self.compression not in COMPRESSIONS:
+            raise ConfigError(
+                f"{where}: {key} compression = {self.compression!r}: must be zst, xz, gz or none"
+            )
+        if self.arch not in ARCHES:
+            raise ConfigError(f"{where}: {key} arch = {self.arch!r}: must be one of {', '.join(ARCHES)}")
+        if self.sha256 and not (len(self.sha256) == 64 and _HEX.fullmatch(self.sha256)):
+            raise ConfigError(f"{where}: {key} sha256 = {self.sha256!r}: must be 64 lowercase hex digits")
+        if self.checksums and not self.source:
+            raise ConfigError(f"{where}: {key} checksums needs a source (the file it lists)")
+        if self.source and not self.source.startswith("oci://") and not (self.sha256 or self.checksums):
+            raise ConfigError(
+                f"{where}: {key} source needs sha256 or checksums: a pulled image is verified before use",
+                hint="an oci:// source is verified by its blob digest and needs neither",
+            )
+        if self.source and not self.source.startswith(("https://", "http://", "oci://", "file://", "/")):
+            raise ConfigError(
+                f"{where}: {key} source = {self.source!r}: must be an https:// URL, an absolute "
+                "file path (or file:// URL) or oci://registry/repository:tag"
+            )
+        if "*" in self.source and not (self.source.startswith(("https://", "http://")) and self.checksums):
+            raise ConfigError(
+                f"{where}: {key} source = {self.source!r}: a * pattern needs an http(s) source and "
+                'checksums (e.g. "{source}.sha256"): a moving file cannot have a pinned sha256'
+            )
+        if "*" in self.source.rsplit("/", 1)[0]:
+            raise ConfigError(f"{where}: {key} source: a * may only be in the file name")
+        if self.checksums and not self.checksums.startswith(
+            ("https://", "http://", "file://", "/", "{source}")
+        ):
+            raise ConfigError(f"{where}: {key} checksums = {self.checksums!r}: must be a URL or a file path")
+
+
+@dataclass(frozen=True)
+class SizePreset:
+    """``[sizes.<name>]``: a named default size an image can take with ``size = "<name>"``."""
+
+    name: str
+    cpus: int | None = None
+    memory: str | None = None
+    disk: str | None = None
+
+    def validate(self, where: str) -> None:
+        _check_size(f"{where}: [sizes.{self.name}]", self.cpus, self.memory, self.disk)
 
 
 @dataclass(frozen=True)
@@ -332,6 +413,8 @@ class Config:
     forgejo: ForgejoConfig = field(default_factory=ForgejoConfig)
     github: GithubConfig = field(default_factory=GithubConfig)
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
+    #: ``[sizes.<name>]``: size presets for images (more are built in and in [paths] images_d).
+    sizes: Mapping[str, SizePreset] = field(default_factory=dict)
     #: ``[labels]``: more runs-on labels -> an image label (``ubuntu-latest = "debian-12"``), so
     #: workflows written for GitHub-hosted runners run unchanged; resolved like an image's aliases.
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -455,11 +538,11 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     else:
         where = "built-in defaults"
 
-    unknown = sorted(set(raw) - set(_SECTIONS) - {"images", "labels"})
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"images", "labels", "sizes"})
     if unknown:
         raise ConfigError(
             f"{where}: unknown table [{unknown[0]}]",
-            hint=f"known tables: {', '.join(sorted([*_SECTIONS, 'images', 'labels']))}",
+            hint=f"known tables: {', '.join(sorted([*_SECTIONS, 'images', 'labels', 'sizes']))}",
         )
     sections: dict[str, dict[str, Any]] = {}
     for name in _SECTIONS:
@@ -498,23 +581,8 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     built["forgejo"].validate(where)
     built["github"].validate(where)
 
-    images: dict[str, ImageConfig] = {}
-    raw_images = raw.get("images", {})
-    if not isinstance(raw_images, dict):
-        raise ConfigError(f"{where}: [images] must hold tables like [images.debian-12]")
-    for label, table in raw_images.items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where}: [images.{label}] must be a table")
-        nested = [k for k, v in table.items() if isinstance(v, dict)]
-        if nested:
-            # TOML splits [images.ubuntu-24.04] at the dot; the label must be quoted.
-            raise ConfigError(
-                f"{where}: [images.{label}.{nested[0]}] is not an image table",
-                hint=f'quote labels that contain dots: [images."{label}.{nested[0]}"]',
-            )
-        img = _build(ImageConfig, table, f"[images.{label}] ", where, label=label)
-        img.validate(where)
-        images[label] = img
+    images = image_tables(raw.get("images", {}), where)
+    sizes = size_tables(raw.get("sizes", {}), where)
     return Config(
         labels=_labels(raw.get("labels", {}), where),
         vm=built["vm"],
@@ -526,6 +594,47 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         forgejo=built["forgejo"],
         github=built["github"],
         images=images,
+        sizes=sizes,
         source=where,
         path=path.absolute() if explicit else None,
     )
+
+
+def _tables(raw: Any, name: str, where: str) -> dict[str, dict[str, Any]]:
+    example = {"images": "[images.debian-12]", "sizes": "[sizes.large]"}[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [{name}] must hold tables like {example}")
+    out: dict[str, dict[str, Any]] = {}
+    for label, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [{name}.{label}] must be a table")
+        nested = [k for k, v in table.items() if isinstance(v, dict)]
+        if nested:
+            # TOML splits [images.ubuntu-24.04] at the dot; the label must be quoted.
+            raise ConfigError(
+                f"{where}: [{name}.{label}.{nested[0]}] is not an image table"
+                if name == "images"
+                else f"{where}: [{name}.{label}.{nested[0]}] is not a size table",
+                hint=f'quote names that contain dots: [{name}."{label}.{nested[0]}"]',
+            )
+        out[label] = table
+    return out
+
+
+def _named_tables(cls: type[Any], field_name: str, raw: Any, name: str, where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, table in _tables(raw, name, where).items():
+        obj = _build(cls, table, f"[{name}.{key}] ", where, **{field_name: key})
+        obj.validate(where)
+        out[key] = obj
+    return out
+
+
+def image_tables(raw: Any, where: str) -> dict[str, ImageConfig]:
+    """``[images.<label>]`` tables (of solstice.toml, an images.d file or the built-in catalog)."""
+    return _named_tables(ImageConfig, "label", raw, "images", where)
+
+
+def size_tables(raw: Any, where: str) -> dict[str, SizePreset]:
+    """``[sizes.<name>]`` tables: cpus, memory, disk."""
+    return _named_tables(SizePreset, "name", raw, "sizes", where)

@@ -32,6 +32,8 @@
      |    +-- LeaseLost           the job's lease expired server-side (forges.github)
      +-- InfraError               the job could not run for a reason that is not the user's build
           +-- ImageError          image missing or unusable
+          |    +-- DownloadError      an image could not be fetched, decompressed or checked (images)
+          |         +-- ChecksumMismatch  the file is not the one the catalog names (images)
           +-- VMError             QEMU failed to start or died
           |    +-- PortForwardError   QEMU could not set up the SSH host forward (retry another port)
           |    +-- QMPUnavailable     QMP could not be reached or a command failed (vm.qmp)
@@ -107,6 +109,14 @@ class InfraError(SolsticeError):
 
 
 class ImageError(InfraError):
+    pass
+
+
+class DownloadError(ImageError):
+    pass
+
+
+class ChecksumMismatch(DownloadError):
     pass
 
 

@@ -49,6 +49,7 @@ from solstice.dispatch.spawner import RUNNING, Spawner, Verdict, judge
 from solstice.dispatch.systemd import runtime_max
 from solstice.errors import CommandError, SolsticeError
 from solstice.images import Catalog, plan_machine
+from solstice.images.state import Readiness, readiness
 from solstice.model import JobRequest, JobSpec, Result
 from solstice.queue import (
     ACK,
@@ -67,6 +68,9 @@ from solstice.queue.topology import check_address
 from solstice.store import JobState, SchemaError, Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("solstice.dispatcher")
+
+#: Seconds between two looks at the labels' images (a pull finishing makes a label ready).
+IMAGE_CHECK_INTERVAL = 5.0
 
 
 @dataclass
@@ -123,6 +127,9 @@ class Dispatcher:
         self._db_retry_at = 0.0
         self._consuming = False
         self._ready = False
+        self.check_images = cfg.dispatcher.check_images
+        self.images: dict[str, Readiness] = {}  # label -> its image's state (check_images)
+        self._images_checked = 0.0
 
     # --- capacity ------------------------------------------------------------------------------
 
@@ -190,7 +197,10 @@ class Dispatcher:
             self.spawner.name,
             status,
         )
-        self.consumer.consume_jobs(self.labels, self._on_job, prefetch=self.free())
+        self.check_labels()
+        self.consumer.consume_jobs(
+            self.labels, self._on_job, prefetch=self.free(), active=self.takes_labels()
+        )
         self.consumer.consume_control(self.host, self._on_cancel)
         self._consuming = True
         while not (self.stopping or should_stop()):
@@ -223,10 +233,47 @@ class Dispatcher:
             )
         return f"database {self.store.where} (schema {schema.version})"
 
+    # --- images ---------------------------------------------------------------------------------
+
+    def takes_labels(self) -> list[str]:
+        """The labels whose jobs this host takes now: all, or those whose image is ready."""
+        if not self.check_images:
+            return list(self.labels)
+        return [label for label in self.labels if self.images[label].ready]
+
+    def _readiness(self, label: str) -> Readiness:
+        canon = self.catalog.canonical(label)
+        if canon is None:
+            return Readiness(False, False, "no image of this host's catalog has that label")
+        return readiness(self.catalog.get(canon))
+
+    def check_labels(self) -> bool:
+        """Look at every label's image; log each label whose state is new or changed. True when
+        the set of labels this host takes jobs for changed."""
+        self._images_checked = time.monotonic()
+        if not self.check_images:
+            return False
+        before = self.takes_labels() if self.images else None
+        for label in self.labels:
+            state = self._readiness(label)
+            old = self.images.get(label)
+            if old is None or old.ready != state.ready or (not state.ready and old.reason != state.reason):
+                if state.ready:
+                    log.info("label %s: taking jobs (image %s)", label, state.reason)
+                else:
+                    # a label that stops being usable is news; one never pulled is the usual start
+                    level = logging.WARNING if old is not None and old.ready else logging.INFO
+                    log.log(level, "label %s: not taking jobs: %s", label, state.reason)
+            self.images[label] = state
+        return before is not None and before != self.takes_labels()
+
     def round(self) -> None:
         """One look at everything outside the handlers: the database, the units, the prefetch."""
         self._db()
         self.follow()
+        due = time.monotonic() - self._images_checked >= IMAGE_CHECK_INTERVAL
+        if self._consuming and due and self.check_labels():
+            self.consumer.set_job_labels(self.takes_labels())
         if self._consuming:
             self.consumer.set_prefetch(self.free())
             if not self._ready and self.conn.is_open:
@@ -234,9 +281,10 @@ class Dispatcher:
                 self.notify("READY=1")
         db = "ok" if self.store.connected else "UNAVAILABLE"
         broker = "ok" if self.conn.is_open else "reconnecting"
+        images = f"; {len(self.takes_labels())}/{len(self.labels)} labels ready" if self.images else ""
         self.notify(
             f"WATCHDOG=1\nSTATUS={self.running()}/{self.capacity} jobs running; database {db}; "
-            f"broker {broker}"
+            f"broker {broker}{images}"
         )
 
     # --- reconciliation -------------------------------------------------------------------------

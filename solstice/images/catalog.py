@@ -1,24 +1,32 @@
 """``runs-on`` labels -> bootable images.
 
-The built-in ``debian-12`` entry is the test image that ``scripts/build-test-image`` makes; operators
-add their own images as ``[images.<label>]`` tables (docs/images.md).
+The catalog is, weakest first: the test image ``debian-12`` (made by ``scripts/build-test-image``),
+the built-in entries (solstice/data/images.toml), the operator's ``[paths] images_d`` files, and
+solstice.toml's ``[images.<label>]`` tables; a later entry replaces an earlier one of the same label
+whole. The operator's names always win over built-in ones: a built-in alias (or built-in entry)
+whose name the operator uses for something else is left out (docs/images.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from solstice.config import Config, ImageConfig, parse_size_gib, parse_size_mib
+from solstice.config import Config, ImageConfig, SizePreset, parse_size_gib, parse_size_mib
 from solstice.errors import ConfigError, ImageError
+from solstice.images import catalog_files
 from solstice.model.labels import match
 from solstice.vm.machine import BootMode
-from solstice.vm.profiles import GuestProfile, get_profile
+from solstice.vm.profiles import PROFILES, GuestProfile, get_profile
 
 TEST_IMAGE_LABEL = "debian-12"
 TEST_IMAGE_CMDLINE = "root=/dev/vda rw console=ttyS0"
 BUILD_HINT = "build it with: sudo scripts/build-test-image"
+#: The test image's ``source``: built on this host, not pulled (solstice.images.state).
+LOCAL_BUILD = "build-test-image"
+TEST_IMAGE_VERIFIED = "booted by the VM tests on every CI run (TCG)"
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,11 @@ class Image:
     cpus: int | None
     memory_mib: int | None
     disk_gib: int | None = None
+    #: The catalog entry it was built from and the file that defined it.
+    config: ImageConfig | None = field(default=None, compare=False)
+    origin: str = ""
+    #: <images_dir>/<label>: its state.json (solstice.images.state) and selftest.json.
+    state_dir: Path | None = None
 
     def check(self) -> None:
         """Raise ImageError when a file the image needs is missing."""
@@ -57,6 +70,9 @@ def test_image_config(images_dir: Path) -> ImageConfig:
         kernel=str(root / "vmlinuz"),
         initrd=str(root / "initrd.img"),
         cmdline=cmdline,
+        source=LOCAL_BUILD,
+        os="Debian 12 (Solstice test image)",
+        verified=TEST_IMAGE_VERIFIED,
     )
 
 
@@ -81,22 +97,67 @@ def image_from_file(path: Path, profile: str = "ubuntu") -> ImageConfig:
     return ImageConfig(label=str(path), path=str(path), profile=profile, boot="bios", format=fmt)
 
 
+def _apply_size(cfg: ImageConfig, sizes: Mapping[str, SizePreset], where: str) -> ImageConfig:
+    if not cfg.size:
+        return cfg
+    preset = sizes.get(cfg.size)
+    if preset is None:
+        raise ConfigError(
+            f"{where}: [images.{cfg.label}] size = {cfg.size!r}: no such size preset",
+            hint=f"presets: {', '.join(sorted(sizes))} (add one as [sizes.<name>])",
+        )
+    return dataclasses.replace(
+        cfg,
+        cpus=cfg.cpus if cfg.cpus is not None else preset.cpus,
+        memory=cfg.memory if cfg.memory is not None else preset.memory,
+        disk=cfg.disk if cfg.disk is not None else preset.disk,
+    )
+
+
 class Catalog:
     def __init__(
         self,
         images: Mapping[str, ImageConfig],
         images_dir: Path,
         labels: Mapping[str, str] | None = None,
+        *,
+        sizes: Mapping[str, SizePreset] | None = None,
+        images_d: Path | None = None,
+        builtin: bool = False,
+        origin: str = "the configuration",
     ) -> None:
         self._images_dir = images_dir
-        self._configs: dict[str, ImageConfig] = {TEST_IMAGE_LABEL: test_image_config(images_dir)}
-        self._configs.update(images)
+        labels = dict(labels or {})
+        base = catalog_files.builtin() if builtin else catalog_files.CatalogFiles()
+        local = catalog_files.directory(images_d) if images_d is not None else catalog_files.CatalogFiles()
+        operator = {**local.images, **images}
+        self._origins: dict[str, str] = {
+            TEST_IMAGE_LABEL: "the built-in test image",
+            **base.origins,
+            **local.origins,
+            **dict.fromkeys(images, origin),
+        }
+        # The operator's names hide built-in entries and aliases of the same name.
+        taken = set(operator) | set(labels) | {a for cfg in operator.values() for a in cfg.aliases}
+        builtins = {TEST_IMAGE_LABEL: test_image_config(images_dir), **base.images}
+        builtins = {k: v for k, v in builtins.items() if k not in taken}
+        presets = {**base.sizes, **local.sizes, **(sizes or {})}
+        self._configs: dict[str, ImageConfig] = {}
+        for label, cfg in {**builtins, **operator}.items():
+            where = self._origins.get(label, origin)
+            if cfg.profile not in PROFILES:
+                raise ConfigError(
+                    f"{where}: [images.{label}] profile = {cfg.profile!r}: no such guest profile",
+                    hint=f"profiles: {', '.join(sorted(PROFILES))}",
+                )
+            self._configs[label] = _apply_size(cfg, presets, where)
         self._aliases: dict[str, str] = {}
         for label, cfg in self._configs.items():
             for alias in cfg.aliases:
-                self._aliases[alias] = label
+                if label in operator or (alias not in taken and alias not in self._configs):
+                    self._aliases[alias] = label
         # [labels] mapped names resolve like aliases, so dispatchers also consume their queues.
-        for label, target in (labels or {}).items():
+        for label, target in labels.items():
             canon = self.canonical(target)
             if canon is None:
                 raise ConfigError(
@@ -109,7 +170,36 @@ class Catalog:
 
     @classmethod
     def from_config(cls, config: Config) -> Catalog:
-        return cls(config.images, config.paths.images_dir, config.labels)
+        return cls(
+            config.images,
+            config.paths.images_dir,
+            config.labels,
+            sizes=config.sizes,
+            images_d=Path(config.paths.images_d),
+            builtin=True,
+            origin=config.source,
+        )
+
+    @property
+    def images_dir(self) -> Path:
+        return self._images_dir
+
+    @property
+    def entries(self) -> list[str]:
+        """The images' own labels (no aliases), sorted."""
+        return sorted(self._configs)
+
+    def config(self, label: str) -> ImageConfig:
+        canon = self.canonical(label)
+        if canon is None:
+            raise ImageError(
+                f"no image for label {label!r}; this host has images for: {', '.join(self.labels)}"
+            )
+        return self._configs[canon]
+
+    def origin(self, label: str) -> str:
+        """The file that defined the image of ``label``."""
+        return self._origins.get(self.config(label).label, "")
 
     @property
     def labels(self) -> list[str]:
@@ -139,21 +229,17 @@ class Catalog:
         return chosen[0]
 
     def get(self, label: str) -> Image:
-        canon = self.canonical(label)
-        if canon is None:
-            raise ImageError(
-                f"no image for label {label!r}; this host has images for: {', '.join(self.labels)}"
-            )
-        return self.build(self._configs[canon])
+        return self.build(self.config(label))
 
     def build(self, cfg: ImageConfig) -> Image:
         def path(p: str) -> Path:
             q = Path(p).expanduser()
             return q if q.is_absolute() else self._images_dir / q
 
+        disk = cfg.path or f"{cfg.label}/disk.{cfg.format}"
         return Image(
             label=cfg.label,
-            base_image=path(cfg.path),
+            base_image=path(disk),
             image_format=cfg.format,
             boot=BootMode(cfg.boot),
             kernel=path(cfg.kernel) if cfg.kernel else None,
@@ -163,4 +249,7 @@ class Catalog:
             cpus=cfg.cpus,
             memory_mib=parse_size_mib(cfg.memory) if cfg.memory else None,
             disk_gib=parse_size_gib(cfg.disk) if cfg.disk else None,
+            config=cfg,
+            origin=self._origins.get(cfg.label, ""),
+            state_dir=None if "/" in cfg.label else self._images_dir / cfg.label,
         )

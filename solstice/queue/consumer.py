@@ -141,15 +141,24 @@ class Consumer:
 
     # --- subscribing ---------------------------------------------------------------------------
 
-    def consume_jobs(self, labels: Iterable[str], handler: Handler[JobRequest], *, prefetch: int) -> None:
-        """Consume the job queues of ``labels`` (declared here), at most ``prefetch`` unsettled."""
+    def consume_jobs(
+        self,
+        labels: Iterable[str],
+        handler: Handler[JobRequest],
+        *,
+        prefetch: int,
+        active: Iterable[str] | None = None,
+    ) -> None:
+        """Consume the job queues of ``labels`` (declared here), at most ``prefetch`` unsettled;
+        ``active``: only these labels' queues for now (see :meth:`set_job_labels`)."""
         labels = tuple(check_label(x) for x in labels)
         if not labels:
             raise ValueError("consume_jobs needs at least one label")
+        consumed = labels if active is None else tuple(check_label(x) for x in active)
         self._add(
             _Subscription(
                 name=JOBS,
-                queues=tuple(self.names.job_queue(x) for x in labels),
+                queues=tuple(self.names.job_queue(x) for x in consumed),
                 declare=lambda ch: declare_topology(ch, self.cfg, labels),
                 decode=decode_request,
                 handler=handler,
@@ -248,6 +257,18 @@ class Consumer:
         sub.prefetch = prefetch
         if len(sub.unsettled) < prefetch:
             sub.over_budget = False
+        if self._current():
+            self._guard(self._sync, sub)
+
+    def set_job_labels(self, labels: Iterable[str]) -> None:
+        """Consume only these labels' job queues (declared by consume_jobs); the other queues keep
+        their jobs for the hosts that can run them (the dispatcher's image check)."""
+        sub = self._sub(JOBS)
+        queues = tuple(self.names.job_queue(check_label(x)) for x in labels)
+        if queues == sub.queues:
+            return
+        sub.queues = queues
+        sub.qos = 0  # makes _sync restart the consumers on the new queues
         if self._current():
             self._guard(self._sync, sub)
 

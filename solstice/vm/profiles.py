@@ -151,6 +151,17 @@ PROFILES: Mapping[str, GuestProfile] = MappingProxyType(
                 readiness_probes=2,
                 user_fields=_frozen({"profiles": "Primary Administrator"}),
             ),
+            # OpenIndiana Hipster: a placeholder with omnios's fields so the catalog's entry names a
+            # profile; its provisioner (the metadata-agent's cpio disk) comes with the guests work.
+            GuestProfile(
+                name="openindiana",
+                runner_os="illumos",
+                bash="/usr/bin/bash",
+                login_shell="/usr/bin/bash",
+                seed_bus=SeedBus.VIRTIO,
+                readiness_probes=2,
+                user_fields=_frozen({"profiles": "Primary Administrator"}),
+            ),
             # FreeBSD nuageinit: label must be lowercase "cidata"; sudo and bash are packages, so
             # they are installed at first boot (needs the guest's network) and the login shell is
             # /bin/sh, which exists before they do.

@@ -221,9 +221,9 @@ def test_bad_labels_tables_name_the_key(tmp_path: Path, table: str, message: str
 
 
 def test_a_label_mapped_to_no_image_is_named(tmp_path: Path) -> None:
-    cfg = load(write(tmp_path, '[labels]\nubuntu-latest = "ubuntu-24.04"\n'), environ={})
+    cfg = load(write(tmp_path, '[labels]\nubuntu-latest = "ubuntu-22.04"\n'), environ={})
     with pytest.raises(
-        ConfigError, match=r"\[labels\] ubuntu-latest = 'ubuntu-24.04': no image has that label"
+        ConfigError, match=r"\[labels\] ubuntu-latest = 'ubuntu-22.04': no image has that label"
     ):
         Catalog.from_config(cfg)
     text = '[images.o]\npath = "o.qcow2"\naliases = ["omnios"]\n[labels]\nomnios = "debian-12"\n'

@@ -21,15 +21,15 @@ def documented() -> dict[str, set[str]]:
             table = heading.group(1)
             keys[table] = set()
         elif table and line.startswith("| `"):
-            keys[table].update(re.findall(r"`([a-z_]+)`", line.split("|")[1]))
+            keys[table].update(re.findall(r"`([a-z_][a-z0-9_]*)`", line.split("|")[1]))
     return keys
 
 
 def test_every_key_is_documented_in_its_table() -> None:
     doc = documented()
-    tables = {**config._SECTIONS, "images": config.ImageConfig}
+    tables = {**config._SECTIONS, "images": config.ImageConfig, "sizes": config.SizePreset}
     for name, cls in tables.items():
-        fields = {f.name for f in dataclasses.fields(cls)} - {"label"}  # the table's name
+        fields = {f.name for f in dataclasses.fields(cls)} - {"label", "name"}  # the table's name
         assert name in doc, f"no section for [{name}]"
         assert fields - doc[name] == set(), f"[{name}] keys missing from configuration.md"
         assert doc[name] - fields == set(), f"[{name}] documents keys that do not exist"

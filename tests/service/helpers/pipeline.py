@@ -86,6 +86,8 @@ def write_config(
         f'labels = ["{LABEL}"]',
         f'job_command = "{command}"',
         "poll_interval = 0.2",
+        # the stand-in job boots nothing: no image to check (tests/service/test_image_gate.py does)
+        "check_images = false",
     ]
     path.write_text("\n".join(lines) + "\n" + extra)
 
