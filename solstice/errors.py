@@ -32,7 +32,9 @@
      |    +-- LeaseLost           the job's lease expired server-side (forges.github)
      +-- InfraError               the job could not run for a reason that is not the user's build
           +-- ImageError          image missing or unusable
+          |    +-- ProfileError   a guest profile contradicts itself or its provisioner (vm.profiles)
           +-- VMError             QEMU failed to start or died
+          |    +-- KVMUnavailable     accel = kvm but /dev/kvm is missing or not usable (vm.machine)
           |    +-- PortForwardError   QEMU could not set up the SSH host forward (retry another port)
           |    +-- QMPUnavailable     QMP could not be reached or a command failed (vm.qmp)
           +-- BootTimeout         the guest did not answer SSH within the boot timeout
@@ -107,6 +109,10 @@ class InfraError(SolsticeError):
 
 
 class ImageError(InfraError):
+    pass
+
+
+class ProfileError(ImageError):
     pass
 
 

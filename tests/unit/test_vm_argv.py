@@ -46,7 +46,7 @@ def test_common_options() -> None:
     assert "virtio-net-pci,netdev=net0" in values(argv, "-device")
     assert not any("vnc" in a for a in argv)
     disk = [d for d in values(argv, "-drive") if "overlay.qcow2" in d]
-    assert disk == ["file=/run/j/overlay.qcow2,format=qcow2,if=virtio,cache=unsafe,discard=unmap"]
+    assert disk == ["file=/run/j/overlay.qcow2,format=qcow2,cache=unsafe,discard=unmap,if=virtio"]
 
 
 @pytest.mark.parametrize(
