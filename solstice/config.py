@@ -300,6 +300,8 @@ class ImageConfig:
     #: Grow each job's overlay to this size (e.g. "20G", whole GiB, rounded up); unset: the base's.
     disk: str | None = None
     aliases: tuple[str, ...] = ()
+    #: Commands run as root by ``solstice image prepare``; jobs then boot the prepared image.
+    setup: tuple[str, ...] = ()
 
     def validate(self, where: str) -> None:
         key = f"[images.{self.label}]"
@@ -311,6 +313,8 @@ class ImageConfig:
             raise ConfigError(f"{where}: {key} format = {self.format!r}: must be qcow2 or raw")
         if not self.path:
             raise ConfigError(f"{where}: {key} path is required")
+        if any(not isinstance(c, str) or not c.strip() for c in self.setup):
+            raise ConfigError(f"{where}: {key} setup must be a list of non-empty command strings")
         if self.cpus is not None and self.cpus < 1:
             raise ConfigError(f"{where}: {key} cpus must be at least 1")
         for name, value in (("memory", self.memory), ("disk", self.disk)):

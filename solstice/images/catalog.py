@@ -12,11 +12,15 @@ from pathlib import Path
 
 from solstice.config import Config, ImageConfig, parse_size_gib, parse_size_mib
 from solstice.errors import ConfigError, ImageError
+from solstice.images.prepared import find_prepared
 from solstice.model.labels import match
 from solstice.vm.machine import BootMode
 from solstice.vm.profiles import GuestProfile, get_profile
 
 TEST_IMAGE_LABEL = "debian-12"
+#: The second test image (build-test-image --variant metadata): no cloud-init, the metadata-agent's
+#: cpio disk, root login; the OpenIndiana provisioner proven on Linux.
+METADATA_TEST_IMAGE_LABEL = "debian-12-metadata"
 TEST_IMAGE_CMDLINE = "root=/dev/vda rw console=ttyS0"
 BUILD_HINT = "build it with: sudo scripts/build-test-image"
 
@@ -34,25 +38,33 @@ class Image:
     cpus: int | None
     memory_mib: int | None
     disk_gib: int | None = None
+    #: The catalog's setup commands (``solstice image prepare``).
+    setup: tuple[str, ...] = ()
+    #: The base before preparation when ``base_image`` is the prepared copy, else None.
+    unprepared: Path | None = None
 
     def check(self) -> None:
         """Raise ImageError when a file the image needs is missing."""
         for what, path in (("disk", self.base_image), ("kernel", self.kernel), ("initrd", self.initrd)):
             if path is not None and not path.is_file():
                 hint = (
-                    BUILD_HINT if self.label == TEST_IMAGE_LABEL else "check [images] in the configuration"
+                    BUILD_HINT
+                    if self.label in (TEST_IMAGE_LABEL, METADATA_TEST_IMAGE_LABEL)
+                    else "check [images] in the configuration"
                 )
                 raise ImageError(f"image {self.label!r}: {what} {path} does not exist", hint=hint)
 
 
-def test_image_config(images_dir: Path) -> ImageConfig:
-    root = images_dir / TEST_IMAGE_LABEL
+def test_image_config(
+    images_dir: Path, label: str = TEST_IMAGE_LABEL, profile: str = "debian"
+) -> ImageConfig:
+    root = images_dir / label
     cmdline_file = root / "cmdline"
     cmdline = cmdline_file.read_text().strip() if cmdline_file.is_file() else TEST_IMAGE_CMDLINE
     return ImageConfig(
-        label=TEST_IMAGE_LABEL,
+        label=label,
         path=str(root / "base.qcow2"),
-        profile="debian",
+        profile=profile,
         boot="kernel",
         kernel=str(root / "vmlinuz"),
         initrd=str(root / "initrd.img"),
@@ -89,7 +101,12 @@ class Catalog:
         labels: Mapping[str, str] | None = None,
     ) -> None:
         self._images_dir = images_dir
-        self._configs: dict[str, ImageConfig] = {TEST_IMAGE_LABEL: test_image_config(images_dir)}
+        self._configs: dict[str, ImageConfig] = {
+            TEST_IMAGE_LABEL: test_image_config(images_dir),
+            METADATA_TEST_IMAGE_LABEL: test_image_config(
+                images_dir, METADATA_TEST_IMAGE_LABEL, "metadata-agent-test"
+            ),
+        }
         self._configs.update(images)
         self._aliases: dict[str, str] = {}
         for label, cfg in self._configs.items():
@@ -138,23 +155,28 @@ class Catalog:
             raise ImageError(f"runs-on {labels!r} names several images ({', '.join(chosen)}); name one")
         return chosen[0]
 
-    def get(self, label: str) -> Image:
+    def get(self, label: str, *, prepared: bool = True) -> Image:
         canon = self.canonical(label)
         if canon is None:
             raise ImageError(
                 f"no image for label {label!r}; this host has images for: {', '.join(self.labels)}"
             )
-        return self.build(self._configs[canon])
+        return self.build(self._configs[canon], prepared=prepared)
 
-    def build(self, cfg: ImageConfig) -> Image:
+    def build(self, cfg: ImageConfig, *, prepared: bool = True) -> Image:
+        """The image of ``cfg``; its prepared copy as the base when one exists for its setup
+        commands (unless ``prepared`` is false: ``image prepare`` starts from the plain base)."""
+
         def path(p: str) -> Path:
             q = Path(p).expanduser()
             return q if q.is_absolute() else self._images_dir / q
 
+        base = path(cfg.path)
+        ready = find_prepared(self._images_dir, cfg.label, base, cfg.setup) if prepared else None
         return Image(
             label=cfg.label,
-            base_image=path(cfg.path),
-            image_format=cfg.format,
+            base_image=ready or base,
+            image_format="qcow2" if ready else cfg.format,
             boot=BootMode(cfg.boot),
             kernel=path(cfg.kernel) if cfg.kernel else None,
             initrd=path(cfg.initrd) if cfg.initrd else None,
@@ -163,4 +185,6 @@ class Catalog:
             cpus=cfg.cpus,
             memory_mib=parse_size_mib(cfg.memory) if cfg.memory else None,
             disk_gib=parse_size_gib(cfg.disk) if cfg.disk else None,
+            setup=cfg.setup,
+            unprepared=base if ready else None,
         )

@@ -66,6 +66,9 @@ class JobSettings:
     runtime_dir: Path = field(default_factory=_default_runtime_dir)
     #: Called with the VM when the job failed and should be kept for debugging; returns when done.
     keep_on_failure: Callable[[machine.Guest, Path], None] | None = field(default=None, compare=False)
+    #: Power the guest down politely at the end (image preparation, the self-test), up to
+    #: ``vm.shutdown_timeout``; jobs' throwaway guests are just stopped.
+    powerdown: bool = False
 
 
 @dataclass
@@ -216,6 +219,7 @@ class JobRun:
             ovmf_vars=vm.ovmf_vars,
             instance_id=self.request.job_id,
             hostname="solstice-" + self.request.job_id[:8],
+            powerdown=self.settings.powerdown,
         )
 
     def _phase(self, phase: Phase) -> None:

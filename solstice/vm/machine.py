@@ -51,6 +51,8 @@ class ShutdownPolicy:
 
     def __init__(self) -> None:
         self.powerdown_timeout = 0.0
+        #: Set once QEMU is stopped: the guest powered itself off on the ACPI powerdown.
+        self.powered_off = False
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class Guest:
         profile: GuestProfile,
         keypair: KeyPair,
         shutdown: ShutdownPolicy | None = None,
+        stop: Callable[[], None] = lambda: None,
+        disk: Path | None = None,
     ) -> None:
         self._shutdown = shutdown or ShutdownPolicy()
         self._transport = transport
@@ -126,6 +130,9 @@ class Guest:
         self.console_path = console_path
         self.profile = profile
         self.user = profile.user
+        #: The VM's own disk (the overlay on the base image), while the VM exists.
+        self.disk = disk
+        self._stop = stop
 
     def exec(
         self,
@@ -167,6 +174,16 @@ class Guest:
     def private_key_openssh(self) -> str:
         """The job's private key (OpenSSH PEM) for opt-in debug SSH; never log it."""
         return self._keypair.private_openssh()
+
+    @property
+    def powered_off(self) -> bool:
+        """Whether the guest powered itself off when QEMU was stopped (see ShutdownPolicy)."""
+        return self._shutdown.powered_off
+
+    def stop(self) -> None:
+        """Stop the VM now, as the stack's unwind would (so its disk can be copied afterwards)."""
+        self._transport.close()
+        self._stop()
 
     def hurry(self) -> None:
         """Skip the graceful powerdown when this VM is stopped (cancellation)."""
@@ -242,7 +259,8 @@ def _await_qemu(
 
 def _stop(qemu: subprocess.Popen[bytes], qmp_path: Path, shutdown: ShutdownPolicy) -> None:
     # The policy is read now, at unwind time, not when the callback was registered.
-    stop_qemu(qemu, qmp_path, shutdown.powerdown_timeout)
+    if qemu.poll() is None:
+        shutdown.powered_off = stop_qemu(qemu, qmp_path, shutdown.powerdown_timeout)
 
 
 def _launch(
@@ -391,7 +409,16 @@ def start_machine(
         ) from None
     if spec.powerdown:
         shutdown.powerdown_timeout = spec.shutdown_timeout  # up now: it can power down politely
-    guest = Guest(transport, port, console, spec.profile, keypair, shutdown)
+    guest = Guest(
+        transport,
+        port,
+        console,
+        spec.profile,
+        keypair,
+        shutdown,
+        stop=lambda: _stop(qemu, qmp_path, shutdown),
+        disk=overlay,
+    )
     stack.callback(guest.close)
     try:
         guest.open_files()

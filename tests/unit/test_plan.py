@@ -205,7 +205,8 @@ def test_plan_names_the_unknown_label_with_the_hint(capsys: pytest.CaptureFixtur
     lines = err.splitlines()
     assert len(lines) == 1, err  # ubuntu-latest is mapped by [labels]: only solaris-11 is unknown
     assert lines[0].startswith(f"{LABELS}:9: job `solaris`: runs-on: unknown label 'solaris-11'")
-    assert "this host has images for: debian-12, freebsd-14, omnios-bloody, ubuntu-latest" in lines[0]
+    known = "debian-12, debian-12-metadata, freebsd-14, omnios-bloody, ubuntu-latest"
+    assert f"this host has images for: {known}" in lines[0]
     assert "add an [images.<label>] table" in lines[0]
 
 
