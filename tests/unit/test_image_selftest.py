@@ -147,3 +147,19 @@ def test_the_second_test_image_is_in_the_catalog(tmp_path: Path) -> None:
     image = Catalog({}, tmp_path).get("debian-12-metadata")
     assert image.profile.name == "metadata-agent-test"
     assert image.base_image == tmp_path / "debian-12-metadata" / "base.qcow2"
+
+
+def test_setup_commands_become_privileged_steps_then_sync(tmp_path: Path) -> None:
+    from solstice.errors import ImageError
+    from solstice.job.prepare import prepare_image, setup_steps
+
+    image = dataclasses.replace(stand_in_image("p"), setup=("pkg install gcc14", "touch /x"))
+    steps = setup_steps(image)
+    assert [s.run for s in steps] == [
+        "sudo -n /bin/sh -c 'pkg install gcc14'",
+        "sudo -n /bin/sh -c 'touch /x'",
+        "sudo -n /bin/sh -c 'sync'",
+    ]
+    assert [s.name for s in steps] == ["setup: pkg install gcc14", "setup: touch /x", "sync"]
+    with pytest.raises(ImageError, match="no setup commands"):
+        prepare_image(stand_in_image("p"), tmp_path, JobSettings(runtime_dir=tmp_path), Collect())
