@@ -76,10 +76,11 @@ def selftest_steps(profile: GuestProfile) -> tuple[Step, ...]:
         _step(
             9,
             "masking",
-            'echo "secret: $SECRET"; echo "::add-mask::$ADDED"; echo "added: $ADDED"',
+            # The ::add-mask:: value is the secret in upper case: not masked unless the command works.
+            'ADDED=$(printf %s "$SECRET" | tr a-z A-Z); echo "secret: $SECRET"; '
+            'echo "::add-mask::$ADDED"; echo "added: $ADDED"',
             env={
                 "SECRET": f"${{{{ secrets.{SECRET_NAME} }}}}",
-                "ADDED": f"${{{{ secrets.{SECRET_NAME} }}}}-added",
             },
         ),
         _step(
@@ -97,7 +98,8 @@ class Recorder:
 
     def __init__(self, sink: EventSink, secret: str) -> None:
         self.sink = sink
-        self.secret = secret
+        #: The secret and the ::add-mask:: value the masking step makes of it.
+        self.values = (secret, secret.upper())
         self.lines: dict[int | None, list[str]] = {}
         self.finished: dict[int, JobEvent] = {}
         self.leaked = False
@@ -109,7 +111,7 @@ class Recorder:
     def emit(self, event: JobEvent) -> None:
         with self._lock:
             texts = [event.text, event.message, *event.outputs.values()]
-            if any(self.secret in t for t in texts):
+            if any(v in t for v in self.values for t in texts):
                 self.leaked = True
             if event.kind is EventKind.LOG:
                 lines = self.lines.setdefault(event.step, [])
@@ -145,9 +147,8 @@ def judge(rec: Recorder, steps: tuple[Step, ...], powered_off: bool | None) -> S
         done = rec.finished.get(step.number)
         ok = done is not None and done.conclusion is not None and done.conclusion.value == "success"
         if step.name == "masking":
-            masked = any(f"secret: {MASKED}" in ln for ln in rec.lines.get(step.number, [])) and any(
-                f"added: {MASKED}" in ln for ln in rec.lines.get(step.number, [])
-            )
+            shown = rec.lines.get(step.number, [])
+            masked = f"secret: {MASKED}" in shown and f"added: {MASKED}" in shown
             leak = "the secret appeared in the log" if rec.leaked else ""
             ok = ok and masked and not rec.leaked
             checks.append(
