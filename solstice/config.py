@@ -342,6 +342,8 @@ class ImageConfig:
     os: str = ""
     #: Whether and where this entry was booted: "booted on <host> <date>" or "not verified: ...".
     verified: str = ""
+    #: Commands run as root by ``solstice image prepare``; jobs then boot the prepared image.
+    setup: tuple[str, ...] = ()
 
     def validate(self, where: str) -> None:
         key = f"[images.{self.label}]"
@@ -356,6 +358,8 @@ class ImageConfig:
                 f"{where}: {key} needs path (a disk on this host) or source (where to pull it from)"
             )
         _check_size(f"{where}: {key}", self.cpus, self.memory, self.disk)
+        if any(not isinstance(c, str) or not c.strip() for c in self.setup):
+            raise ConfigError(f"{where}: {key} setup must be a list of non-empty command strings")
         if self.compression and self.compression not in COMPRESSIONS:
             raise ConfigError(
                 f"{where}: {key} compression = {self.compression!r}: must be zst, xz, gz or none"

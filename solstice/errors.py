@@ -33,8 +33,10 @@
      +-- InfraError               the job could not run for a reason that is not the user's build
           +-- ImageError          image missing or unusable
           |    +-- DownloadError      an image could not be fetched, decompressed or checked (images)
-          |         +-- ChecksumMismatch  the file is not the one the catalog names (images)
+          |    |    +-- ChecksumMismatch  the file is not the one the catalog names (images)
+          |    +-- ProfileError   a guest profile contradicts itself or its provisioner (vm.profiles)
           +-- VMError             QEMU failed to start or died
+          |    +-- KVMUnavailable     accel = kvm but /dev/kvm is missing or not usable (vm.machine)
           |    +-- PortForwardError   QEMU could not set up the SSH host forward (retry another port)
           |    +-- QMPUnavailable     QMP could not be reached or a command failed (vm.qmp)
           +-- BootTimeout         the guest did not answer SSH within the boot timeout
@@ -117,6 +119,10 @@ class DownloadError(ImageError):
 
 
 class ChecksumMismatch(DownloadError):
+    pass
+
+
+class ProfileError(ImageError):
     pass
 
 

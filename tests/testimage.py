@@ -13,18 +13,23 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGES = Path(os.environ.get("SOLSTICE_TEST_IMAGES", "/var/lib/solstice/images"))
 
 
-def build_test_image(out: Path = IMAGES) -> Path:
+#: build-test-image --variant -> the image directory's name (the catalog's built-in label).
+VARIANTS = {"nocloud": "debian-12", "metadata": "debian-12-metadata"}
+
+
+def build_test_image(out: Path = IMAGES, variant: str = "nocloud") -> Path:
     """``<out>/debian-12`` (base.qcow2, vmlinuz, initrd.img, cmdline), built when missing or out
-    of date."""
+    of date; ``variant="metadata"``: ``<out>/debian-12-metadata``, the guest without cloud-init
+    that takes root's key from a metadata-agent cpio disk."""
     proc = subprocess.run(
-        [str(ROOT / "scripts" / "build-test-image"), "--output", str(out)],
+        [str(ROOT / "scripts" / "build-test-image"), "--variant", variant, "--output", str(out)],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=1800,
     )
     assert proc.returncode == 0, f"scripts/build-test-image failed:\n{proc.stdout}\n{proc.stderr}"
-    image = out / "debian-12"
+    image = out / VARIANTS[variant]
     for name in ("base.qcow2", "vmlinuz", "initrd.img", "cmdline"):
         assert (image / name).is_file(), f"build-test-image did not make {image / name}"
     return image

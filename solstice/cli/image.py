@@ -2,7 +2,7 @@
 
 ``solstice image list [--json]``, ``image pull LABEL...``, ``image verify [LABEL...]``,
 ``image rm LABEL...``. Each subcommand is a :class:`Subcommand` in ``SUBCOMMANDS``; adding one
-(``selftest``, ``prepare``) is adding an entry there.
+(``selftest`` and ``prepare``, which boot the image, come from ``image_ops``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 from solstice import config as configmod
 from solstice.config import Config
 from solstice.errors import SolsticeError
+
+from .image_ops import add_image_ops
 
 SCHEMA = "solstice.images.v1"
 
@@ -60,14 +62,15 @@ def image_rows(cfg: Config) -> list[dict[str, Any]]:
     """One row per catalog entry: what ``image list`` shows."""
     from solstice.images import Catalog
     from solstice.images.pull import disk_usage
-    from solstice.images.state import read_selftest, readiness
+    from solstice.images.selftest import read_record
+    from solstice.images.state import readiness
 
     catalog = Catalog.from_config(cfg)
     rows = []
     for label in catalog.entries:
         image = catalog.get(label)
         ready = readiness(image)
-        selftest = read_selftest(image.state_dir) if image.state_dir is not None else None
+        selftest = read_record(cfg.paths.images_dir, label) if image.state_dir is not None else None
         entry = image.config
         assert entry is not None
         rows.append(
@@ -76,8 +79,8 @@ def image_rows(cfg: Config) -> list[dict[str, Any]]:
                 "aliases": list(entry.aliases),
                 "os": entry.os,
                 "arch": entry.arch,
-                "path": str(image.base_image),
-                "size_on_disk": disk_usage(image.base_image),
+                "path": str(image.pristine),
+                "size_on_disk": disk_usage(image.pristine),
                 "present": ready.present,
                 "verified": ready.verified,
                 "reason": ready.reason,
@@ -168,7 +171,7 @@ def _verify(args: argparse.Namespace, cfg: Config) -> int:
 
     catalog = Catalog.from_config(cfg)
     puller = _puller(cfg)
-    labels = args.labels or [label for label in catalog.entries if catalog.get(label).base_image.is_file()]
+    labels = args.labels or [label for label in catalog.entries if catalog.get(label).pristine.is_file()]
 
     def verify(label: str) -> None:
         image = catalog.get(label)
@@ -218,12 +221,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for command in SUBCOMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help, allow_abbrev=False)
         command.add_arguments(p)
+    add_image_ops(sub)
 
 
 def main(args: argparse.Namespace) -> int:
     commands = {c.name: c for c in SUBCOMMANDS}
     if not args.image_command:
-        print("solstice image: name a subcommand: " + ", ".join(commands), file=sys.stderr)
+        print(
+            "solstice image: name a subcommand: " + ", ".join([*commands, "selftest", "prepare"]),
+            file=sys.stderr,
+        )
         return 2
+    handler = getattr(args, "image_handler", None)
+    if handler is not None:
+        result: int = handler(args)
+        return result
     cfg = configmod.load(Path(args.config) if args.config else None)
     return commands[args.image_command].main(args, cfg)

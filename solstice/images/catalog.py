@@ -17,11 +17,15 @@ from pathlib import Path
 from solstice.config import Config, ImageConfig, SizePreset, parse_size_gib, parse_size_mib
 from solstice.errors import ConfigError, ImageError
 from solstice.images import catalog_files
+from solstice.images.prepared import find_prepared
 from solstice.model.labels import match
 from solstice.vm.machine import BootMode
 from solstice.vm.profiles import PROFILES, GuestProfile, get_profile
 
 TEST_IMAGE_LABEL = "debian-12"
+#: The second test image (build-test-image --variant metadata): no cloud-init, the metadata-agent's
+#: cpio disk, root login; the OpenIndiana provisioner proven on Linux.
+METADATA_TEST_IMAGE_LABEL = "debian-12-metadata"
 TEST_IMAGE_CMDLINE = "root=/dev/vda rw console=ttyS0"
 BUILD_HINT = "build it with: sudo scripts/build-test-image"
 #: The test image's ``source``: built on this host, not pulled (solstice.images.state).
@@ -47,31 +51,46 @@ class Image:
     origin: str = ""
     #: <images_dir>/<label>: its state.json (solstice.images.state) and selftest.json.
     state_dir: Path | None = None
+    #: The catalog's setup commands (``solstice image prepare``).
+    setup: tuple[str, ...] = ()
+    #: The base before preparation when ``base_image`` is the prepared copy, else None.
+    unprepared: Path | None = None
+
+    @property
+    def pristine(self) -> Path:
+        """The base as pulled or built, before any preparation: what is verified, pulled, removed."""
+        return self.unprepared or self.base_image
 
     def check(self) -> None:
         """Raise ImageError when a file the image needs is missing."""
         for what, path in (("disk", self.base_image), ("kernel", self.kernel), ("initrd", self.initrd)):
             if path is not None and not path.is_file():
                 hint = (
-                    BUILD_HINT if self.label == TEST_IMAGE_LABEL else "check [images] in the configuration"
+                    BUILD_HINT
+                    if self.label in (TEST_IMAGE_LABEL, METADATA_TEST_IMAGE_LABEL)
+                    else "check [images] in the configuration"
                 )
                 raise ImageError(f"image {self.label!r}: {what} {path} does not exist", hint=hint)
 
 
-def test_image_config(images_dir: Path) -> ImageConfig:
-    root = images_dir / TEST_IMAGE_LABEL
+def test_image_config(
+    images_dir: Path, label: str = TEST_IMAGE_LABEL, profile: str = "debian"
+) -> ImageConfig:
+    root = images_dir / label
     cmdline_file = root / "cmdline"
     cmdline = cmdline_file.read_text().strip() if cmdline_file.is_file() else TEST_IMAGE_CMDLINE
     return ImageConfig(
-        label=TEST_IMAGE_LABEL,
+        label=label,
         path=str(root / "base.qcow2"),
-        profile="debian",
+        profile=profile,
         boot="kernel",
         kernel=str(root / "vmlinuz"),
         initrd=str(root / "initrd.img"),
         cmdline=cmdline,
         source=LOCAL_BUILD,
-        os="Debian 12 (Solstice test image)",
+        os="Debian 12 (Solstice test image)"
+        if label == TEST_IMAGE_LABEL
+        else "Debian 12 (metadata-agent test image)",
         verified=TEST_IMAGE_VERIFIED,
     )
 
@@ -133,13 +152,20 @@ class Catalog:
         operator = {**local.images, **images}
         self._origins: dict[str, str] = {
             TEST_IMAGE_LABEL: "the built-in test image",
+            METADATA_TEST_IMAGE_LABEL: "the built-in test image",
             **base.origins,
             **local.origins,
             **dict.fromkeys(images, origin),
         }
         # The operator's names hide built-in entries and aliases of the same name.
         taken = set(operator) | set(labels) | {a for cfg in operator.values() for a in cfg.aliases}
-        builtins = {TEST_IMAGE_LABEL: test_image_config(images_dir), **base.images}
+        builtins = {
+            TEST_IMAGE_LABEL: test_image_config(images_dir),
+            METADATA_TEST_IMAGE_LABEL: test_image_config(
+                images_dir, METADATA_TEST_IMAGE_LABEL, "metadata-agent-test"
+            ),
+            **base.images,
+        }
         builtins = {k: v for k, v in builtins.items() if k not in taken}
         presets = {**base.sizes, **local.sizes, **(sizes or {})}
         self._configs: dict[str, ImageConfig] = {}
@@ -228,19 +254,23 @@ class Catalog:
             raise ImageError(f"runs-on {labels!r} names several images ({', '.join(chosen)}); name one")
         return chosen[0]
 
-    def get(self, label: str) -> Image:
-        return self.build(self.config(label))
+    def get(self, label: str, *, prepared: bool = True) -> Image:
+        return self.build(self.config(label), prepared=prepared)
 
-    def build(self, cfg: ImageConfig) -> Image:
+    def build(self, cfg: ImageConfig, *, prepared: bool = True) -> Image:
+        """The image of ``cfg``; its prepared copy as the base when one exists for its setup
+        commands (unless ``prepared`` is false: ``image prepare`` starts from the plain base)."""
+
         def path(p: str) -> Path:
             q = Path(p).expanduser()
             return q if q.is_absolute() else self._images_dir / q
 
-        disk = cfg.path or f"{cfg.label}/disk.{cfg.format}"
+        base = path(cfg.path or f"{cfg.label}/disk.{cfg.format}")
+        ready = find_prepared(self._images_dir, cfg.label, base, cfg.setup) if prepared else None
         return Image(
             label=cfg.label,
-            base_image=path(disk),
-            image_format=cfg.format,
+            base_image=ready or base,
+            image_format="qcow2" if ready else cfg.format,
             boot=BootMode(cfg.boot),
             kernel=path(cfg.kernel) if cfg.kernel else None,
             initrd=path(cfg.initrd) if cfg.initrd else None,
@@ -252,4 +282,6 @@ class Catalog:
             config=cfg,
             origin=self._origins.get(cfg.label, ""),
             state_dir=None if "/" in cfg.label else self._images_dir / cfg.label,
+            setup=cfg.setup,
+            unprepared=base if ready else None,
         )

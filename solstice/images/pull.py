@@ -33,8 +33,9 @@ from solstice.images.checksum import Digest, file_digest, parse_checksums
 from solstice.images.compression import compression_of, decompress
 from solstice.images.download import Downloader, Progress, local_path
 from solstice.images.listing import is_pattern, newest
+from solstice.images.prepared import PREPARED_DIR
+from solstice.images.selftest import RECORD_NAME
 from solstice.images.state import (
-    SELFTEST_FILE,
     STATE_FILE,
     ImageState,
     read_state,
@@ -90,7 +91,7 @@ class Puller:
             raise ImageError(
                 f"image {image.label!r} ({image.origin}) has no source to pull it from",
                 hint=f"give [images.{image.label}] a source in a file of [paths] images_d "
-                "(docs/images.md), or put the disk at " + str(image.base_image),
+                "(docs/images.md), or put the disk at " + str(image.pristine),
             )
         source = cfg.source
         if source.startswith("oci://"):
@@ -117,7 +118,7 @@ class Puller:
         cfg = image.config
         fetch = self.resolve(image)
         assert cfg is not None and image.state_dir is not None
-        disk = image.base_image
+        disk = image.pristine
         disk.parent.mkdir(parents=True, exist_ok=True)
         with _locked(image.state_dir):
             started = time.monotonic()
@@ -197,7 +198,7 @@ class Puller:
         entry's sha256 for a file the operator put there); the result is recorded either way."""
         cfg = image.config
         assert cfg is not None and image.state_dir is not None
-        disk = image.base_image
+        disk = image.pristine
         if not disk.is_file():
             raise ImageError(
                 f"image {image.label!r}: {disk} does not exist",
@@ -241,27 +242,32 @@ class Puller:
         if cfg is not None and cfg.source == LOCAL_BUILD:
             raise ImageError(
                 f"image {image.label!r} is the test image built by build-test-image; remove "
-                f"{image.base_image.parent} yourself if you mean it"
+                f"{image.pristine.parent} yourself if you mean it"
             )
         if cfg is None or not cfg.source:
             raise ImageError(
-                f"image {image.label!r} was not pulled (no source); its file {image.base_image} is "
+                f"image {image.label!r} was not pulled (no source); its file {image.pristine} is "
                 "the operator's, and stays"
             )
         assert image.state_dir is not None
         removed: list[Path] = []
         with _locked(image.state_dir):
-            disk = image.base_image
+            disk = image.pristine
             for path in (
                 image.state_dir / STATE_FILE,
                 disk,
                 part_of(disk),
                 part_of(disk, ".download"),
-                image.state_dir / SELFTEST_FILE,
+                image.state_dir / RECORD_NAME,
             ):
                 if path.exists():
                     path.unlink()
                     removed.append(path)
+            # Prepared copies are made from this disk: without it they are stale.
+            prepared = image.state_dir / PREPARED_DIR
+            for path in sorted(prepared.glob("*.qcow2")) if prepared.is_dir() else []:
+                path.unlink()
+                removed.append(path)
         (image.state_dir / ".pull.lock").unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             image.state_dir.rmdir()  # only when empty

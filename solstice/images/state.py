@@ -10,9 +10,7 @@ Files in ``<images_dir>/<label>/``:
        "download": "sha256:<hex of the file as fetched>", "pulled_at": "2026-12-01T19:00:00Z",
        "verified_at": "2026-12-01T19:00:00Z", "ok": true, "problem": ""}
 
-- ``selftest.json`` (written by ``solstice image selftest``)::
-
-      {"passed": true, "at": "2026-12-01T19:00:00Z", "boot_seconds": 41.5}
+- ``selftest.json`` (written by ``solstice image selftest``, solstice.images.selftest)
 
 An image counts as present and verified when:
 
@@ -35,7 +33,6 @@ from solstice.files import atomic_write
 from solstice.images.catalog import BUILD_HINT, LOCAL_BUILD, Image
 
 STATE_FILE = "state.json"
-SELFTEST_FILE = "selftest.json"
 STATE_VERSION = 1
 
 
@@ -66,13 +63,6 @@ class ImageState:
         except OSError:
             return False
         return self.path == str(path) and self.size == st.st_size and self.mtime_ns == st.st_mtime_ns
-
-
-@dataclass(frozen=True)
-class SelfTest:
-    passed: bool
-    at: str
-    boot_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,18 +99,6 @@ def write_state(state_dir: Path, state: ImageState) -> None:
     atomic_write(state_dir / STATE_FILE, json.dumps(asdict(state), indent=2) + "\n", mode=0o644)
 
 
-def read_selftest(state_dir: Path) -> SelfTest | None:
-    data = _read_json(state_dir / SELFTEST_FILE)
-    if data is None or not isinstance(data.get("passed"), bool):
-        return None
-    boot = data.get("boot_seconds")
-    return SelfTest(
-        passed=data["passed"],
-        at=str(data.get("at", "")),
-        boot_seconds=float(boot) if isinstance(boot, int | float) else None,
-    )
-
-
 def needs_verification(image: Image) -> bool:
     cfg = image.config
     return cfg is not None and cfg.source != LOCAL_BUILD and bool(cfg.source or cfg.sha256)
@@ -128,15 +106,13 @@ def needs_verification(image: Image) -> bool:
 
 def readiness(image: Image) -> Readiness:
     cfg = image.config
-    missing = [
-        p for p in (image.base_image, image.kernel, image.initrd) if p is not None and not p.is_file()
-    ]
+    missing = [p for p in (image.pristine, image.kernel, image.initrd) if p is not None and not p.is_file()]
     if cfg is not None and cfg.source == LOCAL_BUILD:
         if missing:
             return Readiness(False, False, f"{missing[0]} does not exist ({BUILD_HINT})")
-        stamp = image.base_image.parent / "stamp"
+        stamp = image.pristine.parent / "stamp"
         try:
-            built = stamp.stat().st_mtime_ns >= image.base_image.stat().st_mtime_ns
+            built = stamp.stat().st_mtime_ns >= image.pristine.stat().st_mtime_ns
         except OSError:
             built = False
         if not built:
@@ -158,10 +134,10 @@ def readiness(image: Image) -> Readiness:
         return Readiness(True, False, f"not verified yet (run `solstice image verify {image.label}`)")
     if not state.ok:
         return Readiness(True, False, f"failed verification: {state.problem}")
-    if not state.matches(image.base_image):
+    if not state.matches(image.pristine):
         return Readiness(
             True,
             False,
-            f"{image.base_image} changed since it was verified (run `solstice image verify {image.label}`)",
+            f"{image.pristine} changed since it was verified (run `solstice image verify {image.label}`)",
         )
     return Readiness(True, True, f"sha256 verified {state.verified_at}")

@@ -46,6 +46,7 @@ from solstice.model import EventSink, JobRequest, Outcome, Phase, Result, Step, 
 from solstice.model.jobcontract import canonical_job_id
 from solstice.notify import Notifier
 from solstice.vm import leftovers, machine
+from solstice.vm.console import ConsoleFollower
 from solstice.vm.machine import MachineSpec, start_machine
 from solstice.workflow import checkout as checkout_inputs
 
@@ -59,6 +60,8 @@ MAX_SUMMARY = 1024 * 1024
 MAX_RUNNER_FILE = 16 * 1024 * 1024
 #: How long a lost connection waits for QEMU's exit to be seen, to name the cause first.
 QEMU_EXIT_WAIT = 2.0
+#: The title of the folded group of boot console lines in the job's log.
+BOOT_CONSOLE_GROUP = "Boot console"
 #: The user's own doing: a job that ends on one of these failed; on any other error it errored.
 WORKFLOW_ERRORS = (WorkflowError, ExpressionError, filecmds.FileCommandError)
 
@@ -77,6 +80,9 @@ class JobSettings:
     runtime_dir: Path = field(default_factory=_default_runtime_dir)
     #: Called with the VM when the job failed and should be kept for debugging; returns when done.
     keep_on_failure: Callable[[machine.Guest, Path], None] | None = field(default=None, compare=False)
+    #: Power the guest down politely at the end (image preparation, the self-test), up to
+    #: ``vm.shutdown_timeout``; jobs' throwaway guests are just stopped.
+    powerdown: bool = False
 
 
 @dataclass
@@ -135,7 +141,9 @@ class JobRun:
         self.notifier = notifier or Notifier()
         self.boot: Boot = boot or self._boot_vm
         self.host_log = host_log
-        self.liveness = Liveness(settings.vm.boot_timeout, settings.vm.shutdown_timeout)
+        #: [vm] boot_timeout, or the profile's when that is larger (a slow first boot).
+        self.boot_timeout = max(settings.vm.boot_timeout, image.profile.boot_timeout)
+        self.liveness = Liveness(self.boot_timeout, settings.vm.shutdown_timeout)
         self.monitor: GuestMonitor | None = None
         self.guest: Guest | None = None
         #: The first step whose failure failed the job, and why (for the job's message).
@@ -223,7 +231,7 @@ class JobRun:
             cpus=plan.cpus,
             memory_mib=plan.memory_mib,
             disk_gib=plan.disk_gib,
-            boot_timeout=vm.boot_timeout,
+            boot_timeout=self.boot_timeout,
             shutdown_timeout=vm.shutdown_timeout,
             qemu=vm.qemu,
             qemu_img=vm.qemu_img,
@@ -231,6 +239,7 @@ class JobRun:
             ovmf_vars=vm.ovmf_vars,
             instance_id=self.request.job_id,
             hostname="solstice-" + self.request.job_id[:8],
+            powerdown=self.settings.powerdown,
         )
 
     def _phase(self, phase: Phase) -> None:
@@ -243,13 +252,27 @@ class JobRun:
         self.image.check()
         plan = plan_machine(self.request.size, self.image, self.settings.vm)
         self.emit.log(f"Booting {self.image.label} ({self.settings.vm.accel}, {plan.describe()})", step=None)
-        return start_machine(
-            self._machine_spec(plan),
-            self.workdir,
-            Path(self.settings.runtime_dir) / "ports",
-            stack,
-            on_phase=self._phase,
-        )
+        # The serial console, live and folded, so a guest that does not come up shows why.
+        self.emit.log(f"::group::{BOOT_CONSOLE_GROUP}", step=None)
+        follower = ConsoleFollower(self.workdir / "console.log", self._console_line)
+        follower.start()
+        try:
+            return start_machine(
+                self._machine_spec(plan),
+                self.workdir,
+                Path(self.settings.runtime_dir) / "ports",
+                stack,
+                on_phase=self._phase,
+            )
+        finally:
+            follower.stop()
+            self.emit.log("::endgroup::", step=None)
+
+    def _console_line(self, line: str) -> None:
+        # A console line must not open or close groups or look like a command in the forge's view.
+        if line.lstrip().startswith(("::", "##[")):
+            line = " " + line.lstrip().replace("::", ": :", 1).replace("##[", "# #[", 1)
+        self.emit.log(line, step=None)
 
     def _run_in_vm(self, stack: contextlib.ExitStack) -> tuple[Result, str]:
         workdir = self._workdir(stack)
@@ -641,7 +664,8 @@ class JobRun:
             )
         full_ctx = self._context(paths, {**env_ctx, **step_env}, action)
         body = expr.interpolate(step.run, full_ctx)
-        shell = script.resolve_shell(step.shell or self.job.shell, self.image.profile.bash)
+        profile = self.image.profile
+        shell = script.resolve_shell(step.shell or self.job.shell, profile.bash, profile.sh)
         workdir = self._workdir_for(paths, step.working_directory or self.job.working_directory, full_ctx)
         minutes = self._minutes(step.timeout_minutes, full_ctx, f"step {n}")
 
@@ -650,7 +674,9 @@ class JobRun:
         for name in std:
             if name.startswith(("GITHUB_", "RUNNER_")) or name in ("CI", "HOME"):
                 env[name] = std[name]  # the runner's own variables cannot be overridden
-        envfile_text, skipped = script.env_file(env, list(reversed(self.path_added)))
+        # The steps' own GITHUB_PATH additions first (newest first), then the profile's.
+        path = [*reversed(self.path_added), *profile.path_prepend]
+        envfile_text, skipped = script.env_file(env, path)
         for name in skipped:
             self.emit.log(f"Warning: environment variable {name!r} is not a valid name; not set", step=n)
         script_path = f"{paths.steps}/{n}{shell.extension}"

@@ -22,19 +22,20 @@ class ShellCommand:
     extension: str
 
 
-def resolve_shell(shell: str | None, bash: str) -> ShellCommand:
+def resolve_shell(shell: str | None, bash: str, sh: str = "sh") -> ShellCommand:
     """GitHub's shells: unspecified -> ``bash -e {0}`` (``sh -e {0}`` without bash), ``bash`` ->
     ``bash --noprofile --norc -eo pipefail {0}``, ``sh`` -> ``sh -e {0}``, ``python`` -> ``python {0}``,
-    anything else must be a template containing ``{0}``."""
+    anything else must be a template containing ``{0}``. ``bash`` and ``sh`` are the guest
+    profile's paths."""
     if shell is None or not shell.strip():
-        return ShellCommand(f"{bash} -e {{0}}" if bash else "sh -e {0}", ".sh")
+        return ShellCommand(f"{bash} -e {{0}}" if bash else f"{sh} -e {{0}}", ".sh")
     name = shell.strip()
     if name == "bash":
         if not bash:
             raise WorkflowError("shell: bash is not installed in this guest image (use shell: sh)")
         return ShellCommand(f"{bash} --noprofile --norc -eo pipefail {{0}}", ".sh")
     if name == "sh":
-        return ShellCommand("sh -e {0}", ".sh")
+        return ShellCommand(f"{sh} -e {{0}}", ".sh")
     if name == "python":
         return ShellCommand("python3 {0}", ".py")
     if "{0}" in name:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from solstice.vm.profiles import SeedBus
+from solstice.vm.profiles import DiskBus, SeedBus
 
 
 class BootMode(enum.StrEnum):
@@ -26,7 +26,7 @@ class QemuArgs:
     cpus: int
     memory_mib: int
     disk: Path  # the job's qcow2 overlay
-    seed: Path
+    seed: Path  # the provisioner's seed disk (raw)
     seed_bus: SeedBus
     ssh_port: int
     qmp_socket: Path
@@ -41,6 +41,7 @@ class QemuArgs:
     machine: str = "pc"
     nic: str = "virtio-net-pci"
     extra: tuple[str, ...] = ()
+    disk_bus: DiskBus = DiskBus.VIRTIO
 
 
 def _p(path: Path | str) -> str:
@@ -90,7 +91,15 @@ def qemu_argv(a: QemuArgs) -> list[str]:
             argv += ["-append", a.cmdline]
 
     # cache=unsafe: the overlay is thrown away after the job, so flushes buy nothing.
-    argv += ["-drive", f"file={_p(a.disk)},format=qcow2,if=virtio,cache=unsafe,discard=unmap"]
+    disk = f"file={_p(a.disk)},format=qcow2,cache=unsafe,discard=unmap"
+    if a.disk_bus is DiskBus.SATA:
+        argv += [
+            "-device", "ahci,id=ahci0",
+            "-drive", f"{disk},if=none,id=disk0",
+            "-device", "ide-hd,drive=disk0,bus=ahci0.0,bootindex=0",
+        ]  # fmt: skip
+    else:
+        argv += ["-drive", f"{disk},if=virtio"]
     if a.seed_bus is SeedBus.IDE_CDROM:
         argv += ["-drive", f"file={_p(a.seed)},format=raw,if=ide,media=cdrom,readonly=on"]
     else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -26,14 +25,15 @@ from solstice.errors import BootTimeout, GuestConnectionLost, PortForwardError, 
 from solstice.model.core import Phase
 from solstice.vm import ssh
 from solstice.vm.argv import BootMode, QemuArgs, qemu_argv
+from solstice.vm.console import read_tail
 from solstice.vm.disk import create_overlay
 from solstice.vm.keys import KeyPair, generate_keypair
 from solstice.vm.ports import allocate_port
 from solstice.vm.profiles import GuestProfile
+from solstice.vm.provision import FirstBoot, for_profile
 from solstice.vm.qmp import QMPUnavailable, qmp_command, stop_qemu
-from solstice.vm.seed import meta_data, write_seed
 
-__all__ = ["BootMode", "Guest", "MachineSpec", "start_machine"]
+__all__ = ["BootMode", "Guest", "KVMUnavailable", "MachineSpec", "read_tail", "start_machine"]
 
 log = logging.getLogger("solstice.vm.machine")
 
@@ -51,6 +51,8 @@ class ShutdownPolicy:
 
     def __init__(self) -> None:
         self.powerdown_timeout = 0.0
+        #: Set once QEMU is stopped: the guest powered itself off on the ACPI powerdown.
+        self.powered_off = False
 
 
 @dataclass(frozen=True)
@@ -80,21 +82,30 @@ class MachineSpec:
     powerdown: bool = False
 
 
-_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
+class KVMUnavailable(VMError):
+    """accel = kvm but /dev/kvm is missing or this user cannot open it."""
 
 
-def read_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
-    """The last ``lines`` lines of a console log, without terminal escape sequences."""
+KVM_DEVICE = Path("/dev/kvm")
+
+
+def check_kvm(device: Path = KVM_DEVICE) -> None:
+    """Fail loudly when KVM cannot be used: QEMU is never left to fall back to TCG, which would
+    make every job tens of times slower without a word."""
+    fix = (
+        "load the module (modprobe kvm_intel or kvm_amd; enable virtualisation in the firmware), "
+        "let the service's user open it (it must be in group kvm), or, knowing that jobs become "
+        'far slower, set [vm] accel = "tcg"'
+    )
+    if not device.exists():
+        raise KVMUnavailable(f"[vm] accel = kvm, but {device} does not exist", hint=fix)
     try:
-        with path.open("rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read()
-    except OSError:
-        return ""
-    text = _ANSI.sub(b"", data).decode(errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KVMUnavailable(
+            f"[vm] accel = kvm, but {device} cannot be opened: {exc.strerror}", hint=fix
+        ) from None
+    os.close(fd)
 
 
 class Guest:
@@ -109,6 +120,8 @@ class Guest:
         keypair: KeyPair,
         shutdown: ShutdownPolicy | None = None,
         qemu: subprocess.Popen[bytes] | None = None,
+        stop: Callable[[], None] = lambda: None,
+        disk: Path | None = None,
     ) -> None:
         self._shutdown = shutdown or ShutdownPolicy()
         self._qemu = qemu
@@ -119,6 +132,9 @@ class Guest:
         self.console_path = console_path
         self.profile = profile
         self.user = profile.user
+        #: The VM's own disk (the overlay on the base image), while the VM exists.
+        self.disk = disk
+        self._stop = stop
 
     def exec(
         self,
@@ -160,6 +176,16 @@ class Guest:
     def private_key_openssh(self) -> str:
         """The job's private key (OpenSSH PEM) for opt-in debug SSH; never log it."""
         return self._keypair.private_openssh()
+
+    @property
+    def powered_off(self) -> bool:
+        """Whether the guest powered itself off when QEMU was stopped (see ShutdownPolicy)."""
+        return self._shutdown.powered_off
+
+    def stop(self) -> None:
+        """Stop the VM now, as the stack's unwind would (so its disk can be copied afterwards)."""
+        self._transport.close()
+        self._stop()
 
     def hurry(self) -> None:
         """Skip the graceful powerdown when this VM is stopped (cancellation)."""
@@ -248,7 +274,8 @@ def _await_qemu(
 
 def _stop(qemu: subprocess.Popen[bytes], qmp_path: Path, shutdown: ShutdownPolicy) -> None:
     # The policy is read now, at unwind time, not when the callback was registered.
-    stop_qemu(qemu, qmp_path, shutdown.powerdown_timeout)
+    if qemu.poll() is None:
+        shutdown.powered_off = stop_qemu(qemu, qmp_path, shutdown.powerdown_timeout)
 
 
 def _launch(
@@ -323,14 +350,15 @@ def start_machine(
     stack.callback(_unlink, overlay)
     create_overlay(spec.base_image, overlay, spec.image_format, spec.disk_gib, spec.qemu_img)
 
+    if spec.accel == "kvm":
+        check_kvm()
     keypair = generate_keypair()
-    seed = workdir / "seed.iso"
-    stack.callback(_unlink, seed)
-    write_seed(
-        seed,
-        spec.profile.user_data(keypair.public_line, spec.hostname),
-        meta_data(spec.instance_id, spec.hostname),
+    provisioner = for_profile(spec.profile)
+    stack.callback(_unlink, workdir / provisioner.file_name)
+    seed = provisioner.write(
+        workdir, spec.profile, FirstBoot(keypair.public_line, spec.instance_id, spec.hostname)
     )
+    readiness = provisioner.readiness(spec.profile)
     vars_copy: Path | None = None
     if spec.boot is BootMode.UEFI:
         vars_copy = workdir / "OVMF_VARS.fd"
@@ -344,8 +372,9 @@ def start_machine(
             cpus=spec.cpus,
             memory_mib=spec.memory_mib,
             disk=overlay,
-            seed=seed,
-            seed_bus=spec.profile.seed_bus,
+            seed=seed.path,
+            seed_bus=seed.bus,
+            disk_bus=spec.profile.disk_bus,
             ssh_port=port,
             qmp_socket=qmp_path,
             console_log=console,
@@ -358,7 +387,7 @@ def start_machine(
             name=f"solstice-{spec.instance_id}",
             machine=spec.profile.machine,
             nic=spec.profile.nic,
-            extra=spec.profile.qemu_args,
+            extra=(*provisioner.qemu_args(spec.profile), *spec.profile.qemu_args),
         )
 
     phase(Phase.BOOT)
@@ -372,7 +401,8 @@ def start_machine(
             spec.profile.user,
             keypair.pkey,
             timeout=max(deadline - time.monotonic(), 0.0),
-            probes=spec.profile.readiness_probes,
+            probes=readiness.probes,
+            ready_command=readiness.command,
             alive=lambda: qemu.poll() is None,
         )
     except ssh.SSHNotReady as exc:
@@ -382,8 +412,9 @@ def start_machine(
             f"Last console lines:\n{read_tail(console)}",
             hint=(
                 "check on the console above that the guest booted (kernel, root device, cmdline), "
-                f"that cloud-init found its seed (profile {spec.profile.name!r} puts it on "
-                f"{spec.profile.seed_bus}), and that sshd started; under TCG raise [vm] boot_timeout"
+                f"that its agent found the seed (profile {spec.profile.name!r}: "
+                f"{spec.profile.provisioning}, on {seed.bus}), and that sshd started; under TCG "
+                "raise [vm] boot_timeout"
             ),
         ) from None
     except VMError:
@@ -396,7 +427,17 @@ def start_machine(
         ) from None
     if spec.powerdown:
         shutdown.powerdown_timeout = spec.shutdown_timeout  # up now: it can power down politely
-    guest = Guest(transport, port, console, spec.profile, keypair, shutdown, qemu=qemu)
+    guest = Guest(
+        transport,
+        port,
+        console,
+        spec.profile,
+        keypair,
+        shutdown,
+        qemu=qemu,
+        stop=lambda: _stop(qemu, qmp_path, shutdown),
+        disk=overlay,
+    )
     stack.callback(guest.close)
     try:
         guest.open_files()

@@ -60,7 +60,7 @@ def stop_qemu(
     qmp_socket: Path,
     powerdown_timeout: float,
     quit_timeout: float = 10.0,
-) -> None:
+) -> bool:
     """Stop QEMU for good: with ``powerdown_timeout`` > 0 an ACPI powerdown first, waited for that
     long; then ``quit``; then SIGKILL after ``quit_timeout``.
 
@@ -68,15 +68,16 @@ def stop_qemu(
     guest whose disk is kept; ``powerdown_timeout`` (``[vm] shutdown_timeout``) bounds it, since a
     guest may ignore the power button (under TCG a Debian guest may take over a minute). Whatever
     happens in between, even a KeyboardInterrupt, QEMU is killed and reaped before this returns.
+    Returns whether the guest powered itself off after the ACPI powerdown.
     """
     try:
         if qemu.poll() is not None:
-            return
+            return False
         if powerdown_timeout > 0:
             try:
                 qmp_command(qmp_socket, "system_powerdown")
                 if _wait(qemu, powerdown_timeout):
-                    return
+                    return True
                 log.info("guest ignored the ACPI powerdown for %.0f s; quitting QEMU", powerdown_timeout)
             except QMPUnavailable as exc:
                 log.debug("%s", exc)
@@ -86,9 +87,10 @@ def stop_qemu(
             # "quit" may close the socket before its reply arrives: that is success.
             log.debug("%s", exc)
         if _wait(qemu, quit_timeout):
-            return
+            return False
         log.warning("QEMU (pid %d) did not quit within %.0f s; killing it", qemu.pid, quit_timeout)
     finally:
         if qemu.poll() is None:
             qemu.kill()
         qemu.wait()
+    return False

@@ -73,9 +73,11 @@ def wait_ready(
     *,
     timeout: float,
     probes: int = 1,
+    ready_command: str = "",
     alive: Callable[[], bool] = lambda: True,
 ) -> paramiko.Transport:
-    """Probe until ``probes`` consecutive logins with our key succeed; return the last one.
+    """Probe until ``probes`` consecutive logins with our key succeed (and, when given,
+    ``ready_command`` exits 0 on the last one); return the last one.
 
     Raises SSHNotReady (a BootTimeout) when ``timeout`` passes first, VMError as soon as
     ``alive()`` is false.
@@ -103,6 +105,12 @@ def wait_ready(
                 last_error = error
             else:
                 log.debug("SSH probe on port %d: logged in", port)
+                if ready_command and not _succeeds(transport, ready_command):
+                    transport.close()
+                    successes = 0
+                    last_error = f"logged in, but {ready_command!r} did not succeed yet"
+                    time.sleep(PROBE_INTERVAL)
+                    continue
                 successes += 1
                 if kept is not None:
                     kept.close()
@@ -114,6 +122,17 @@ def wait_ready(
     finally:
         if kept is not None:
             kept.close()
+
+
+def _succeeds(transport: paramiko.Transport, command: str) -> bool:
+    """Whether ``command`` exits 0; a connection dropped meanwhile counts as not yet."""
+    try:
+        status = run_command(
+            transport, command, stdin=None, on_stdout=lambda b: None, on_stderr=lambda b: None
+        )
+    except GuestConnectionLost:
+        return False
+    return status == 0
 
 
 def _lost(what: str, exc: BaseException | None = None) -> GuestConnectionLost:

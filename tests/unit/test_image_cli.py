@@ -74,9 +74,10 @@ def test_list_pull_verify_rm(capsys: pytest.CaptureFixture[str], operator: Path,
     lines = [x for x in err.splitlines() if x.startswith("tiny: download ")]
     assert lines and lines[-1].startswith("tiny: download 2.0 of 2.0 MiB (100%)")
 
-    # the other helper's self-test writes this; list shows it
+    # `image selftest` writes this (solstice.images.selftest); list shows it
     (disk.parent / "selftest.json").write_text(
-        '{"passed": true, "at": "2026-12-01T19:00:00Z", "boot_seconds": 41.5}'
+        '{"passed": true, "at": "2026-12-01T19:00:00Z", "boot_seconds": 41.5,'
+        ' "checks": [{"name": "shell", "passed": true}]}'
     )
     tiny = listing(capsys, operator)["tiny"]
     assert (tiny["present"], tiny["verified"]) == (True, True)

@@ -207,7 +207,14 @@ def test_plan_names_the_unknown_label_with_the_hint(capsys: pytest.CaptureFixtur
     assert lines[0].startswith(f"{LABELS}:9: job `solaris`: runs-on: unknown label 'solaris-11'")
     # the configuration's images and [labels], and the built-in catalog's (docs/images.md)
     listed = lines[0].split("this host has images for: ")[1].split(" (")[0].split(", ")
-    assert {"debian-12", "freebsd-14", "omnios-bloody", "ubuntu-latest", "omnios-r151058"} <= set(listed)
+    assert {
+        "debian-12",
+        "debian-12-metadata",
+        "freebsd-14",
+        "omnios-bloody",
+        "ubuntu-latest",
+        "omnios-r151058",
+    } <= set(listed)
     assert listed == sorted(listed)
     assert "add an [images.<label>] table" in lines[0]
 

@@ -46,7 +46,7 @@ def test_common_options() -> None:
     assert "virtio-net-pci,netdev=net0" in values(argv, "-device")
     assert not any("vnc" in a for a in argv)
     disk = [d for d in values(argv, "-drive") if "overlay.qcow2" in d]
-    assert disk == ["file=/run/j/overlay.qcow2,format=qcow2,if=virtio,cache=unsafe,discard=unmap"]
+    assert disk == ["file=/run/j/overlay.qcow2,format=qcow2,cache=unsafe,discard=unmap,if=virtio"]
 
 
 @pytest.mark.parametrize(
@@ -131,3 +131,26 @@ def test_profile_extras() -> None:
     assert values(argv, "-machine") == ["q35"]
     assert "e1000,netdev=net0" in values(argv, "-device")
     assert argv[-2:] == ["-cpu", "max,-pdpe1gb"]
+
+
+def test_sata_disk_bus() -> None:
+    from solstice.vm.profiles import DiskBus
+
+    argv = qemu_argv(make(disk_bus=DiskBus.SATA))
+    assert "ahci,id=ahci0" in values(argv, "-device")
+    assert "ide-hd,drive=disk0,bus=ahci0.0,bootindex=0" in values(argv, "-device")
+    disk = [d for d in values(argv, "-drive") if "overlay.qcow2" in d]
+    assert disk == ["file=/run/j/overlay.qcow2,format=qcow2,cache=unsafe,discard=unmap,if=none,id=disk0"]
+
+
+def test_profile_and_provisioner_arguments_reach_qemu(tmp_path: Path) -> None:
+    """What start_machine passes as ``extra`` for the metadata-agent on illumos."""
+    from solstice.vm.profiles import get_profile
+    from solstice.vm.provision import for_profile
+
+    oi = get_profile("openindiana")
+    extra = (*for_profile(oi).qemu_args(oi), *oi.qemu_args)
+    argv = qemu_argv(make(extra=extra, seed=Path("/run/j/metadata.img"), seed_bus=oi.seed_bus))
+    assert values(argv, "-smbios") == ["type=1,manufacturer=QEMU"]
+    assert values(argv, "-global") == ["kvm-pit.lost_tick_policy=delay"]
+    assert "file=/run/j/metadata.img,format=raw,if=virtio,readonly=on" in values(argv, "-drive")

@@ -26,6 +26,7 @@ from solstice.model import EventKind, JobEvent, JobRequest, Outcome, Result, Siz
 from solstice.vm.qmp import qmp_command
 from solstice.workflow import parse_workflow
 from tests.fakes.jobsink import Collect
+from tests.testimage import build_test_image
 
 pytestmark = pytest.mark.vm
 
@@ -162,16 +163,23 @@ def checkout_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["debian-12", "debian-12-metadata"])
 def behaviours(
-    test_image: Path, checkout_tree: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    test_image: Path,
+    checkout_tree: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Result, list[JobEvent], Path]]:
+    """The scenario on the cloud-init test guest, then on the metadata-agent one (root, no sudo:
+    the OpenIndiana provisioner end to end)."""
     runtime = short_dir()
     wf = parse_workflow(WORKFLOW, "behaviours.yml")
     (job,) = wf.jobs
     catalog = Catalog({}, test_image.parent)
-    image = catalog.get(catalog.resolve(job.runs_on))
-    request = JobRequest(
+    if request.param == "debian-12-metadata":
+        build_test_image(test_image.parent, variant="metadata")
+    image = catalog.get(request.param)
+    job_request = JobRequest(
         job_id=str(uuid.uuid4()),
         job=job,
         label=image.label,
@@ -182,7 +190,7 @@ def behaviours(
         size=Size(cpus=2, memory_mib=1024),
     )
     sink = Collect()
-    result = run_job(request, image, settings(runtime), sink)
+    result = run_job(job_request, image, settings(runtime), sink)
     yield result, sink.events, runtime
     shutil.rmtree(runtime, ignore_errors=True)
 
@@ -335,6 +343,14 @@ def test_guest_that_never_boots_is_an_infrastructure_error(test_image: Path, run
     final = sink.events[-1]
     assert final.kind is EventKind.JOB_FINISHED and final.result is Result.ERROR
     assert "25" in final.message and "console" in final.message.lower()
+    # The console was streamed into the job's log as it booted, folded in one group, cleaned.
+    logs = [e.text for e in sink.events if e.kind is EventKind.LOG and e.step is None]
+    start, end = logs.index("::group::Boot console"), logs.index("::endgroup::")
+    console = logs[start + 1 : end]
+    assert any("Linux version" in line for line in console), console[:20]
+    assert any("nonexistent" in line for line in console)  # why it did not boot
+    assert not any(c in line for line in console for c in "\x1b\r\x00")
+    assert start < end and logs.count("::group::Boot console") == 1
     elapsed = final.time - sink.events[0].time
     assert elapsed < 25 + 30
     assert not _qemu_running(str(runtime))
