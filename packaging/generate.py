@@ -51,8 +51,10 @@ def _roff(text: str) -> str:
 def man(parser: argparse.ArgumentParser) -> str:
     # SOURCE_DATE_EPOCH: reproducible builds (dpkg-buildpackage and rpmbuild set it).
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0")) or None
-    date = datetime.datetime.fromtimestamp(epoch or 0, datetime.UTC) if epoch else datetime.datetime.now(
-        datetime.UTC
+    date = (
+        datetime.datetime.fromtimestamp(epoch or 0, datetime.UTC)
+        if epoch
+        else datetime.datetime.now(datetime.UTC)
     )
     out = [
         f'.TH SOLSTICE 1 "{date:%Y-%m-%d}" "solstice {__version__}" "Solstice CI"',
@@ -103,17 +105,17 @@ def bash_completion(parser: argparse.ArgumentParser) -> str:
         "# bash completion for solstice, generated from its argparse definitions (packaging/generate.py)\n"
         "_solstice() {\n"
         '    local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} path="" words w i\n'
-        '    case $prev in --config|--key-file|--token|--output) COMPREPLY=($(compgen -f -- "$cur")); return ;; esac\n'
+        "    case $prev in --config|--key-file|--token|--output)\n"
+        '        COMPREPLY=($(compgen -f -- "$cur")); return ;;\n'
+        "    esac\n"
         "    for ((i = 1; i < COMP_CWORD; i++)); do\n"
         "        w=${COMP_WORDS[i]}\n"
-        '        [[ $w == -* ]] && continue\n'
+        "        [[ $w == -* ]] && continue\n"
         '        case "${path:+$path }$w" in\n'
         + "\n".join(f'        "{" ".join(p)}") path="{" ".join(p)}" ;;' for p, _ in _walk(parser) if p)
         + "\n        esac\n"
         "    done\n"
-        '    case "$path" in\n'
-        + "\n".join(cases)
-        + "\n    esac\n"
+        '    case "$path" in\n' + "\n".join(cases) + "\n    esac\n"
         '    COMPREPLY=($(compgen -W "$words" -- "$cur"))\n'
         '    [[ $cur == -* || ${#COMPREPLY[@]} -gt 0 ]] || COMPREPLY=($(compgen -f -- "$cur"))\n'
         "}\n"
