@@ -173,7 +173,8 @@ def test_the_readme_starts_with_two_commands_that_work_as_root_without_sudo() ->
     assert commands == ["scripts/try", "scripts/test"], commands
     # Not root and no sudo on PATH: they say so at once instead of failing half-way (as root they
     # go ahead without sudo; CI runs scripts/test as root).
-    as_nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    as_nobody = nobody if os.geteuid() == 0 else []
     for command in commands:
         proc = subprocess.run(
             [*as_nobody, str(ROOT / command)],
