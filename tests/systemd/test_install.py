@@ -21,6 +21,7 @@ its recipe's stamp, the .debs apt downloads in its .apt-cache: a second run down
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import secrets
@@ -31,16 +32,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from test_pipeline import ADMIN_URL, AMQP_URL, answers, delete_broker_objects, retrying
 
 from solstice import __version__
 from solstice.cli.main import VERBS
 from solstice.config import BrokerConfig
-from tests.systemd.conftest import Testbed
+from tests.service.store_fixtures import Databases
+from tests.systemd import conftest as testbeds
 from tests.testimage import build_test_image
 from tests.waiting import wait_until
 
@@ -53,6 +52,17 @@ TESTBED_DIR = Path(os.environ.get("SOLSTICE_INSTALL_TESTBED_DIR", "/var/lib/sols
 UPGRADE_SUFFIX = "+upgrade1"
 DISPATCHER = "solstice-dispatcher.service"
 UNITS = ("solstice-dispatcher.service", "solstice-forgejo-runner.service", "solstice-github-runner.service")
+#: Installed by both packages (the units' directory differs: below).
+COMMON_FILES = (
+    "/usr/share/solstice/units/solstice-job@.service",
+    "/usr/lib/sysusers.d/solstice.conf",
+    "/usr/lib/tmpfiles.d/solstice.conf",
+    "/etc/solstice/solstice.toml",
+    "/usr/share/bash-completion/completions/solstice",
+    "/usr/bin/solstice",
+    "/usr/lib/solstice/vendor/qemu/qmp/__init__.py",
+    "/usr/share/doc/solstice-ci/install.md",
+)
 BOOT_WAIT = 400.0  # a TCG boot: 40 s on an idle machine, much longer on a busy one
 
 WORKFLOW = """
@@ -142,17 +152,10 @@ def test_the_deb_has_the_units_user_config_completion_and_man_page(packages: Pac
         line.split()[-1].removeprefix(".") for line in out("dpkg-deb", "-c", str(packages.deb)).splitlines()
     }
     for path in (
+        *COMMON_FILES,
         *(f"/lib/systemd/system/{unit}" for unit in UNITS),
-        "/usr/share/solstice/units/solstice-job@.service",
-        "/usr/lib/sysusers.d/solstice.conf",
-        "/usr/lib/tmpfiles.d/solstice.conf",
-        "/etc/solstice/solstice.toml",
-        "/usr/share/bash-completion/completions/solstice",
         "/usr/share/man/man1/solstice.1.gz",
-        "/usr/bin/solstice",
-        "/usr/lib/solstice/vendor/qemu/qmp/__init__.py",
         "/usr/lib/python3/dist-packages/solstice/cli/main.py",
-        "/usr/share/doc/solstice-ci/install.md",
         "/usr/share/doc/solstice-ci/systemd.md",  # the units' Documentation=, uncompressed
     ):
         assert path in files, path
@@ -194,17 +197,10 @@ def test_the_deb_has_the_units_user_config_completion_and_man_page(packages: Pac
 def test_the_rpm_has_the_same_files_units_user_and_config(packages: Packages) -> None:
     files = set(out("rpm", "-qpl", str(packages.rpm)).split())
     for path in (
+        *COMMON_FILES,
         *(f"/usr/lib/systemd/system/{unit}" for unit in UNITS),
-        "/usr/share/solstice/units/solstice-job@.service",
-        "/usr/lib/sysusers.d/solstice.conf",
-        "/usr/lib/tmpfiles.d/solstice.conf",
-        "/etc/solstice/solstice.toml",
-        "/usr/share/bash-completion/completions/solstice",
         "/usr/share/man/man1/solstice.1",
-        "/usr/bin/solstice",
-        "/usr/lib/solstice/vendor/qemu/qmp/__init__.py",
         "/usr/lib/solstice/vendor/solstice/cli/main.py",
-        "/usr/share/doc/solstice-ci/install.md",
     ):
         assert path in files, path
     assert out("rpm", "-qpc", str(packages.rpm)).split() == ["/etc/solstice/solstice.toml"]
@@ -251,11 +247,12 @@ def test_the_wheel_alone_runs_every_command(packages: Packages, tmp_path: Path) 
 
 @dataclass
 class Machine:
-    testbed: Testbed
+    testbed: testbeds.Testbed
     packages: Packages
     token: str
     broker: BrokerConfig
     database_url: str
+    submissions: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
 
     def apt(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """apt-get in the container, non-interactive; retried after an update when the cached lists
@@ -288,6 +285,7 @@ class Machine:
                 stdout=f,
                 stderr=subprocess.STDOUT,
             )
+        self.submissions.append(proc)
         return proc, output
 
     def job_unit(self, output: Path, proc: subprocess.Popen[bytes]) -> str:
@@ -341,7 +339,6 @@ def machine(packages: Packages) -> Iterator[Machine]:
     build_test_image()
     testbed_argv = [str(TESTBED_SCRIPT), "--bare", "--ephemeral", "--dir", str(TESTBED_DIR)]
     token = f"solstice-install-{secrets.token_hex(4)}"
-    database = token.replace("-", "_")
     with contextlib.ExitStack() as cleanup:
         proc = subprocess.run(
             [*testbed_argv, "start"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800
@@ -354,21 +351,23 @@ def machine(packages: Packages) -> Iterator[Machine]:
             timeout=120,
         )
         assert proc.returncode == 0, f"scripts/nspawn-testbed start failed:\n{proc.stdout}\n{proc.stderr}"
-        testbed = Testbed(int(proc.stdout.split()[-1]))
+        testbed = testbeds.Testbed(int(proc.stdout.split()[-1]))
 
-        with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=10) as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-
-        def drop_database() -> None:
-            with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=30) as admin:
-                admin.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-                )
-
-        cleanup.callback(retrying, drop_database)
+        databases = Databases()
+        database_url = databases.create()
+        cleanup.callback(retrying, databases.drop_all)
         broker = BrokerConfig.named(token, url=AMQP_URL, queue_type="quorum")
         cleanup.callback(retrying, lambda: delete_broker_objects(broker, token))
-        yield Machine(testbed, packages, token, broker, make_conninfo(ADMIN_URL, dbname=database))
+        machine = Machine(testbed, packages, token, broker, database_url)
+
+        def kill_submissions() -> None:
+            for proc in machine.submissions:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=10)
+
+        cleanup.callback(kill_submissions)
+        yield machine
 
 
 def test_apt_installs_the_package_with_its_dependencies_from_debians_archive(machine: Machine) -> None:
