@@ -184,7 +184,9 @@ def test_the_deb_has_the_units_user_config_completion_and_man_page(packages: Pac
         assert "solstice doctor" in postinst
         assert "systemd-sysusers" in postinst and "solstice.conf" in postinst
         # The units are installed disabled; nothing of a job is restarted by an upgrade.
-        assert "deb-systemd-helper enable" not in postinst.replace("debian-installed", "")
+        # (debhelper's --no-enable: enabled again on an upgrade only if the admin had enabled it.)
+        for unit in UNITS:
+            assert f"if deb-systemd-helper debian-installed '{unit}'; then" in postinst, unit
         for script in ("postinst", "prerm", "postrm", "preinst"):
             text = (control / script).read_text() if (control / script).exists() else ""
             assert not re.search(r"(restart|try-restart)\S*\s+\S*solstice-job", text), script
