@@ -400,7 +400,9 @@ def test_apt_installs_the_package_with_its_dependencies_from_debians_archive(mac
         )
     # qemu.qmp is the package's own: not importable by the system's Python.
     assert testbed.run("python3", "-c", "import qemu.qmp", check=False).returncode != 0
-    completion = testbed.sh(". /usr/share/bash-completion/completions/solstice; complete -p solstice").stdout
+    completion = testbed.run(
+        "bash", "-c", ". /usr/share/bash-completion/completions/solstice; complete -p solstice"
+    ).stdout
     assert "_solstice" in completion
 
 
