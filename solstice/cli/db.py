@@ -50,7 +50,7 @@ def open_store(args: argparse.Namespace, *, application_name: str) -> Store:
     except ImportError as exc:
         raise SolsticeError(
             f"the job database needs psycopg 3, which cannot be imported ({exc})",
-            hint="install python3-psycopg, or pip install 'solstice-ci[service]'",
+            hint="install python3-psycopg (or pip install psycopg) and libpq5",
         ) from None
     path = getattr(args, "config", None)
     cfg = configmod.load(Path(path) if path else None)

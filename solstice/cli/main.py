@@ -31,6 +31,7 @@ VERBS: dict[str, str] = {
     "forgejo-runner": "forgejo",
     "github-runner": "github",
     "image": "image",
+    "doctor": "doctor",
 }
 
 EXIT_USAGE = 2

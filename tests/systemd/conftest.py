@@ -39,16 +39,19 @@ class Testbed:
 
     wait_until = staticmethod(wait_until)
 
-    def run(
-        self, *cmd: str, check: bool = True, timeout: float = 60, input: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        argv = [
+    def argv(self, *cmd: str) -> list[str]:
+        """``cmd`` run inside the container (for run, or a Popen of one's own)."""
+        return [
             "nsenter", "-t", str(self.leader), "-a", "--wd", "env", "-i",
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "LANG=C.UTF-8", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0", "TERM=dumb", *cmd,
         ]  # fmt: skip
+
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            argv,
+            self.argv(*cmd),
             input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
