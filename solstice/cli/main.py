@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     "secrets": "secrets_cmd",
     "forgejo-runner": "forgejo",
     "github-runner": "github",
+    "debug": "debug",
 }
 
 EXIT_USAGE = 2

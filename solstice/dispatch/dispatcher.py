@@ -49,7 +49,7 @@ from solstice.dispatch.spawner import RUNNING, Spawner, Verdict, judge
 from solstice.dispatch.systemd import runtime_max
 from solstice.errors import CommandError, SolsticeError
 from solstice.images import Catalog, plan_machine
-from solstice.model import JobRequest, JobSpec, Result
+from solstice.model import JobRequest, JobSpec, Result, debugssh
 from solstice.queue import (
     ACK,
     REQUEUE,
@@ -127,7 +127,13 @@ class Dispatcher:
     # --- capacity ------------------------------------------------------------------------------
 
     def running(self) -> int:
-        return sum(1 for t in self.jobs.values() if t.verdict is None)
+        """Jobs that count against capacity: a VM kept for debug SSH does not (its job has
+        reported; [debug] max_vms caps those)."""
+        return sum(
+            1
+            for t in self.jobs.values()
+            if t.verdict is None and not debugssh.held(self.runtime_dir, t.job_id)
+        )
 
     def free(self) -> int:
         if not self.store.connected:
