@@ -80,6 +80,10 @@ def keep(
         except policy.DebugRefused as exc:
             failed.log(f"{PREFIX}not kept: {exc}")
             return
+        except OSError as exc:  # e.g. a unit without ReadWritePaths= for it
+            where = policy.debug_dir(runtime_dir)
+            failed.log(f"{PREFIX}not kept: this host's registry {where} cannot be used ({exc.strerror})")
+            return
         try:
             port = guest.expose_ssh(
                 cfg.address, range(cfg.port_min, cfg.port_max + 1), runtime_dir / "ports", failed.stack

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,11 +118,11 @@ def test_a_debug_jobs_deadline_includes_the_ttl() -> None:
 
 HOLDER = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from solstice.model import debugssh as p
     with p.reserve(sys.argv[1], sys.argv[2], 1):
         until = time.time() + 60
-        hold = p.Hold("{job}", sys.argv[2], "mona", "debian", "127.0.0.1", "127.0.0.1", 2201, until, 0)
+        hold = p.Hold("{job}", sys.argv[2], "mona", "debian", "127.0.0.1", "127.0.0.1", 2201, until, os.getpid())
         with p.registered(sys.argv[1], hold):
             print("held", flush=True)
             time.sleep(60)
@@ -187,3 +188,43 @@ def test_keys_from_the_fake_forgejo_and_github_users_apis() -> None:
     gone = with_debug_access(req, "", timeout=2, user_agent="t")  # the forge is gone now
     assert gone.debug_access is not None and "could not be asked" in gone.debug_access.problem
     assert time.monotonic() - started < 10
+
+
+def solstice(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "solstice", "--config", str(config), *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+
+
+def test_debug_list_and_kill_show_and_end_a_kept_vm(tmp_path: Path) -> None:
+    config = tmp_path / "solstice.toml"
+    config.write_text(f'[paths]\nruntime_dir = "{tmp_path / "run"}"\nstate_dir = "{tmp_path / "state"}"\n')
+    empty = solstice(config, "debug", "list")
+    assert empty.returncode == 0 and "no VMs kept" in empty.stdout, empty.stderr
+    job = "7b2d6f10-2222-4333-8444-a55566667777"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER.replace("{job}", job), str(tmp_path / "run"), "alice/widgets"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        listed = solstice(config, "debug", "list")
+        assert listed.returncode == 0, listed.stderr
+        row = next(line for line in listed.stdout.splitlines() if job in line)
+        assert "alice/widgets" in row and "mona" in row and "ssh -p 2201 debian@127.0.0.1" in row
+        assert re.search(r" \d:\d\d |\d\d:\d\d ", row), row  # the time left
+        other = solstice(config, "debug", "kill", "8c3e7021-3333-4444-8555-b66677778888")
+        assert other.returncode == 1 and "keeps no debug VM on this host" in other.stderr
+        bad = solstice(config, "debug", "kill", "nope")
+        assert bad.returncode == 1 and "not a job uuid" in bad.stderr
+        ended = solstice(config, "debug", "kill", job)
+        assert ended.returncode == 0 and f"ended the debug session of job {job}" in ended.stdout, (
+            ended.stderr
+        )
+        assert holder.wait(10) == -signal.SIGTERM
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert not policy.held(tmp_path / "run", job)
