@@ -121,8 +121,8 @@ HOLDER = textwrap.dedent(
     import os, sys, time
     from solstice.model import debugssh as p
     with p.reserve(sys.argv[1], sys.argv[2], 1):
-        until = time.time() + 60
-        hold = p.Hold("{job}", sys.argv[2], "mona", "debian", "127.0.0.1", "127.0.0.1", 2201, until, os.getpid())
+        until, ip = time.time() + 60, "127.0.0.1"
+        hold = p.Hold("{job}", sys.argv[2], "mona", "debian", ip, ip, 2201, until, os.getpid())
         with p.registered(sys.argv[1], hold):
             print("held", flush=True)
             time.sleep(60)
