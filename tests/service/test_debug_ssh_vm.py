@@ -21,25 +21,22 @@ import os
 import re
 import signal
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import paramiko
 import pytest
-from helpers.forgejo import RunnerProcess, cli, forgejo_config, register, wait_done
-from helpers.pipeline import DispatcherProcess, Pipeline, load_config, make_pipeline, qemu_of, wait_until
+from helpers.forgejo import RunnerProcess, cli, register, vm_pipeline, wait_done
+from helpers.pipeline import DispatcherProcess, Pipeline, qemu_of, wait_until
 from store_fixtures import database_url as database_url  # noqa: F401  (fixture)
 from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
 from solstice.config import BrokerConfig
 from solstice.forges.forgejo.translate import job_uuid
 from solstice.model import debugssh
-from solstice.secrets import write_new_key
 from solstice.vm.keys import KeyPair, generate_keypair
 from tests.fakes.forgejo import FakeForgejo, FakeTask
-from tests.testimage import IMAGES, build_test_image
 
 pytestmark = pytest.mark.vm
 
@@ -73,29 +70,11 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(module_broker_cfg: BrokerConfig, database_url: str) -> Iterator[Env]:
-    build_test_image()
-    accel = os.environ.get("SOLSTICE_VM_ACCEL", "tcg")
-    made = make_pipeline(
-        module_broker_cfg, database_url, job_command=f"{sys.executable} -m solstice job run"
+    debug = (
+        f'[debug]\nenabled = true\nttl = {TTL}\naddress = "{ADDRESS}"\nport_min = {PORTS[0]}\n'
+        f'port_max = {PORTS[1]}\nmax_vms = 2\nallow = ["alice/*", "carol/gadgets"]\n'
     )
-    pipeline = next(made)
-    forge = FakeForgejo().start()
-    try:
-        key = pipeline.runtime_dir / "secrets.key"
-        write_new_key(key)
-        text = pipeline.config_file.read_text().replace(
-            f'state_dir = "{pipeline.runtime_dir}/state"', f'state_dir = "{IMAGES.parent}"'
-        )
-        text += f'[vm]\naccel = "{accel}"\ncpus = 1\nmemory = "1G"\nboot_timeout = 400\n'
-        text += (
-            f'[debug]\nenabled = true\nttl = {TTL}\naddress = "{ADDRESS}"\nport_min = {PORTS[0]}\n'
-            f'port_max = {PORTS[1]}\nmax_vms = 2\nallow = ["alice/*", "carol/gadgets"]\n'
-        )
-        text += forgejo_config(
-            key, extra=f'registration_file = "{pipeline.runtime_dir}/forgejo-runner/runner.json"\n'
-        )
-        pipeline.config_file.write_text(text)
-        pipeline.cfg = load_config(pipeline.config_file)
+    for pipeline, forge in vm_pipeline(module_broker_cfg, database_url, extra=debug):
         user = generate_keypair("mona@laptop")
         forge.user_keys["mona"] = [user.public_line]
         register(pipeline, forge, name="debug-runner")
@@ -103,9 +82,6 @@ def env(module_broker_cfg: BrokerConfig, database_url: str) -> Iterator[Env]:
         runner = RunnerProcess(pipeline).start()
         yield Env(forge, pipeline, runner, dispatcher, user)
         runner.kill()
-    finally:
-        forge.stop()
-        made.close()
 
 
 def enqueue(env: Env, *, repository: str = "alice/widgets", switch: str = "on-failure") -> str:
