@@ -28,6 +28,7 @@ repeating them is harmless (the event's seq dedupes it, ``finish`` is once only)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -373,6 +374,8 @@ class Dispatcher:
         except (CommandError, OSError) as exc:
             log.warning("job %s: cannot release its unit: %s", t.job_id, exc)
         remove_job_files(self.runtime_dir, t.job_id)
+        with contextlib.suppress(OSError):  # a killed job leaves its debug registry entry behind
+            debugssh.hold_file(self.runtime_dir, t.job_id).unlink(missing_ok=True)
         del self.jobs[t.job_id]
 
     def _release_orphan(self, job_id: str) -> None:

@@ -116,7 +116,7 @@ def keep(
         )
         try:
             holding.enter_context(policy.registered(runtime_dir, hold))
-        except policy.DebugRefused as exc:
+        except (policy.DebugRefused, OSError) as exc:
             failed.log(f"{PREFIX}not kept: {exc}")
             return
         failed.hold(cfg.ttl)

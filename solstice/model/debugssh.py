@@ -98,8 +98,10 @@ class Hold:
 
 
 def _lock(path: Path, *, shared: bool = False) -> int | None:
-    """An flock on ``path`` (created 0644), or None when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """An flock on ``path`` (a holder creates it, 0644; a reader's shared lock never does), or
+    None when another process holds it. Raises FileNotFoundError for a reader of a missing file."""
+    flags = os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except OSError as exc:
@@ -195,8 +197,6 @@ def holds(runtime_dir: str | Path) -> list[Hold]:
 def held(runtime_dir: str | Path, job_id: str) -> bool:
     """Whether job ``job_id`` keeps a debug VM now (its job process holds the registry entry)."""
     path = hold_file(runtime_dir, job_id)
-    if not path.exists():
-        return False
     try:
         fd = _lock(path, shared=True)
     except OSError:
