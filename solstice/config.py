@@ -305,6 +305,45 @@ _HEX = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True)
+class DebugConfig:
+    """Opt-in debug SSH into failed jobs (docs/debug-ssh.md): off unless enabled here."""
+
+    #: Keep the VM of a failed job that asks for it (SOLSTICE_DEBUG_SSH: on-failure).
+    enabled: bool = False
+    #: Seconds a failed job's VM is kept; counted from the failure, never renewed.
+    ttl: float = 1800.0
+    #: The host address the kept VM's SSH port listens on (only kept VMs get one).
+    address: str = "127.0.0.1"
+    #: The host name shown in the log's ssh command. Empty: ``address``.
+    host: str = ""
+    #: The ports kept VMs listen on: port_min to port_max (open these in the firewall).
+    port_min: int = 2200
+    port_max: int = 2299
+    #: At most this many kept VMs on this host at once (they do not count against capacity).
+    max_vms: int = 1
+    #: Repositories that may keep VMs, as ``owner/name`` or ``owner/*``. Empty: every repository.
+    allow: tuple[str, ...] = ()
+    #: "at-once": the job's failure reaches the forge when the step fails; "held": when the
+    #: kept VM is gone (the forge shows the job running meanwhile).
+    report: str = "at-once"
+
+    def validate(self, where: str) -> None:
+        if not 10 <= self.ttl <= 24 * 3600:
+            raise ConfigError(f"{where}: [debug] ttl must be 10 seconds to 24 hours")
+        if not 1 <= self.port_min <= self.port_max <= 65535:
+            raise ConfigError(f"{where}: [debug] port_min..port_max must be a range within 1-65535")
+        if self.max_vms < 1:
+            raise ConfigError(
+                f"{where}: [debug] max_vms must be 1 or more (turn it off with enabled = false)"
+            )
+        if self.report not in ("at-once", "held"):
+            raise ConfigError(f'{where}: [debug] report = {self.report!r}: must be "at-once" or "held"')
+        for pattern in self.allow:
+            if pattern.count("/") != 1 or not all(pattern.split("/")):
+                raise ConfigError(f"{where}: [debug] allow: {pattern!r} is not owner/name or owner/*")
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     """One ``runs-on`` label: which disk to boot, how, and which guest profile it has; for a
     published image also where it comes from and how it is checked (docs/images.md)."""
@@ -416,6 +455,7 @@ class Config:
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     forgejo: ForgejoConfig = field(default_factory=ForgejoConfig)
     github: GithubConfig = field(default_factory=GithubConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
     #: ``[sizes.<name>]``: size presets for images (more are built in and in [paths] images_d).
     sizes: Mapping[str, SizePreset] = field(default_factory=dict)
@@ -437,6 +477,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "dispatcher": DispatcherConfig,
     "forgejo": ForgejoConfig,
     "github": GithubConfig,
+    "debug": DebugConfig,
 }
 
 
@@ -584,6 +625,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     built["dispatcher"].validate(where)
     built["forgejo"].validate(where)
     built["github"].validate(where)
+    built["debug"].validate(where)
 
     images = image_tables(raw.get("images", {}), where)
     sizes = size_tables(raw.get("sizes", {}), where)
@@ -597,6 +639,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         dispatcher=built["dispatcher"],
         forgejo=built["forgejo"],
         github=built["github"],
+        debug=built["debug"],
         images=images,
         sizes=sizes,
         source=where,

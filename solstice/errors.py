@@ -14,6 +14,8 @@
      +-- InvalidMessage           a queue message we do not understand (queue.errors)
      +-- CodecError               a forge message that does not decode (forges.*.messages; names the field)
      +-- RoutingError             runs-on names none or several of the runner's labels (model.labels)
+     +-- DebugRefused             a failed job's VM cannot be kept for debug SSH (model.debugssh)
+     +-- KeysUnavailable          the forge did not give a user's public SSH keys (forges.core.userkeys)
      +-- ReportBroken             one task's report cannot go on: give it up (forges.core)
      |    +-- ReportError         the forge lost log rows it had acknowledged (forges.forgejo.reporter)
      +-- StoreError               the job database refused an operation (store.errors)

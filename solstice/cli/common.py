@@ -16,9 +16,8 @@ from typing import Any
 from solstice.config import Config
 from solstice.errors import ConfigError
 from solstice.job import checkout
-from solstice.job.runner import JobSettings
+from solstice.job.runner import FailedVM, JobSettings
 from solstice.model import JobRequest, JobSpec, Result, Size, Source
-from solstice.vm.machine import Guest
 from solstice.workflow import Workflow, load_workflow, needs_context
 
 
@@ -95,7 +94,7 @@ def job_settings(
     *,
     accel: str | None = None,
     boot_timeout: float | None = None,
-    keep_on_failure: Callable[[Guest, Path], None] | None = None,
+    keep_on_failure: Callable[[FailedVM], None] | None = None,
 ) -> JobSettings:
     """The job process's settings: the configuration's ``[vm]`` with command-line overrides (the
     VM's size is the request's business: solstice.images.plan)."""

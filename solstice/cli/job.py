@@ -9,6 +9,8 @@ import sys
 
 from solstice.config import Config
 from solstice.dispatch.contract import CREDENTIAL, EXIT_USAGE
+from solstice.job.debugssh import keeper
+from solstice.job.runner import JobSettings
 from solstice.job.service import UsageError, run_service_job
 from solstice.model import JobRequest
 from solstice.queue import BatchingEventSink, decode_request
@@ -40,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def service_settings(cfg: Config) -> JobSettings:
+    """The service job's settings: those of ``solstice run``, plus debug SSH from ``[debug]``."""
+    return job_settings(cfg, keep_on_failure=keeper(cfg.debug, cfg.paths.runtime_dir))
+
+
 def outbox(request: JobRequest, cfg: Config) -> BatchingEventSink | None:
     return BatchingEventSink.for_request(cfg.broker, request)
 
@@ -53,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             args.job_id,
             args.request,
             args.config,
-            settings=job_settings,
+            settings=service_settings,
             decode=decode_request,
             outbox=outbox,
         )

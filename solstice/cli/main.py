@@ -32,6 +32,7 @@ VERBS: dict[str, str] = {
     "github-runner": "github",
     "image": "image",
     "doctor": "doctor",
+    "debug": "debug",
 }
 
 EXIT_USAGE = 2

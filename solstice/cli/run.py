@@ -12,9 +12,8 @@ from solstice import config as configmod
 from solstice.errors import ImageError, WorkflowError
 from solstice.images import Catalog, Image
 from solstice.images.catalog import image_from_directory, image_from_file
-from solstice.job.runner import run_job
+from solstice.job.runner import FailedVM, run_job
 from solstice.model import JobSpec, Result
-from solstice.vm.machine import Guest
 from solstice.workflow import deferred, needs_context, order_jobs, should_run
 
 from .common import (
@@ -76,7 +75,8 @@ def _image_for(args: argparse.Namespace, catalog: Catalog, job: JobSpec) -> Imag
     return catalog.get(catalog.resolve(job.runs_on))
 
 
-def _keep_guest(guest: Guest, workdir: Path) -> None:
+def _keep_guest(failed: FailedVM) -> None:
+    guest, workdir = failed.guest, failed.workdir
     keyfile = workdir / "debug_ed25519"
     fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -28,6 +28,7 @@ repeating them is harmless (the event's seq dedupes it, ``finish`` is once only)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +51,7 @@ from solstice.dispatch.systemd import runtime_max
 from solstice.errors import CommandError, SolsticeError
 from solstice.images import Catalog, plan_machine
 from solstice.images.state import Readiness, readiness
-from solstice.model import JobRequest, JobSpec, Result
+from solstice.model import JobRequest, JobSpec, Result, debugssh
 from solstice.queue import (
     ACK,
     REQUEUE,
@@ -134,7 +135,13 @@ class Dispatcher:
     # --- capacity ------------------------------------------------------------------------------
 
     def running(self) -> int:
-        return sum(1 for t in self.jobs.values() if t.verdict is None)
+        """Jobs that count against capacity: a VM kept for debug SSH does not (its job has
+        reported; [debug] max_vms caps those)."""
+        return sum(
+            1
+            for t in self.jobs.values()
+            if t.verdict is None and not debugssh.held(self.runtime_dir, t.job_id)
+        )
 
     def free(self) -> int:
         if not self.store.connected:
@@ -415,6 +422,8 @@ class Dispatcher:
         except (CommandError, OSError) as exc:
             log.warning("job %s: cannot release its unit: %s", t.job_id, exc)
         remove_job_files(self.runtime_dir, t.job_id)
+        with contextlib.suppress(OSError):  # a killed job leaves its debug registry entry behind
+            debugssh.hold_file(self.runtime_dir, t.job_id).unlink(missing_ok=True)
         del self.jobs[t.job_id]
 
     def _release_orphan(self, job_id: str) -> None:

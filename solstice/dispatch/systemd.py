@@ -52,7 +52,7 @@ from solstice.dispatch.contract import (
 from solstice.dispatch.spawner import ENDED, GONE, MAIN_CODES, RUNNING, UnitStatus, parse_exit_record
 from solstice.errors import ConfigError
 from solstice.images import MachinePlan
-from solstice.model import JobRequest
+from solstice.model import JobRequest, debugssh
 
 log = logging.getLogger("solstice.dispatcher")
 
@@ -140,9 +140,11 @@ def job_minutes(request: JobRequest) -> float:
 
 
 def runtime_max(request: JobRequest, cfg: Config) -> float:
-    """RuntimeMaxSec: the job's timeout + the boot timeout + [dispatcher] runtime_margin. The job
-    ends itself at its timeout; this is the backstop for a job process that hangs."""
-    return job_minutes(request) * 60 + cfg.vm.boot_timeout + cfg.dispatcher.runtime_margin
+    """RuntimeMaxSec: the job's timeout + the boot timeout + [dispatcher] runtime_margin, + [debug]
+    ttl for a job that may keep its VM when it fails. The job ends itself at its timeout (and a
+    kept VM at its TTL); this is the backstop for a job process that hangs."""
+    debug = cfg.debug.ttl if debugssh.eligible(request, cfg.debug) else 0.0
+    return job_minutes(request) * 60 + cfg.vm.boot_timeout + cfg.dispatcher.runtime_margin + debug
 
 
 def job_limits(plan: MachinePlan, runtime_max: float, dcfg: DispatcherConfig) -> dict[str, str]:

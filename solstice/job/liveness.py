@@ -37,6 +37,7 @@ class Stage(enum.Enum):
     STARTING = "starting"  # prepare and boot
     RUNNING = "running"  # the guest is up: steps
     TEARDOWN = "teardown"
+    HOLD = "hold"  # a failed job's VM kept for debug SSH, until a known time
 
 
 class GuestMonitor:
@@ -117,6 +118,13 @@ class Liveness:
     def running(self, monitor: GuestMonitor) -> None:
         self.monitor = monitor
         self.stage = Stage.RUNNING
+
+    def hold(self, seconds: float) -> None:
+        """The VM is kept for debug SSH for ``seconds``: alive until then, no guest probes."""
+        if self.monitor is not None:
+            self.monitor.stop()
+        self.stage = Stage.HOLD
+        self.deadline = self.clock() + seconds + TEARDOWN_ALLOWANCE
 
     def teardown(self) -> None:
         if self.monitor is not None:

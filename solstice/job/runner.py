@@ -78,11 +78,31 @@ class JobSettings:
 
     vm: VMConfig = field(default_factory=VMConfig)
     runtime_dir: Path = field(default_factory=_default_runtime_dir)
-    #: Called with the VM when the job failed and should be kept for debugging; returns when done.
-    keep_on_failure: Callable[[machine.Guest, Path], None] | None = field(default=None, compare=False)
+    #: Called with the VM when the job failed (debug SSH: solstice.job.debugssh; ``solstice run
+    #: --keep-on-failure``); returns when the VM may go.
+    keep_on_failure: Callable[[FailedVM], None] | None = field(default=None, compare=False)
     #: Power the guest down politely at the end (image preparation, the self-test), up to
     #: ``vm.shutdown_timeout``; jobs' throwaway guests are just stopped.
     powerdown: bool = False
+
+
+@dataclass(frozen=True)
+class FailedVM:
+    """What a keep_on_failure hook gets: the failed job's running VM and what it may do with it."""
+
+    guest: machine.Guest
+    workdir: Path
+    request: JobRequest
+    #: The job's stack: what the hook leases (a port) is released with the VM.
+    stack: contextlib.ExitStack
+    #: A job-level log line (masked, to the forge and the journal).
+    log: Callable[[str], None]
+    #: Send the job's final event now (once); the VM stays until the hook returns.
+    report: Callable[[], None]
+    #: Set when the job is cancelled or stopped (SIGTERM): the hook returns at once.
+    cancel: threading.Event
+    #: Tell the watchdog the job is alive for this many more seconds (no guest probes meanwhile).
+    hold: Callable[[float], None]
 
 
 @dataclass
@@ -162,6 +182,9 @@ class JobRun:
         self.outputs: dict[str, str] = {}
         #: The job's work directory on the host (set by _run_in_vm; removed by its ExitStack).
         self.workdir: Path | None = None
+        #: The final event went out early (a kept VM reports before it goes): not sent again.
+        self.final_sent = False
+        self._result: tuple[Result, str] = (Result.ERROR, "")
         #: What checkout steps fetched and packed, by target and inputs (a second step reuses it).
         self._fetched: dict[tuple[FetchTarget, checkout_inputs.CheckoutInputs], checkout.Archive] = {}
 
@@ -180,9 +203,11 @@ class JobRun:
                     result, message = self._run_in_vm(stack)
                 finally:
                     self.liveness.teardown()
-                    self.emit.phase(Phase.TEARDOWN)
+                    if not self.final_sent:
+                        self.emit.phase(Phase.TEARDOWN)
                     self.notifier.status("tearing down")
-            self.emit.phase(Phase.DONE)
+            if not self.final_sent:
+                self.emit.phase(Phase.DONE)
         except WORKFLOW_ERRORS as exc:
             result, message = Result.FAILURE, str(exc)
             self.emit.log(f"Error: {exc}", step=None)
@@ -194,7 +219,10 @@ class JobRun:
         except Exception as exc:  # a bug of ours: still end the job with a clear result
             log.error("internal error in job %s:\n%s", self.request.job_id, traceback.format_exc())
             result, message = Result.ERROR, f"internal error: {type(exc).__name__}: {exc}"
-        self.emit.job_finished(result, message, outputs=self.outputs)
+        if self.final_sent:
+            result, message = self._result  # what the forge was told when the VM was kept
+        else:
+            self.emit.job_finished(result, message, outputs=self.outputs)
         self.notifier.status(f"finished: {result.value}")
         self.notifier.close()
         return result
@@ -301,8 +329,32 @@ class JobRun:
             and not self.cancel.is_set()
             and isinstance(guest, machine.Guest)  # debug SSH needs a real VM
         ):
-            self.settings.keep_on_failure(guest, workdir)
+            self._keep(guest, workdir, stack, result, message)
         return result, message
+
+    def _keep(
+        self, guest: machine.Guest, workdir: Path, stack: contextlib.ExitStack, result: Result, message: str
+    ) -> None:
+        def report() -> None:
+            if not self.final_sent:
+                self.emit.phase(Phase.TEARDOWN, "the failed VM is kept for debug SSH")
+                self.emit.job_finished(result, message, outputs=self.outputs)
+                self._result = (result, message)
+                self.final_sent = True
+
+        assert self.settings.keep_on_failure is not None
+        self.settings.keep_on_failure(
+            FailedVM(
+                guest=guest,
+                workdir=workdir,
+                request=self.request,
+                stack=stack,
+                log=lambda text: self.emit.log(text, step=None),
+                report=report,
+                cancel=self.cancel,
+                hold=self.liveness.hold,
+            )
+        )
 
     def _explain(self, exc: BaseException) -> BaseException:
         """What broke first: a lost connection after QEMU exited is QEMU's exit (then the drop);

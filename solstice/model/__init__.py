@@ -7,6 +7,7 @@ without loss; messages carry an explicit ``schema_version``.
 from solstice.model.core import (
     EVENT_SCHEMA,
     REQUEST_SCHEMA,
+    DebugAccess,
     EventKind,
     EventSink,
     JobEvent,
@@ -27,6 +28,7 @@ from solstice.model.core import (
 __all__ = [
     "EVENT_SCHEMA",
     "REQUEST_SCHEMA",
+    "DebugAccess",
     "EventKind",
     "EventSink",
     "JobEvent",

@@ -124,6 +124,21 @@ class Size:
 
 
 @dataclass(frozen=True)
+class DebugAccess:
+    """Who may enter the VM of this job if it fails and keeps its VM (opt-in debug SSH,
+    docs/debug-ssh.md): the forge user who triggered the job and their public SSH keys as the
+    forge publishes them. Public keys are not secret. Added to ``jobrequest.v1`` as an optional
+    field (``JobRequest.debug_access``, absent in older requests); ``version`` numbers this
+    record's own shape."""
+
+    user: str
+    public_keys: tuple[str, ...] = ()
+    #: Why there are no keys ("" when there are): what the job's log says instead.
+    problem: str = ""
+    version: int = 1
+
+
+@dataclass(frozen=True)
 class JobRequest:
     """Everything a job process needs to run one job; the unit of work on the queue."""
 
@@ -147,6 +162,9 @@ class JobRequest:
     size: Size = field(default_factory=Size)
     debug: bool = False
     reply_to: str = ""
+    #: Set by the poller only for jobs that ask for debug SSH (SOLSTICE_DEBUG_SSH); None otherwise
+    #: and in requests written before the field existed.
+    debug_access: DebugAccess | None = None
     schema_version: str = REQUEST_SCHEMA
 
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from solstice.vm.profiles import DiskBus, SeedBus
 
+#: The id of the guest's SLIRP network (a debug VM's extra forward is added to it at run time).
+NETDEV = "net0"
+
 
 class BootMode(enum.StrEnum):
     #: Firmware (SeaBIOS) boots the disk's own boot loader: most cloud images.
@@ -107,8 +110,8 @@ def qemu_argv(a: QemuArgs) -> list[str]:
 
     # SLIRP: the guest's sshd is reachable only from this host's loopback.
     argv += [
-        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{a.ssh_port}-:22",
-        "-device", f"{a.nic},netdev=net0",
+        "-netdev", f"user,id={NETDEV},hostfwd=tcp:127.0.0.1:{a.ssh_port}-:22",
+        "-device", f"{a.nic},netdev={NETDEV}",
     ]  # fmt: skip
     argv += list(a.extra)
     return argv

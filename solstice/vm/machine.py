@@ -24,11 +24,11 @@ from solstice import proc
 from solstice.errors import BootTimeout, GuestConnectionLost, PortForwardError, VMError
 from solstice.model.core import Phase
 from solstice.vm import ssh
-from solstice.vm.argv import BootMode, QemuArgs, qemu_argv
+from solstice.vm.argv import NETDEV, BootMode, QemuArgs, qemu_argv
 from solstice.vm.console import read_tail
 from solstice.vm.disk import create_overlay
 from solstice.vm.keys import KeyPair, generate_keypair
-from solstice.vm.ports import allocate_port
+from solstice.vm.ports import allocate_port, try_lease
 from solstice.vm.profiles import GuestProfile
 from solstice.vm.provision import FirstBoot, for_profile
 from solstice.vm.qmp import QMPUnavailable, qmp_command, stop_qemu
@@ -122,9 +122,11 @@ class Guest:
         qemu: subprocess.Popen[bytes] | None = None,
         stop: Callable[[], None] = lambda: None,
         disk: Path | None = None,
+        qmp_path: Path | None = None,
     ) -> None:
         self._shutdown = shutdown or ShutdownPolicy()
         self._qemu = qemu
+        self._qmp_path = qmp_path
         self._transport = transport
         self._sftp = ssh.SFTP(transport)
         self._keypair = keypair
@@ -216,6 +218,54 @@ class Guest:
     def close(self) -> None:
         self._sftp.close()
         self._transport.close()
+
+    def running(self) -> bool:
+        """Whether QEMU still runs (a ``sudo poweroff`` in the guest ends it)."""
+        return self._qemu is not None and self._qemu.poll() is None
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for QEMU to exit; True once it has."""
+        if self._qemu is None:
+            return True
+        try:
+            self._qemu.wait(timeout=max(timeout, 0.0))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def expose_ssh(self, address: str, ports: range, ports_dir: Path, stack: contextlib.ExitStack) -> int:
+        """A second SSH forward for this running VM on ``address``, at the first free port of
+        ``ports`` (leased like the loopback ports, released when ``stack`` unwinds); added over
+        QMP (HMP ``hostfwd_add``), so only a VM that needs it ever listens there. Raises
+        PortForwardError when no port of the range is free."""
+        if self._qmp_path is None:
+            raise VMError("this guest has no QMP socket to add a port forward with")
+        ports_dir.mkdir(parents=True, exist_ok=True)
+        last = "every port is leased by another VM"
+        for port in ports:
+            lease = try_lease(ports_dir, port)
+            if lease is None:
+                continue
+            rule = f"tcp:{address}:{port}-:22"
+            try:
+                said = qmp_command(
+                    self._qmp_path,
+                    "human-monitor-command",
+                    arguments={"command-line": f"hostfwd_add {NETDEV} {rule}"},
+                )
+            except QMPUnavailable:
+                lease.release()
+                raise
+            if str(said or "").strip():  # HMP answers nothing on success, the error otherwise
+                last = str(said).strip()
+                lease.release()
+                continue
+            stack.callback(lease.release)
+            return port
+        raise PortForwardError(
+            f"no free port for debug SSH on {address} in {ports.start}-{ports.stop - 1} ({last})",
+            hint="widen [debug] port_min/port_max, or free the ports other programs hold",
+        )
 
 
 #: What QEMU keeps of its caller's environment. Nothing else: the caller's environment can hold a
@@ -437,6 +487,7 @@ def start_machine(
         qemu=qemu,
         stop=lambda: _stop(qemu, qmp_path, shutdown),
         disk=overlay,
+        qmp_path=qmp_path,
     )
     stack.callback(guest.close)
     try:

@@ -24,7 +24,9 @@ class QMPUnavailable(VMError):
     """QMP could not be reached or the command failed (QEMU not up yet, or gone)."""
 
 
-def qmp_command(socket_path: Path, command: str, timeout: float = 5.0) -> Any:
+def qmp_command(
+    socket_path: Path, command: str, timeout: float = 5.0, arguments: dict[str, Any] | None = None
+) -> Any:
     """Connect, run one command, disconnect; return its ``return`` value."""
     if not socket_path.exists():
         # Checked first: qemu.qmp logs every failed connection attempt as an error.
@@ -34,7 +36,7 @@ def qmp_command(socket_path: Path, command: str, timeout: float = 5.0) -> Any:
         client = QMPClient("solstice")
         try:
             await asyncio.wait_for(client.connect(str(socket_path)), timeout)
-            return await asyncio.wait_for(client.execute(command), timeout)
+            return await asyncio.wait_for(client.execute(command, arguments), timeout)
         finally:
             await client.disconnect()
 

@@ -280,6 +280,8 @@ class FakeForgejo:
         self.url_path = url_path  # a sub-path the instance lives under, e.g. "/forge"
         self.repositories: dict[str, FakeRepository] = {}  # lower-case owner/name -> repository
         self.git_requests: list[FakeGitRequest] = []
+        #: login (lower case) -> public key lines, served as GET /api/v1/users/{login}/keys
+        self.user_keys: dict[str, list[str]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -313,6 +315,8 @@ class FakeForgejo:
             def do_GET(self) -> None:  # noqa: N802
                 if fake._git_route(self) is not None:
                     fake._git(self)
+                elif fake._keys_route(self) is not None:
+                    fake._keys(self)
                 else:
                     fake._reply(self, 405, b"Method Not Allowed\n", "text/plain")
 
@@ -575,6 +579,39 @@ class FakeForgejo:
         self._reply(h, 200, m.encode(resp), "application/json")
 
     # --- git over smart HTTP ------------------------------------------------------------------
+
+    def _keys_route(self, h: BaseHTTPRequestHandler) -> str | None:
+        """The user of ``GET <root>/api/v1/users/{username}/keys`` (public, no token)."""
+        match = re.fullmatch(re.escape(self.url_path) + r"/api/v1/users/([^/?]+)/keys(\?.*)?", h.path)
+        return match.group(1) if match else None
+
+    def _keys(self, h: BaseHTTPRequestHandler) -> None:
+        """Forgejo's ListPublicKeys: a JSON list of PublicKey objects; 404 for no such user."""
+        login = self._keys_route(h)
+        assert login is not None
+        with self.lock:
+            self.requests.append(("GET /api/v1/users/keys", dict(h.headers), login))
+            keys = self.user_keys.get(login.lower())
+        if keys is None:
+            said = f"user redirect does not exist [name: {login}]"
+            body = {"message": said, "url": self.url + "/api/swagger"}
+            self._reply(h, 404, json.dumps(body).encode(), "application/json")
+            return
+        made = "2026-01-01T00:00:00Z"
+        listed = [
+            {
+                "id": 10 + i,
+                "key": key,
+                "url": f"{self.url}/api/v1/user/keys/{10 + i}",
+                "title": f"key {i + 1}",
+                "fingerprint": "SHA256:fake",
+                "created_at": made,
+                "read_only": False,
+                "key_type": "user",
+            }
+            for i, key in enumerate(keys)
+        ]
+        self._reply(h, 200, json.dumps(listed).encode(), "application/json")
 
     def _git_route(self, h: BaseHTTPRequestHandler) -> tuple[str, str] | None:
         """(owner/name, endpoint) when ``h`` asks for a repository's git endpoint."""

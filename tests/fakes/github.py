@@ -110,6 +110,7 @@ class FakeJob:
     message: dict[str, Any] = field(default_factory=dict)
     uses: dict[int, str] = field(default_factory=dict)  # step number -> an action reference
     github_token: str = ""  # the job's GITHUB_TOKEN (system.github.token): git fetches use it
+    actor: str = "octocat"  # github.actor and github.triggering_actor
     sha: str = "4e3f" + "0" * 36
 
 
@@ -234,6 +235,8 @@ class FakeGitHub:
         self.poll_hold = poll_hold
         self.min_version = min_version
         self.repository = repository
+        #: login -> public key lines, served as GET /api/v3/users/{login}/keys (REST "users/keys")
+        self.user_keys: dict[str, list[str]] = {}
         self.lock = threading.Condition()
         self.port = 0
         self.url = ""  # http://127.0.0.1:<port> once started
@@ -366,6 +369,7 @@ class FakeGitHub:
         vars: Mapping[str, str] | None = None,
         uses: Mapping[int, str] | None = None,
         sha: str = "",
+        actor: str = "octocat",
     ) -> list[FakeJob]:
         """Offer the jobs of a workflow (file path or YAML text), one per matrix combination.
         ``uses`` makes step N (1-based) a ``uses: OWNER/REPO@REF`` action step, which
@@ -394,6 +398,7 @@ class FakeGitHub:
                     secrets=dict(secrets or {}),
                     vars=dict(vars or {}),
                     uses=dict(uses or {}),
+                    actor=actor,
                 )
                 if sha:
                     fj.sha = sha
@@ -499,6 +504,7 @@ class FakeGitHub:
             ("GET", r"/api/v3/repos/[^/]+/[^/]+/actions/runners", self._list_runners),
             ("POST", r"/api/v3/actions/runners/register", self._admin_register),
             ("DELETE", r"/api/v3/repos/[^/]+/[^/]+/actions/runners/(\d+)", self._admin_delete),
+            ("GET", r"/api/v3/users/([^/]+)/keys", self._user_keys),
             # /broker-v2/: where a BrokerMigration message may send the runner (§5.4)
             ("POST", r"/broker(?:-v2)?/session", self._create_session),
             ("DELETE", r"/broker(?:-v2)?/session", self._delete_session),
@@ -515,6 +521,14 @@ class FakeGitHub:
             if match and verb == method:
                 return handler(*match.groups(), query=query, headers=headers, body=body)
         raise Reject(404, {"message": f"no route {method} {path}"})
+
+    def _user_keys(self, login: str, **_: Any) -> Any:
+        """GET /users/{username}/keys: public, no token; [{"id", "key"}]; 404 for no such user."""
+        with self.lock:
+            keys = self.user_keys.get(login.lower())
+        if keys is None:
+            raise Reject(404, {"message": "Not Found", "documentation_url": "https://docs.github.com/rest"})
+        return [{"id": 1000 + i, "key": k} for i, k in enumerate(keys)]
 
     @staticmethod
     def _json(body: bytes) -> Any:
@@ -1002,6 +1016,8 @@ class FakeGitHub:
             "job": spec.key,
             "server_url": self.url,
             "api_url": f"{self.url}/api/v3",
+            "actor": job.actor,
+            "triggering_actor": job.actor,
             "event": {"ref": "refs/heads/main"},
         }
         variables: dict[str, Any] = {

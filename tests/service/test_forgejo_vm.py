@@ -14,19 +14,15 @@ One pipeline (module scope) serves the scenarios, which run one after another:
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from helpers.forgejo import RunnerProcess, forgejo_config, register, wait_done
+from helpers.forgejo import RunnerProcess, register, vm_pipeline, wait_done
 from helpers.pipeline import (
     Pipeline,
-    load_config,
-    make_pipeline,
     qemu_of,
     wait_until,
 )
@@ -35,10 +31,8 @@ from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
 from solstice.config import BrokerConfig
 from solstice.forges.forgejo.translate import job_uuid
-from solstice.secrets import write_new_key
 from tests.fakes.forgejo import FakeForgejo, FakeTask
 from tests.fakes.gitrepo import make_repo
-from tests.testimage import IMAGES, build_test_image
 
 pytestmark = pytest.mark.vm
 
@@ -60,26 +54,7 @@ class Env:
 def env(
     module_broker_cfg: BrokerConfig, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Env]:
-    build_test_image()
-    accel = os.environ.get("SOLSTICE_VM_ACCEL", "tcg")
-    made = make_pipeline(
-        module_broker_cfg, database_url, job_command=f"{sys.executable} -m solstice job run"
-    )
-    pipeline = next(made)
-    forge = FakeForgejo().start()
-    try:
-        key = pipeline.runtime_dir / "secrets.key"
-        write_new_key(key)
-        # state_dir: the images live in <state_dir>/images; the runner's files stay in the test's dir.
-        text = pipeline.config_file.read_text().replace(
-            f'state_dir = "{pipeline.runtime_dir}/state"', f'state_dir = "{IMAGES.parent}"'
-        )
-        text += f'[vm]\naccel = "{accel}"\ncpus = 1\nmemory = "1G"\nboot_timeout = 400\n'
-        text += forgejo_config(
-            key, extra=f'registration_file = "{pipeline.runtime_dir}/forgejo-runner/runner.json"\n'
-        )
-        pipeline.config_file.write_text(text)
-        pipeline.cfg = load_config(pipeline.config_file)
+    for pipeline, forge in vm_pipeline(module_broker_cfg, database_url):
         repo = tmp_path_factory.mktemp("repo") / "widgets"
         first, second = make_repo(repo, "hello from the first commit\n", "hello from the second commit\n")
         forge.add_repository(REPOSITORY, repo)
@@ -88,9 +63,6 @@ def env(
         runner = RunnerProcess(pipeline).start()
         yield Env(forge, pipeline, runner, first, second)
         runner.kill()
-    finally:
-        forge.stop()
-        made.close()
 
 
 def enqueue(env: Env, workflow: str, **kwargs: object) -> list[FakeTask]:

@@ -199,6 +199,7 @@ def facts():
         "runtime_mode": oct(stat.S_IMODE(st.st_mode)),
         "write_runtime": can_write(runtime),
         "write_ports": can_write("/run/solstice/ports"),
+        "write_debug": can_write("/run/solstice/debug"),
         "write_images": can_write("/var/lib/solstice/images"),
         "write_state": can_write("/var/lib/solstice"),
         "write_etc": can_write("/etc"),

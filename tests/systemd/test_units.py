@@ -196,6 +196,11 @@ def test_sysusers_and_tmpfiles_apply(installed: Testbed) -> None:
         "solstice",
         "700",
     ]
+    assert installed.run("stat", "-c", "%U %G %a", "/run/solstice/debug").stdout.split() == [
+        "solstice",
+        "solstice",
+        "755",
+    ]
     assert installed.run("stat", "-c", "%U %a", "/run/solstice/jobs").stdout.split() == ["root", "755"]
     assert installed.run("stat", "-c", "%U %a", "/run/solstice/requests").stdout.split() == ["root", "700"]
 
@@ -292,6 +297,7 @@ def test_job_unit_status_properties_journal_and_sandbox(installed: Testbed, job:
         "runtime_mode": "0o700",
         "write_runtime": True,
         "write_ports": True,
+        "write_debug": True,  # the registry of VMs kept for debug SSH
         "write_images": "OSError",  # EROFS
         "write_state": "OSError",
         "write_etc": "OSError",

@@ -12,6 +12,7 @@ from typing import Any
 from solstice import __version__
 from solstice.config import Config
 from solstice.forges.core.backend import Admission, PollerSettings, Report, Verdict
+from solstice.forges.core.userkeys import with_debug_access
 from solstice.model.labels import route
 
 from . import messages as m
@@ -23,6 +24,7 @@ from .translate import Rejected, Skipped, translate
 log = logging.getLogger("solstice.forgejo")
 
 VERSION = f"solstice-ci {__version__}"
+USER_AGENT = VERSION.replace(" ", "/")
 #: UpdateLog requests per task and round (1000 rows each).
 LOG_REQUESTS_PER_ROUND = 20
 
@@ -41,11 +43,12 @@ class ForgejoBackend:
         self.reg = registration
         self.key = key
         self.cancel_on_failure = fcfg.cancel_on_failure
+        self.timeout = fcfg.request_timeout
         self.client = client or Client(
             registration.address,
             Credentials(registration.uuid, registration.token),
             timeout=fcfg.request_timeout,
-            user_agent=VERSION.replace(" ", "/"),
+            user_agent=USER_AGENT,
         )
         self.forge = "forgejo"
         self.name = registration.name
@@ -95,7 +98,10 @@ class ForgejoBackend:
         reporter = Reporter(
             task.id, result.step_count, mask=result.mask, cancel_on_failure=self.cancel_on_failure
         )
-        return Admission(key, Verdict.JOB, reporter, request=result.request)
+        request = with_debug_access(
+            result.request, f"{self.url.rstrip('/')}/api/v1", timeout=self.timeout, user_agent=USER_AGENT
+        )
+        return Admission(key, Verdict.JOB, reporter, request=request)
 
     def report(self, report: Report, *, alive: Callable[[], None]) -> bool:
         """UpdateLog (up to LOG_REQUESTS_PER_ROUND requests), then UpdateTask (§3.5)."""

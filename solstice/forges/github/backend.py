@@ -29,11 +29,12 @@ from solstice.config import Config, GithubConfig
 from solstice.errors import ConfigError, SolsticeError
 from solstice.forges.core.backend import Admission, PollerSettings, Report, Verdict
 from solstice.forges.core.errors import ForgeError, ForgeUnavailable, RegistrationGone
+from solstice.forges.core.userkeys import with_debug_access
 from solstice.model.labels import queue_labels
 
 from . import auth
 from . import messages as m
-from .client import DEFAULT_RUNNER_VERSION, JobClient, RunnerClient, owner_name
+from .client import DEFAULT_RUNNER_VERSION, JobClient, RunnerClient, RunnerScope, owner_name
 from .errors import JobGone, LeaseLost, SessionConflict
 from .listener import Listener
 from .registration import Registration, default_path, load
@@ -147,7 +148,13 @@ class GitHubBackend:
         if isinstance(result, Refused):
             report.refuse(result.reason, result.details, time.time())
             return Admission(task.job_id, Verdict.REFUSED, report, reason=result.reason)
-        return Admission(task.job_id, Verdict.JOB, report, request=result.request)
+        request = with_debug_access(
+            result.request,
+            RunnerScope.from_url(self.url).api_url,
+            timeout=self.timeout,
+            user_agent=USER_AGENT,
+        )
+        return Admission(task.job_id, Verdict.JOB, report, request=request)
 
     def report(self, report: Report, *, alive: Callable[[], None]) -> bool:
         assert isinstance(report, Reporter)

@@ -18,6 +18,8 @@ after its final event. What it does comes from the job's env ``FAKE``:
                                (literal values: no steps ran to evaluate them)
     steps[:S]                  each step of the request: started, a line naming it (and every S s
                                a tick while it "runs"), finished success
+    access                     a line with the request's debug_access (user, key count, each
+                               public key, problem), then failure
 
 Every start appends ``<pid> <FAKE_HOST>`` to ``$FAKE_RUNS_DIR/<uuid>`` (when set), so tests can
 count how often a job really ran.
@@ -120,6 +122,16 @@ def main() -> int:
         sink.close()
         os.kill(os.getpid(), getattr(signal, f"SIG{arg}"))
         time.sleep(10)
+    elif mode == "access":
+        access = request.debug_access
+        if access is None:
+            emit.log("debug access: none", step=None)
+        else:
+            emit.log(f"debug access: user={access.user} keys={len(access.public_keys)}", step=None)
+            for key in access.public_keys:
+                emit.log(f"debug key: {key}", step=None)
+            emit.log(f"debug problem: {access.problem or '-'}", step=None)
+        result, message = Result.FAILURE, "fake failure after access"
     elif mode in ("fail", "error"):
         result = Result.FAILURE if mode == "fail" else Result.ERROR
         message = f"fake {mode}"

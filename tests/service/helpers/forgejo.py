@@ -3,12 +3,15 @@ against the fake server (tests/fakes/forgejo.py), with the pipeline's configurat
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from helpers.pipeline import POLLER, ROOT, Pipeline, consumers, wait_until
+from helpers.pipeline import POLLER, ROOT, Pipeline, consumers, load_config, make_pipeline, wait_until
+from solstice.config import BrokerConfig
 from solstice.queue import Names
 from tests.fakes.forgejo import FakeForgejo, FakeTask
 
@@ -145,3 +148,36 @@ def wait_done(
             f"task {task_id} not reported within {timeout:.0f} s; runner log:\n"
             + (runner.output()[-4000:] if runner else "")
         ) from None
+
+
+def vm_pipeline(
+    broker: BrokerConfig, database_url: str, *, extra: str = ""
+) -> Iterator[tuple[Pipeline, FakeForgejo]]:
+    """A pipeline whose jobs are ``solstice job run`` in real TCG guests of the test image, with a
+    started fake Forgejo and the runner's configuration (``extra``: more config lines). Nothing is
+    registered or started yet."""
+    from solstice.secrets import write_new_key
+    from tests.testimage import IMAGES, build_test_image
+
+    build_test_image()
+    accel = os.environ.get("SOLSTICE_VM_ACCEL", "tcg")
+    made = make_pipeline(broker, database_url, job_command=f"{sys.executable} -m solstice job run")
+    pipeline = next(made)
+    forge = FakeForgejo().start()
+    try:
+        key = pipeline.runtime_dir / "secrets.key"
+        write_new_key(key)
+        # state_dir: the images live in <state_dir>/images; the runner's files stay in the test's dir.
+        text = pipeline.config_file.read_text().replace(
+            f'state_dir = "{pipeline.runtime_dir}/state"', f'state_dir = "{IMAGES.parent}"'
+        )
+        text += f'[vm]\naccel = "{accel}"\ncpus = 1\nmemory = "1G"\nboot_timeout = 400\n{extra}'
+        text += forgejo_config(
+            key, extra=f'registration_file = "{pipeline.runtime_dir}/forgejo-runner/runner.json"\n'
+        )
+        pipeline.config_file.write_text(text)
+        pipeline.cfg = load_config(pipeline.config_file)
+        yield pipeline, forge
+    finally:
+        forge.stop()
+        made.close()
