@@ -57,6 +57,19 @@ def parse_size_mib(text: str | int) -> int:
     return mib
 
 
+def parse_address(text: str, key: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) -> (host, port). ``key`` names the setting in errors."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(
+            f"{key} = {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9310 or [::1]:9310",
+            hint='the port is 1 to 65535; an empty value ("") turns the endpoint off',
+        )
+    return host, int(port_text)
+
+
 def parse_size_gib(text: str | int) -> int:
     """A size as whole GiB, rounded up ('20G' -> 20, '1500M' -> 2); a bare number is MiB."""
     return -(-parse_size_mib(text) // 1024)
@@ -283,6 +296,29 @@ class GithubConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus endpoints (docs/metrics.md): ``HOST:PORT`` per service; empty: off."""
+
+    dispatcher: str = ""
+    forgejo_runner: str = ""
+    github_runner: str = ""
+
+    def validate(self, where: str) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value.strip():
+                try:
+                    parse_address(value, f"[metrics] {f.name}")
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+
+    def address(self, service: str) -> tuple[str, str]:
+        """(address, its key for messages) of ``service``: dispatcher, forgejo or github."""
+        name = service if service == "dispatcher" else f"{service}_runner"
+        return str(getattr(self, name)), f"[metrics] {name}"
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     """One ``runs-on`` label: which disk to boot, how, and which guest profile it has."""
 
@@ -331,6 +367,7 @@ class Config:
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     forgejo: ForgejoConfig = field(default_factory=ForgejoConfig)
     github: GithubConfig = field(default_factory=GithubConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
     #: ``[labels]``: more runs-on labels -> an image label (``ubuntu-latest = "debian-12"``), so
     #: workflows written for GitHub-hosted runners run unchanged; resolved like an image's aliases.
@@ -350,6 +387,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "dispatcher": DispatcherConfig,
     "forgejo": ForgejoConfig,
     "github": GithubConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -497,6 +535,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     built["dispatcher"].validate(where)
     built["forgejo"].validate(where)
     built["github"].validate(where)
+    built["metrics"].validate(where)
 
     images: dict[str, ImageConfig] = {}
     raw_images = raw.get("images", {})
@@ -525,6 +564,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         dispatcher=built["dispatcher"],
         forgejo=built["forgejo"],
         github=built["github"],
+        metrics=built["metrics"],
         images=images,
         source=where,
         path=path.absolute() if explicit else None,
