@@ -13,39 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from helpers.forgejo import RunnerProcess, forgejo_config, register, wait_done
 from helpers.pipeline import ROOT, Pipeline, make_pipeline, runner_pipeline, wait_until
-from prometheus_client.parser import text_string_to_metric_families
 from store_fixtures import database_url as database_url  # noqa: F401  (fixture)
 from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
 from solstice import __version__
 from solstice.config import BrokerConfig
 from tests.fakes.forgejo import FakeForgejo
+from tests.scrape import Samples, free_port, label_values, scrape, value
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 LABEL = "debian-12"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> Samples:
-    reply = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-    assert reply.status_code == 200, reply.text
-    out: Samples = {}
-    for family in text_string_to_metric_families(reply.text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(found: Samples, name: str, **labels: str) -> float:
-    return found[(name, frozenset(labels.items()))]
 
 
 def workflow(fake: str) -> str:
@@ -124,10 +102,8 @@ def test_dispatcher_and_runner_endpoints_count_the_jobs(pipeline: Pipeline, port
             and value(d, "solstice_dispatcher_broker_up") == 1
         )
         assert value(d, "solstice_pool_vms", label=LABEL, state="ready") == 0
-        no_job_ids = {dict(k[1]).get("label") for k in d} | {
-            dict(k[1]).get("label") for k in scrape(runner_port)
-        }
-        assert no_job_ids <= {None, LABEL, "other"}
+        labels = label_values(d, "label") | label_values(scrape(runner_port), "label")
+        assert labels <= {None, LABEL, "other"}  # image labels only, never a job id
 
         def runner_counted() -> Samples | None:
             r = scrape(runner_port)  # a task is counted once the forge has all of it

@@ -5,13 +5,11 @@ tests/service/test_metrics_endpoints.py."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from solstice import __version__
 from solstice import config as configmod
@@ -20,28 +18,8 @@ from solstice.forges.core import ForgeUnavailable
 from solstice.metrics import RESULTS, DispatcherMetrics, MetricsServer, RunnerMetrics, serve
 from solstice.model import EventKind, JobEvent, Phase, Result
 from solstice.queue import Delivery
+from tests.scrape import free_port, samples, scrape, value
 from tests.unit.test_forge_core import FakeBackend, make
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(text: str) -> Samples:
-    """Every sample of a Prometheus text exposition, parsed by prometheus_client's own parser."""
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(found: Samples, name: str, **labels: str) -> float:
-    return found[(name, frozenset(labels.items()))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_the_results_are_the_models() -> None:
@@ -78,9 +56,7 @@ def test_the_server_serves_its_registry_and_stops() -> None:
     try:
         with pytest.raises(ConfigError, match=r"\[metrics\] dispatcher = '127.0.0.1:\d+': cannot listen"):
             MetricsServer(other.registry, f"127.0.0.1:{port}", "[metrics] dispatcher")
-        reply = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-        assert reply.status_code == 200 and reply.headers["Content-Type"].startswith("text/plain")
-        found = samples(reply.text)
+        found = scrape(port)
         assert value(found, "solstice_build_info", version=__version__, component="dispatcher") == 1
         assert value(found, "solstice_dispatcher_capacity") == 3
     finally:
