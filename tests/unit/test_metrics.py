@@ -5,6 +5,7 @@ tests/service/test_metrics_endpoints.py."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -148,3 +149,16 @@ def test_forge_errors_count_and_the_backoff_shows(tmp_path: Path) -> None:
     poller.round()
     found = samples(generate(poller.metrics))
     assert value(found, "solstice_forge_up") == 1 and value(found, "solstice_forge_backoff_seconds") == 0
+
+
+def test_every_metric_is_documented_with_its_labels() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    rows = {
+        m.group(1): m.group(2) for m in re.finditer(r"^\| `(solstice_\w+)` \| \w+ \|([^|]*)\|", doc, re.M)
+    }
+    for metrics in (DispatcherMetrics(["a"], 1), RunnerMetrics("forgejo", ["a"], 1)):
+        for family in metrics.registry.collect():
+            name = family.name + ("_total" if family.type == "counter" else "")
+            assert name in rows, f"{name} is not in docs/metrics.md"
+            labels = {k for s in family.samples for k in s.labels} - {"le"}
+            assert set(re.findall(r"`(\w+)`", rows[name])) == labels, name
