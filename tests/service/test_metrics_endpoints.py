@@ -1,6 +1,6 @@
-"""The Prometheus endpoints of a real dispatcher and Forgejo runner (docs/metrics.md), scraped over
-HTTP and parsed with prometheus_client's text parser after jobs ran through the whole pipeline
-(fake Forgejo -> runner -> RabbitMQ -> dispatcher -> stand-in job -> events -> fake Forgejo);
+"""The Prometheus endpoints of a real dispatcher and Forgejo and GitHub runners (docs/metrics.md),
+scraped over HTTP and parsed with prometheus_client's text parser after jobs ran through the whole
+pipeline (fake forge -> runner -> RabbitMQ -> dispatcher -> stand-in job -> events -> fake forge);
 off unless configured; an address that cannot be used stops the service with the key named."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import github
 from helpers.forgejo import RunnerProcess, forgejo_config, register, wait_done
 from helpers.pipeline import ROOT, Pipeline, make_pipeline, runner_pipeline, wait_until
 from store_fixtures import database_url as database_url  # noqa: F401  (fixture)
@@ -21,6 +22,7 @@ from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 from solstice import __version__
 from solstice.config import BrokerConfig
 from tests.fakes.forgejo import FakeForgejo
+from tests.fakes.github import FakeGitHub
 from tests.scrape import Samples, free_port, label_values, scrape, value
 
 LABEL = "debian-12"
@@ -145,6 +147,42 @@ def test_dispatcher_and_runner_endpoints_count_the_jobs(pipeline: Pipeline, port
         )
         assert value(scrape(runner_port), "solstice_forge_up") == 1
         runner.terminate()
+
+
+def test_the_github_runner_serves_the_same_metrics(
+    broker_cfg: BrokerConfig, database_url: str, ports: tuple[int, int]
+) -> None:
+    extra = f'[metrics]\ngithub_runner = "127.0.0.1:{ports[1]}"\n'
+    made = runner_pipeline(broker_cfg, database_url, lambda key: github.github_config(key, extra=extra))
+    pipeline = next(made)
+    try:
+        with FakeGitHub(poll_hold=2.0) as fake:
+            github.register(pipeline, fake)
+            d = pipeline.dispatcher()
+            runner = github.runner(pipeline).start()
+            (job,) = fake.enqueue(
+                "name: ci\non: push\njobs:\n  build:\n    runs-on: [self-hosted, debian-12]\n"
+                "    env:\n      FAKE: boot:0.3\n    steps:\n      - run: echo one\n"
+            )
+            assert github.wait_completed(fake, job, 60, runner).completed is not None
+
+            def counted() -> Samples | None:
+                r = scrape(ports[1])
+                return (
+                    r
+                    if value(r, "solstice_runner_tasks_total", label=LABEL, result="success") == 1
+                    else None
+                )
+
+            r = wait_until("the GitHub runner to count its job", counted, 20, 0.2)
+            assert value(r, "solstice_build_info", version=__version__, component="github-runner") == 1
+            assert value(r, "solstice_vm_boot_seconds_count", label=LABEL) == 1
+            assert value(r, "solstice_vm_take_seconds_count", label=LABEL, source="cold") == 1
+            assert value(r, "solstice_forge_up") == 1
+            assert d.proc is not None and listening_ports(d.proc.pid) == set()  # its key is not set
+            runner.terminate()
+    finally:
+        made.close()
 
 
 def test_no_endpoint_without_configuration(broker_cfg: BrokerConfig, database_url: str) -> None:
