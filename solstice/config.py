@@ -57,6 +57,19 @@ def parse_size_mib(text: str | int) -> int:
     return mib
 
 
+def parse_address(text: str, key: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) -> (host, port). ``key`` names the setting in errors."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(
+            f"{key} = {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9310 or [::1]:9310",
+            hint='the port is 1 to 65535; an empty value ("") turns the endpoint off',
+        )
+    return host, int(port_text)
+
+
 def parse_size_gib(text: str | int) -> int:
     """A size as whole GiB, rounded up ('20G' -> 20, '1500M' -> 2); a bare number is MiB."""
     return -(-parse_size_mib(text) // 1024)
@@ -344,6 +357,29 @@ class DebugConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus endpoints (docs/metrics.md): ``HOST:PORT`` per service; empty: off."""
+
+    dispatcher: str = ""
+    forgejo_runner: str = ""
+    github_runner: str = ""
+
+    def validate(self, where: str) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value.strip():
+                try:
+                    parse_address(value, f"[metrics] {f.name}")
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+
+    def address(self, service: str) -> tuple[str, str]:
+        """(address, its key for messages) of ``service``: dispatcher, forgejo or github."""
+        name = service if service == "dispatcher" else f"{service}_runner"
+        return str(getattr(self, name)), f"[metrics] {name}"
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     """One ``runs-on`` label: which disk to boot, how, and which guest profile it has; for a
     published image also where it comes from and how it is checked (docs/images.md)."""
@@ -456,6 +492,7 @@ class Config:
     forgejo: ForgejoConfig = field(default_factory=ForgejoConfig)
     github: GithubConfig = field(default_factory=GithubConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
     #: ``[sizes.<name>]``: size presets for images (more are built in and in [paths] images_d).
     sizes: Mapping[str, SizePreset] = field(default_factory=dict)
@@ -478,6 +515,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "forgejo": ForgejoConfig,
     "github": GithubConfig,
     "debug": DebugConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -626,6 +664,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     built["forgejo"].validate(where)
     built["github"].validate(where)
     built["debug"].validate(where)
+    built["metrics"].validate(where)
 
     images = image_tables(raw.get("images", {}), where)
     sizes = size_tables(raw.get("sizes", {}), where)
@@ -640,6 +679,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         forgejo=built["forgejo"],
         github=built["github"],
         debug=built["debug"],
+        metrics=built["metrics"],
         images=images,
         sizes=sizes,
         source=where,

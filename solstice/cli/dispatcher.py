@@ -47,6 +47,7 @@ def main(args: argparse.Namespace) -> int:
     from solstice.dispatch.spawner import Spawner
     from solstice.dispatch.systemd import SystemdSpawner
     from solstice.images import Catalog
+    from solstice.metrics import serve as serve_metrics
     from solstice.notify import Notifier
 
     if not args.debug:
@@ -83,9 +84,13 @@ def main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    metrics = None
     try:
+        metrics = serve_metrics(dispatcher.metrics.registry, *cfg.metrics.address("dispatcher"))
         dispatcher.run()
     finally:
         dispatcher.close()
+        if metrics is not None:
+            metrics.close()
     log.info("dispatcher %s stopped; %d job(s) left running", host, dispatcher.running())
     return 0

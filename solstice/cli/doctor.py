@@ -26,6 +26,8 @@ from solstice.cli.db import add_config_argument
 from solstice.config import Config, parse_size_mib
 from solstice.errors import SolsticeError
 from solstice.images.catalog import Catalog
+from solstice.images.catalog_files import BUILTIN
+from solstice.images.state import readiness
 
 #: The floors the packages are tested with (Debian bookworm's versions).
 QEMU_FLOOR = (7, 2)
@@ -152,7 +154,7 @@ def _package_version(package: str) -> str | None:
 
 def check_ovmf(cfg: Config, catalog: Catalog) -> Check:
     missing = [p for p in (cfg.vm.ovmf_code, cfg.vm.ovmf_vars) if not Path(p).is_file()]
-    uefi = sorted(label for label in _served_labels(cfg, catalog) if _boot(catalog, label) == "uefi")
+    uefi = sorted(label for label in _served_labels(cfg, catalog)[0] if _boot(catalog, label) == "uefi")
     if missing:
         status = Status.FAIL if uefi else Status.WARN
         used = f"needed by {', '.join(uefi)}" if uefi else "no configured image boots with UEFI"
@@ -262,10 +264,12 @@ def check_key(cfg: Config) -> Check:
     return Check("secrets key", Status.OK, f"{path}")
 
 
-def _served_labels(cfg: Config, catalog: Catalog) -> list[str]:
-    """The images this host's dispatcher takes jobs for: [dispatcher] labels, else every image."""
-    labels = cfg.dispatcher.labels or catalog.labels
-    return sorted({catalog.canonical(label) or label for label in labels})
+def _served_labels(cfg: Config, catalog: Catalog) -> tuple[list[str], bool]:
+    """The images this host's dispatcher may take jobs for, and whether the operator named them
+    ([dispatcher] labels: each must be usable) or they are the whole catalog (absent ones are
+    skipped by the dispatcher, so they only warn)."""
+    labels = cfg.dispatcher.labels or catalog.entries
+    return sorted({catalog.canonical(label) or label for label in labels}), bool(cfg.dispatcher.labels)
 
 
 def _boot(catalog: Catalog, label: str) -> str | None:
@@ -275,22 +279,65 @@ def _boot(catalog: Catalog, label: str) -> str | None:
         return None
 
 
-def image_status(catalog: Catalog, label: str) -> Check:
-    """One label's image: present (every file it needs exists) and verified (its checksum; issue 10's
-    verification is not wired in yet, so "unknown")."""
+def image_status(catalog: Catalog, label: str, required: bool = True) -> Check:
+    """One label's image: present and verified, by the rule the dispatcher applies
+    (solstice.images.state.readiness; docs/images.md "How the dispatcher decides")."""
+    name = f"image {label}"
     try:
-        catalog.get(label).check()
+        image = catalog.get(label)
     except SolsticeError as exc:
-        return Check(
-            f"image {label}", Status.FAIL, str(exc), exc.hint or "check [images] in the configuration"
+        return Check(name, Status.FAIL, str(exc), exc.hint or "check [images] in the configuration")
+    ready = readiness(image)
+    if ready.ready:
+        return Check(name, Status.OK, ready.reason)
+    fix = (
+        f"solstice image pull {label}"
+        if not ready.present and image.config is not None and image.config.source
+        else f"solstice image verify {label}"
+        if ready.present
+        else "see docs/images.md"
+    )
+    return Check(name, Status.FAIL if required else Status.WARN, ready.reason, fix)
+
+
+def _built_in(catalog: Catalog, label: str) -> bool:
+    """An entry of the built-in catalog the operator may never pull (theirs must be usable)."""
+    try:
+        return catalog.get(label).origin in (BUILTIN, "the built-in test image")
+    except SolsticeError:
+        return False
+
+
+def check_images(cfg: Config, catalog: Catalog) -> list[Check]:
+    labels, named = _served_labels(cfg, catalog)
+    if named:
+        return [image_status(catalog, label) for label in labels]
+    # The whole catalog: the dispatcher skips what is not usable, so built-in entries only warn
+    # (the operator's own must be usable), and those nobody pulled are one line, not one each.
+    checks = [image_status(catalog, label, required=not _built_in(catalog, label)) for label in labels]
+    absent = [c for c in checks if c.status is Status.WARN and "does not exist" in c.detail]
+    shown = [c for c in checks if c not in absent]
+    if absent:
+        names = ", ".join(c.name.removeprefix("image ") for c in absent)
+        shown.append(
+            Check("images absent", Status.WARN, f"not on this host: {names}", "solstice image pull LABEL")
         )
-    return Check(f"image {label}", Status.OK, "present; verified: unknown")
+    if not any(c.status is Status.OK for c in checks):
+        shown.append(
+            Check(
+                "images",
+                Status.FAIL,
+                "no image of the catalog is present and verified: the dispatcher takes no jobs",
+                "solstice image pull LABEL (`solstice image list` shows the catalog)",
+            )
+        )
+    return shown
 
 
 def check_room(cfg: Config, catalog: Catalog) -> Iterator[Check]:
     capacity = cfg.dispatcher.capacity
     sizes = [parse_size_mib(cfg.vm.memory)]
-    for label in _served_labels(cfg, catalog):
+    for label in _served_labels(cfg, catalog)[0]:
         try:
             image = catalog.get(label)
         except SolsticeError:
@@ -414,7 +461,7 @@ def run_checks(cfg: Config, user: str) -> list[Check]:
     catalog = Catalog.from_config(cfg)
     checks = [check_accel(cfg, user), *check_qemu(cfg), check_ovmf(cfg, catalog), check_broker(cfg)]
     checks += [*check_database(cfg), check_key(cfg)]
-    checks += [image_status(catalog, label) for label in _served_labels(cfg, catalog)]
+    checks += check_images(cfg, catalog)
     checks += [*check_room(cfg, catalog), *check_forges(cfg)]
     return checks
 

@@ -60,6 +60,7 @@ def serve(
     the backend and the RegistrationGone that ended it, if one did (the caller says what to do)."""
     # Only the forge-neutral core and that forge's backend: no vm, images or job (DESIGN.md).
     from solstice.forges.core import Poller, RegistrationGone, open_backend
+    from solstice.metrics import serve as serve_metrics
     from solstice.notify import Notifier
     from solstice.secrets import key_path, load_key
 
@@ -80,10 +81,14 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    metrics = None
     try:
+        metrics = serve_metrics(poller.metrics.registry, *cfg.metrics.address(forge))
         poller.run(should_stop=(lambda: stop_when(backend, poller)) if stop_when else (lambda: False))
     except RegistrationGone as exc:
         return backend, exc
     finally:
         poller.close()
+        if metrics is not None:
+            metrics.close()
     return backend, None

@@ -51,9 +51,11 @@ from solstice.dispatch.systemd import runtime_max
 from solstice.errors import CommandError, SolsticeError
 from solstice.images import Catalog, plan_machine
 from solstice.images.state import Readiness, readiness
+from solstice.metrics import DispatcherMetrics
 from solstice.model import JobRequest, JobSpec, Result, debugssh
 from solstice.queue import (
     ACK,
+    PUBLISHED_HEADER,
     REQUEUE,
     BrokerError,
     CancelJob,
@@ -80,6 +82,7 @@ class Tracked:
 
     job_id: str
     reply_to: str
+    label: str = ""  # the image label, for the metrics
     adopted: bool = False  # found at start-up (reconciliation), not started by this process
     started_at: float | None = None  # monotonic time the unit was started (adopted: when found)
     runtime_max: float | None = None
@@ -131,6 +134,8 @@ class Dispatcher:
         self.check_images = cfg.dispatcher.check_images
         self.images: dict[str, Readiness] = {}  # label -> its image's state (check_images)
         self._images_checked = 0.0
+        #: Served by `solstice dispatcher` when [metrics] dispatcher is set (docs/metrics.md).
+        self.metrics = DispatcherMetrics(self.labels, capacity)
 
     # --- capacity ------------------------------------------------------------------------------
 
@@ -286,6 +291,12 @@ class Dispatcher:
             if not self._ready and self.conn.is_open:
                 self._ready = True
                 self.notify("READY=1")
+        self.metrics.round(
+            running=self.running(),
+            capacity=self.capacity,
+            database=self.store.connected,
+            broker=self.conn.is_open,
+        )
         db = "ok" if self.store.connected else "UNAVAILABLE"
         broker = "ok" if self.conn.is_open else "reconnecting"
         images = f"; {len(self.takes_labels())}/{len(self.labels)} labels ready" if self.images else ""
@@ -309,6 +320,7 @@ class Dispatcher:
             self.jobs[job_id] = Tracked(
                 job_id=job_id,
                 reply_to=reply_to if isinstance(reply_to, str) else "",
+                label=rec.label,
                 adopted=True,
                 started_at=time.monotonic(),
                 db_running=rec.state is JobState.RUNNING,
@@ -415,6 +427,7 @@ class Dispatcher:
             first = False
         if first:
             log.info("job %s: %s", t.job_id, verdict.result.value)
+            self.metrics.job_finished(t.label, verdict.result.value)
         else:
             log.info("job %s: had ended already; its first outcome stays", t.job_id)
         try:
@@ -476,6 +489,9 @@ class Dispatcher:
             return ACK
         # Recorded and claimed, request file written: now RabbitMQ may forget the job.
         self.consumer.settle(delivery, ACK)
+        published = delivery.headers.get(PUBLISHED_HEADER)
+        if isinstance(published, int) and not isinstance(published, bool):  # absent: an older poller
+            self.metrics.job_accepted(request.label, time.time() - published / 1000)
         self._start(self.jobs[job_id], request)
         return None
 
@@ -504,7 +520,7 @@ class Dispatcher:
                     rec.host,
                 )
                 return False
-        self.jobs[job_id] = Tracked(job_id=job_id, reply_to=request.reply_to)
+        self.jobs[job_id] = Tracked(job_id=job_id, reply_to=request.reply_to, label=request.label)
         self.consumer.set_prefetch(self.free())  # one less, before the ack
         if not self.store.claim(job_id, self.host, self.spawner.unit_name(job_id)):
             del self.jobs[job_id]

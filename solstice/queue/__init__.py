@@ -52,13 +52,14 @@ from solstice.queue.errors import (
     Unroutable,
 )
 from solstice.queue.eventsink import BatchingEventSink, EventDeliveryError
-from solstice.queue.publisher import Publisher, QueueEventSink
+from solstice.queue.publisher import PUBLISHED_HEADER, Publisher, QueueEventSink
 from solstice.queue.sequencer import SYNTHETIC_SEQ, EventSequencer, SeqCheck, is_synthetic
 from solstice.queue.topology import Names, declare_topology, queue_arguments
 
 __all__ = [
     "ACK",
     "BATCH_SCHEMA",
+    "PUBLISHED_HEADER",
     "SYNTHETIC_SEQ",
     "BatchingEventSink",
     "EventDeliveryError",

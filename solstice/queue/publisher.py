@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/json"
 APP_ID = "solstice"
+#: A JobRequest's publish time, epoch milliseconds: the dispatcher's queue wait metric. (The AMQP
+#: ``timestamp`` property has whole seconds only.)
+PUBLISHED_HEADER = "x-solstice-published-ms"
 
 
 class Publisher:
@@ -52,6 +55,7 @@ class Publisher:
             reply_to=request.reply_to or None,
             timestamp=int(time.time()),
             app_id=APP_ID,
+            headers={PUBLISHED_HEADER: int(time.time() * 1000)},
         )
         self._publish(
             self.cfg.jobs_exchange,

@@ -62,7 +62,9 @@ class Host:
         image = self.state / "images" / "debian-12"
         image.mkdir(parents=True)
         for name in ("base.qcow2", "vmlinuz", "initrd.img"):
-            (image / name).write_bytes(b"stand-in")  # presence is what doctor checks of it
+            (image / name).write_bytes(b"stand-in")
+        # build-test-image writes its stamp last: a built test image counts as verified
+        (image / "stamp").write_text("stand-in build\n")
         subprocess.run(
             [sys.executable, "-m", "solstice", "secrets", "init", "--key-file", str(self.key)],
             check=True,
@@ -107,7 +109,7 @@ def test_a_host_that_can_run_jobs_passes(host: Host) -> None:
     for name in ("accelerator", "qemu", "qemu-img", "rabbitmq", "postgresql", "database schema"):
         assert rows[name][0] == "ok", (name, out)
     assert rows["secrets key"] == ("ok", str(host.key), ""), out
-    assert rows["image debian-12"] == ("ok", "present; verified: unknown", ""), out
+    assert rows["image debian-12"] == ("ok", "built on this host by build-test-image", ""), out
     assert rows["database schema"][1].endswith("up to date"), out
     assert "login accepted" in rows["rabbitmq"][1], out
     assert rows["forges"][0] == "warn" and "register" in rows["forges"][2], out

@@ -38,12 +38,15 @@ SYSTEM_PACKAGES = {
     "psycopg": ("python3-psycopg", "python3-psycopg3"),
     "requests": ("python3-requests", "python3-requests"),
     "pyjwt": ("python3-jwt", "python3-jwt"),
+    "zstandard": ("python3-zstandard", "python3-zstandard"),
+    "prometheus-client": ("python3-prometheus-client", "python3-prometheus_client"),
 }
-VENDORED = {"qemu.qmp"}
+VENDORED = {"qemu-qmp"}  # normalized (dist_name)
 
 
 def dist_name(requirement: str) -> str:
-    return re.split(r"[<>=!~ ;\[]", requirement, maxsplit=1)[0].lower()
+    """The normalized (PEP 503) distribution name of a requirement or a distribution."""
+    return re.sub(r"[-_.]+", "-", re.split(r"[<>=!~ ;\[]", requirement, maxsplit=1)[0]).lower()
 
 
 def imported_top_level_modules() -> set[str]:
@@ -62,7 +65,7 @@ def test_every_imported_library_is_an_ordinary_dependency() -> None:
     dependencies = {dist_name(r) for r in PYPROJECT["project"]["dependencies"]}
     providers = importlib.metadata.packages_distributions()
     for module in sorted(imported_top_level_modules()):
-        dists = {d.lower() for d in providers.get(module, [])}
+        dists = {dist_name(d) for d in providers.get(module, [])}
         assert dists, f"{module}: imported by solstice but provided by no installed distribution"
         assert dists & dependencies, f"{module} ({dists}) is not in [project] dependencies"
     # The extras hold no runtime library: `pip install solstice-ci` is enough for every command.
@@ -113,11 +116,11 @@ def test_the_conffile_shows_every_key_with_a_comment_and_loads() -> None:
             table = heading.group(1)
             shown.setdefault(table, set())
             continue
-        key = re.match(r"^#([a-z_]+) = ", line)
+        key = re.match(r"^#([a-z_][a-z0-9_]*) = ", line)
         if key:
             shown[table].add(key.group(1))
             # Its comment: the line above, or (for a group of keys) the first line above that is one.
-            above = next(x for x in reversed(lines[:i]) if not re.match(r"^#[a-z_]+ = ", x))
+            above = next(x for x in reversed(lines[:i]) if not re.match(r"^#[a-z_][a-z0-9_]* = ", x))
             assert above.startswith("# "), f"no comment above {key.group(1)} in [{table}]"
     tables = {**config._SECTIONS, "images": config.ImageConfig}
     for name, cls in tables.items():

@@ -37,7 +37,8 @@ from typing import Any
 
 from solstice.backoff import Backoff
 from solstice.config import BrokerConfig
-from solstice.model import JobEvent, Result
+from solstice.metrics import RunnerMetrics
+from solstice.model import EventKind, JobEvent, Phase, Result
 from solstice.model.labels import queue_labels
 from solstice.queue import (
     ACK,
@@ -95,6 +96,7 @@ class Active:
     refusals: int = 0
     cancel_at: float | None = None
     unroutable_noted: bool = False
+    phases: dict[str, float] = field(default_factory=dict)  # phase -> its event's time (metrics)
 
     @property
     def report(self) -> Report:
@@ -143,6 +145,8 @@ class Poller:
         self.last_contact = 0.0
         self.stopping = False
         self._noted_missing: list[str] = []
+        #: Served by the runner's command when [metrics] <forge>_runner is set (docs/metrics.md).
+        self.metrics = RunnerMetrics(backend.forge, self.queue_labels, self.settings.capacity)
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -155,6 +159,7 @@ class Poller:
                 self.consumer.process_events(LOOP_WAIT)
                 self.round()
         except RegistrationGone as exc:
+            self.metrics.forge_error("registration_gone")
             self._registration_gone(exc)
             raise
         finally:
@@ -245,6 +250,7 @@ class Poller:
             else f"UNREACHABLE for {self.clock() - self.forge_down_since:.0f} s"
         )
         broker = "ok" if self.conn.is_open else "reconnecting"
+        self.metrics.round(running=self.running(), capacity=self.settings.capacity)
         self.notify(
             f"WATCHDOG=1\nSTATUS={self.running()}/{self.settings.capacity} tasks; {len(self.tasks)} "
             f"being reported; forge {forge}; broker {broker}"
@@ -255,6 +261,8 @@ class Poller:
     def _forge_down(self, exc: ForgeUnavailable) -> None:
         now = self.clock()
         delay = self.backoff.next_delay()
+        self.metrics.forge_error("unavailable")
+        self.metrics.forge_down(delay)
         if self.forge_down_since is None:
             self.forge_down_since = now
             log.warning(
@@ -274,6 +282,7 @@ class Poller:
             )
         self.forge_down_since = None
         self.backoff.reset()
+        self.metrics.forge_ok()
         self.forge_retry_at = 0.0
         self.last_contact = now
 
@@ -295,6 +304,7 @@ class Poller:
         except RegistrationGone:
             raise
         except ForgeError as exc:
+            self.metrics.forge_error("refused")
             log.warning("fetching tasks refused: %s", exc)
             self.next_fetch = now + max(interval, 10.0)
             return
@@ -316,6 +326,7 @@ class Poller:
         except RegistrationGone:
             raise
         except ForgeError as exc:
+            self.metrics.forge_error("refused")
             log.warning("declare refused: %s", exc)
 
     def _pipeline_has_room(self) -> bool:
@@ -426,12 +437,26 @@ class Poller:
             log.debug("events of job %s, which no task of this runner waits for", events[0].job_id)
             return ACK
         for event in events:
+            if event.kind is EventKind.PHASE and event.seq > a.report.last_seq:  # not a repeat
+                self._phase(a, event)
             a.report.feed(event)
         # Kept only to be acknowledged: without its events, which the report has now (up to
         # EVENT_PREFETCH deliveries of long lines would otherwise stay in memory twice).
         a.deliveries.append((max(e.seq for e in events), dataclasses.replace(delivery, message=())))
         a.dirty = True
         return None  # settled by _save once a checkpoint covers it
+
+    def _phase(self, a: Active, event: JobEvent) -> None:
+        """Boot (QEMU start to SSH) and take (job process start to VM ready) times, from the
+        job's own clock: its prepare, boot and ready phase events."""
+        a.phases[event.text] = event.time
+        if event.text == Phase.READY.value:
+            prepare, boot = a.phases.get(Phase.PREPARE.value), a.phases.get(Phase.BOOT.value)
+            self.metrics.vm_ready(
+                a.saved.label,
+                take=None if prepare is None else event.time - prepare,
+                boot=None if boot is None else event.time - boot,
+            )
 
     # --- reporting ---------------------------------------------------------------------------------
 
@@ -445,10 +470,12 @@ class Poller:
         except RegistrationGone:
             raise
         except ReportBroken as exc:
+            self.metrics.forge_error("report_broken")
             log.error("task %s: %s; giving up its report", a.key, exc)
             self._abandon(a)
             return
         except ForgeError as exc:
+            self.metrics.forge_error("refused")
             a.refusals += 1
             log.warning("task %s: the forge refused a report (%d): %s", a.key, a.refusals, exc)
             if a.refusals >= GIVE_UP_AFTER:
@@ -534,6 +561,7 @@ class Poller:
         self.tasks.pop(a.key, None)
         if a.saved.job_id:
             self.by_job.pop(a.saved.job_id, None)
+        self.metrics.task_reported(a.saved.label, a.report.result)
         log.info("task %s: reported (%s)", a.key, a.report.result or "unknown")
 
     def _registration_gone(self, exc: RegistrationGone) -> None:

@@ -6,6 +6,8 @@ to RabbitMQ at reply_to, human lines on stdout), treats SIGTERM as cancellation,
 after its final event. What it does comes from the job's env ``FAKE``:
 
     ok | fail | error          one log line, then that result
+    boot:S                     the VM phase events a real job sends (prepare, boot, and ready
+                               S s later: the runner's boot and take metrics), then success
     sleep:S                    a log line every 0.1 s for S seconds, then success
     lines:N                    N log lines as fast as it can, then success
     flood:MB:LEN               MB megabytes of LEN-character lines as fast as it can, then success
@@ -44,7 +46,7 @@ from solstice.job.events import Emitter  # noqa: E402
 from solstice.job.mask import Masker  # noqa: E402
 from solstice.job.service import UsageError, load_config, read_request  # noqa: E402
 from solstice.job.sink import ServiceSink  # noqa: E402
-from solstice.model import Outcome, Result  # noqa: E402
+from solstice.model import Outcome, Phase, Result  # noqa: E402
 from solstice.queue import BatchingEventSink, decode_request  # noqa: E402
 
 
@@ -76,6 +78,12 @@ def main() -> int:
     emit.log(f"fake job {mode} {arg}".strip(), step=None)
     result = Result.SUCCESS
     message = ""
+    if mode == "boot":
+        emit.phase(Phase.PREPARE)
+        time.sleep(0.1)
+        emit.phase(Phase.BOOT)
+        time.sleep(float(arg or 0.2))
+        emit.phase(Phase.READY)
     if mode in ("sleep", "stubborn"):
         deadline = time.monotonic() + float(arg or 1)
         n = 0
