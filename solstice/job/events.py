@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from typing import Protocol
 
 from solstice.job.mask import Masker
 from solstice.model import EventKind, EventSink, JobEvent, Outcome, Phase, Result, Stream
@@ -69,12 +70,24 @@ class Emitter:
         )
 
 
-class LineSplitter:
-    """Turns byte chunks into lines; a line over ``limit`` bytes is cut, so memory stays bounded."""
+class CutGuard(Protocol):
+    """Where an over-long line may be cut without splitting a secret (the job's Masker)."""
 
-    def __init__(self, limit: int = 64 * 1024) -> None:
+    def longest(self) -> int: ...
+    def safe_cut(self, data: bytes, at: int) -> int: ...
+
+
+class LineSplitter:
+    """Turns byte chunks into lines; a line over ``limit`` bytes is cut, so memory stays bounded.
+
+    With a ``guard`` (the masker), a cut never falls inside a secret: the splitter waits for up to
+    the longest secret's length more bytes and cuts before a secret that would straddle the limit,
+    since each piece is masked on its own and the halves of a cut secret would go out in clear."""
+
+    def __init__(self, limit: int = 64 * 1024, guard: CutGuard | None = None) -> None:
         self._buf = b""
         self._limit = limit
+        self._guard = guard
 
     def feed(self, chunk: bytes) -> list[str]:
         self._buf += chunk
@@ -82,9 +95,11 @@ class LineSplitter:
         while True:
             nl = self._buf.find(b"\n")
             if nl < 0:
-                if len(self._buf) >= self._limit:
-                    lines.append(self._buf[: self._limit])
-                    self._buf = self._buf[self._limit :]
+                hold = self._guard.longest() if self._guard else 0
+                if len(self._buf) >= self._limit + hold:
+                    cut = self._guard.safe_cut(self._buf, self._limit) if self._guard else self._limit
+                    lines.append(self._buf[:cut])
+                    self._buf = self._buf[cut:]
                     continue
                 break
             lines.append(self._buf[:nl])
