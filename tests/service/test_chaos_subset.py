@@ -32,7 +32,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Row, Cha
             process_loop(chaos, jobs=JOBS, faults=list(PROCESS_FAULTS), gap=(0.5, 1.0))
             chaos.wait_all(timeout=150)
             row = chaos.count("subset")
-            print(table([row], chaos.injected))
+            print(table([row], chaos.injected), dict(chaos.findings()))
             yield row, chaos
         finally:
             chaos.close()

@@ -98,6 +98,14 @@ class Observed:
         return [self.canary[:16], self.canary[16:]]
 
 
+def own_state(state: Path) -> Path:
+    """A state directory of the scenario's own (every file in it is Solstice's), the test image
+    linked in as <state_dir>/images/debian-12 (the scan does not follow the link)."""
+    (state / "images").mkdir(parents=True, exist_ok=True)
+    (state / "images" / "debian-12").symlink_to(IMAGES / "debian-12")
+    return state
+
+
 def others_temp(ours: list[Path]) -> list[Path]:
     """Other sessions' pytest and pipeline directories: not scanned for key material (their
     own tests may write keys); the canary is looked for everywhere."""
@@ -132,7 +140,7 @@ def scan_during(
             h for h in hits if caller is None or not h.where.startswith(f"/proc/{caller}/environ")
         ]
         time.sleep(2)
-    exclude = [*overlays, state_dir / "images", state_dir / "testbed"]
+    exclude = list(overlays)
     obs.scanned = [str(p) for p in walk(run_roots, exclude)]
     obs.during += scanner.files(run_roots, exclude=exclude)
     obs.during += scanner.files([state_dir], exclude=exclude)
@@ -156,8 +164,9 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Observed:
     runtime = base / "run"
     (base / "canary.yml").write_text(WORKFLOW)
     config = base / "solstice.toml"
+    state = own_state(base / "state")
     config.write_text(
-        f'[paths]\nruntime_dir = "{runtime}"\nstate_dir = "{IMAGES.parent}"\n'
+        f'[paths]\nruntime_dir = "{runtime}"\nstate_dir = "{state}"\n'
         f'[vm]\naccel = "{ACCEL}"\ncpus = 1\nmemory = "1G"\nboot_timeout = 400\n'
     )
     started = time.time()
@@ -194,7 +203,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Observed:
             canary_only,
             run_roots=[runtime],
             overlays=overlays,
-            state_dir=IMAGES.parent,
+            state_dir=state,
             started=started,
             skip_pids=[os.getpid()],
             caller=proc.pid,
@@ -208,7 +217,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Observed:
     reader.join(10)
     obs.output = "".join(lines)
     obs.extra["returncode"] = proc.returncode
-    obs.after += scanner.files([runtime])
+    obs.after += scanner.files([runtime, state])
     obs.after += canary_only.files(temp_roots())
     obs.left = [str(p) for p in runtime.rglob("*") if p.is_file()]
     return obs
@@ -255,10 +264,8 @@ def pipeline_run(
     try:
         key = pipeline.runtime_dir / "secrets.key"
         write_new_key(key)
-        state = IMAGES.parent  # the images are under <state_dir>/images
-        text = pipeline.config_file.read_text().replace(
-            f'state_dir = "{pipeline.runtime_dir}/state"', f'state_dir = "{state}"'
-        )
+        state = own_state(pipeline.runtime_dir / "state")
+        text = pipeline.config_file.read_text()
         text += f'[vm]\naccel = "{ACCEL}"\ncpus = 1\nmemory = "1G"\nboot_timeout = 400\n'
         text += forgejo_config(
             key, extra=f'registration_file = "{pipeline.runtime_dir}/forgejo-runner/runner.json"\n'
@@ -296,9 +303,7 @@ def pipeline_run(
         obs.extra["outputs"] = dict(done.outputs)
         with forge.lock:
             obs.output = json.dumps([body for _, _, body in forge.requests]) + "\n".join(done.lines())
-        obs.after += scanner.files(
-            [pipeline.runtime_dir, state], exclude=[state / "images", state / "testbed"]
-        )
+        obs.after += scanner.files([pipeline.runtime_dir])  # the state directory is in it
         obs.after += canary_only.files(temp_roots())
         obs.after += scanner.database(database_url)
         obs.after += canary_only.files([rabbitmq_dir()])

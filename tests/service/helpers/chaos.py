@@ -31,7 +31,7 @@ from pathlib import Path
 
 from helpers.forgejo import RunnerProcess, forgejo_config, register
 from helpers.pipeline import DispatcherProcess, Pipeline, load_config, qemu_of, short_dir, write_config
-from helpers.services import PrivatePostgres, PrivateRabbit
+from helpers.services import PrivatePostgres, PrivateRabbit, free_port
 from solstice.config import BrokerConfig, DatabaseConfig
 from solstice.forges.forgejo.translate import job_uuid
 from solstice.secrets import write_new_key
@@ -347,6 +347,16 @@ class Chaos:
         row.units = len(self.job_processes())
         return row
 
+    def findings(self) -> Counter[str]:
+        """What the services' logs say about the faults (for the report, not the verdict)."""
+        assert self.pipeline
+        found: Counter[str] = Counter()
+        for log in self.runtime.glob("*.log"):
+            text = log.read_text(errors="replace")
+            found["logs: No space left on device"] += text.count("No space left on device")
+            found["logs: Traceback"] += text.count("Traceback (most recent call last)")
+        return found
+
     def held_ports(self) -> int:
         held = 0
         for lock in (self.runtime / "ports").glob("*.lock"):
@@ -420,7 +430,12 @@ def guest_run(chaos: Chaos, fault: str, timeout: float = 900) -> None:
 
 @contextlib.contextmanager
 def services(
-    base: Path, rabbit_port: int = 5679, pg_port: int = 5439
+    base: Path, rabbit_port: int | None = None, pg_port: int | None = None
 ) -> Iterator[tuple[PrivateRabbit, PrivatePostgres]]:
-    with PrivateRabbit(base, port=rabbit_port) as rabbit, PrivatePostgres(base, port=pg_port) as pg:
+    """A private RabbitMQ and PostgreSQL; without ports, free ones above 5679 and 5439 (so two
+    sessions on one machine do not collide)."""
+    rport = rabbit_port or free_port(5679, 5779, also=20000)
+    pport = pg_port or free_port(5439, 5539)
+    name = f"chaos{os.getpid()}"
+    with PrivateRabbit(base, port=rport, name=name) as rabbit, PrivatePostgres(base, port=pport) as pg:
         yield rabbit, pg

@@ -37,6 +37,14 @@ def _wait_port(port: int, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def free_port(low: int, high: int, *, also: int = 0) -> int:
+    """A port in [low, high) free on 127.0.0.1 (and ``port + also`` too, when ``also``)."""
+    for port in range(low, high):
+        if _port_free(port) and (not also or _port_free(port + also)):
+            return port
+    raise AssertionError(f"no free port in {low}-{high}")
+
+
 class PrivateRabbit:
     def __init__(self, base: Path, port: int = 5679, name: str = "chaos") -> None:
         self.dir = base / "rabbitmq"
