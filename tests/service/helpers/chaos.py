@@ -141,6 +141,7 @@ class Chaos:
         self.guests = guests
         self.log = log
         self.injected: Counter[str] = Counter()
+        self.notes: dict[str, str] = {}  # per guest fault: what the forge shows of the job's end
         self.tasks: dict[int, str] = {}  # forge job id -> the fault or phase it belongs to
         self.forge = FakeForgejo()
         self.runtime = short_dir("chaos-")
@@ -426,6 +427,21 @@ def guest_run(chaos: Chaos, fault: str, timeout: float = 900) -> None:
     chaos.injected[fault] += 1
     while not chaos.done(forge_job) and time.monotonic() < deadline:
         time.sleep(0.5)
+    task = chaos.task(forge_job)
+    if task is None:
+        return
+    lines = task.lines()
+    if fault == "output-flood":
+        flood = [x for x in lines if x.startswith("flood line ")]
+        complete = flood == [f"flood line {i}" for i in range(1, 300001)] and "flood-done" in lines
+        order = "all in order" if complete else "NOT all in order"
+        chaos.notes[fault] = f"{len(flood)} flood lines in the forge, {order}"
+        if not complete:
+            chaos.injected["flood lines lost"] += 1
+    else:
+        # what the job said broke (its last line naming an error)
+        errors = [x for x in lines if "error" in x.lower()]
+        chaos.notes[fault] = errors[-1] if errors else (lines[-1] if lines else "")
 
 
 @contextlib.contextmanager
