@@ -122,6 +122,9 @@ class BrokerConfig:
     """RabbitMQ. Names are configurable so several installations can share one broker."""
 
     url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    #: A file holding the URL (its password out of the configuration file); the systemd credential
+    #: ``broker-url`` takes precedence over both (see ``credential_urls``).
+    url_file: str = ""
     jobs_exchange: str = "solstice.jobs"
     events_exchange: str = "solstice.events"
     control_exchange: str = "solstice.control"
@@ -152,6 +155,8 @@ class DatabaseConfig:
     """PostgreSQL, as a libpq connection string or URL."""
 
     url: str = "postgresql://postgres@127.0.0.1:5432/solstice"
+    #: A file holding the URL or connection string; the credential ``database-url`` wins over it.
+    url_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -582,6 +587,34 @@ def _build(cls: type[Any], data: Mapping[str, Any], prefix: str, where: str, **e
         raise ConfigError(f"{where}: {prefix.rstrip('.')}: {exc}") from None
 
 
+#: The systemd credentials (``LoadCredential=ID:FILE``) that hold a section's URL, by section.
+URL_CREDENTIALS = {"broker": "broker-url", "database": "database-url"}
+
+
+def _url_from_files(obj: Any, section: str, environ: Mapping[str, str], where: str) -> Any:
+    """``obj`` with ``url`` read from its credential (``$CREDENTIALS_DIRECTORY/<id>``) or from
+    ``url_file``, in that order, so a password never has to be on a command line or in the
+    configuration file itself."""
+    creds = environ.get("CREDENTIALS_DIRECTORY")
+    credential = Path(creds) / URL_CREDENTIALS[section] if creds else None
+    if credential is not None and credential.is_file():
+        source, what = credential, f"the systemd credential {URL_CREDENTIALS[section]}"
+    elif obj.url_file:
+        source, what = Path(obj.url_file), f"[{section}] url_file = {obj.url_file!r}"
+    else:
+        return obj
+    try:
+        url = source.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{where}: {what}: cannot read {source}: {exc.strerror}",
+            hint="the file must be readable by the service's user (or be a LoadCredential= source)",
+        ) from None
+    if not url or "\n" in url:
+        raise ConfigError(f"{where}: {what}: {source} must hold one URL on one line")
+    return dataclasses.replace(obj, url=url)
+
+
 def _labels(raw: Any, where: str) -> dict[str, str]:
     """``[labels]``: each key a runs-on label, each value the image label it runs on."""
     if not isinstance(raw, dict):
@@ -658,7 +691,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
                 f"[{name}] ",
                 f"environment variable {overridden[f'{name}.{k}']}",
             )
-        built[name] = obj
+        built[name] = _url_from_files(obj, name, environ, where) if name in URL_CREDENTIALS else obj
     built["vm"].validate(where)
     built["dispatcher"].validate(where)
     built["forgejo"].validate(where)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from typing import Protocol
 
 from solstice.job.mask import Masker
 from solstice.model import EventKind, EventSink, JobEvent, Outcome, Phase, Result, Stream
@@ -69,28 +70,50 @@ class Emitter:
         )
 
 
-class LineSplitter:
-    """Turns byte chunks into lines; a line over ``limit`` bytes is cut, so memory stays bounded."""
+class CutGuard(Protocol):
+    """Where an over-long line may be cut without splitting a secret (the job's Masker)."""
 
-    def __init__(self, limit: int = 64 * 1024) -> None:
+    def longest(self) -> int: ...
+    def safe_cut(self, data: bytes, at: int) -> int: ...
+
+
+class LineSplitter:
+    """Turns byte chunks into lines; a line over ``limit`` bytes is cut, so memory stays bounded.
+
+    With a ``guard`` (the masker), a cut never falls inside a secret: the splitter waits for up to
+    the longest secret's length more bytes and cuts before a secret that would straddle the limit,
+    since each piece is masked on its own and the halves of a cut secret would go out in clear."""
+
+    def __init__(self, limit: int = 64 * 1024, guard: CutGuard | None = None) -> None:
         self._buf = b""
         self._limit = limit
+        self._guard = guard
 
     def feed(self, chunk: bytes) -> list[str]:
         # One split per chunk: slicing the buffer line by line copied the rest of a 64 KiB chunk
         # for each of its short lines.
         parts = (self._buf + chunk).split(b"\n")
         self._buf = parts.pop()
-        lines = []
+        lines: list[bytes] = []
         for part in parts:
-            while len(part) > self._limit:
-                lines.append(part[: self._limit])
-                part = part[self._limit :]
-            lines.append(part)
-        while len(self._buf) >= self._limit:
-            lines.append(self._buf[: self._limit])
-            self._buf = self._buf[self._limit :]
+            # A whole line: every byte of it is here, so it can be cut wherever no secret straddles.
+            self._cut(part, lines, complete=True)
+        self._buf = self._cut(self._buf, lines, complete=False)
         return [ln.decode(errors="replace").rstrip("\r") for ln in lines]
+
+    def _cut(self, data: bytes, lines: list[bytes], complete: bool) -> bytes:
+        """Append ``data``'s pieces of at most ``limit`` bytes to ``lines``; a complete line goes
+        whole, an unfinished one keeps its rest, and with the guard's hold: the bytes after the
+        limit that a secret straddling it could still need."""
+        hold = 0 if complete else (self._guard.longest() if self._guard else 0)
+        while (len(data) > self._limit) if complete else (len(data) >= self._limit + hold):
+            cut = self._guard.safe_cut(data, self._limit) if self._guard else self._limit
+            lines.append(data[:cut])
+            data = data[cut:]
+        if complete:
+            lines.append(data)
+            return b""
+        return data
 
     def flush(self) -> list[str]:
         rest, self._buf = self._buf, b""

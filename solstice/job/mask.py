@@ -24,5 +24,25 @@ class Masker:
             values = self._values
         return mask_text(text, values)
 
+    def longest(self) -> int:
+        """The longest masked value's length in UTF-8 bytes (0 without any)."""
+        with self._lock:
+            values = self._values
+        return max((len(v.encode()) for v in values), default=0)
+
+    def safe_cut(self, data: bytes, at: int) -> int:
+        """``at``, or an earlier offset where ``data`` may be cut without splitting a masked value
+        (the start of one that straddles ``at``; a value starting at 0 is left to the cut)."""
+        with self._lock:
+            values = [v.encode() for v in self._values]
+        moved = True
+        while moved:
+            moved = False
+            for value in values:
+                i = data.find(value, max(0, at - len(value) + 1), at + len(value) - 1)
+                if 0 < i < at:
+                    at, moved = i, True
+        return at
+
     def __len__(self) -> int:
         return len(self._values)

@@ -825,8 +825,8 @@ class JobRun:
 
         watcher = threading.Thread(target=watch, name=f"step-{n}-watch", daemon=True)
         watcher.start()
-        out = LineSplitter()
-        err = LineSplitter()
+        out = LineSplitter(guard=self.masker)  # no cut of an over-long line splits a secret
+        err = LineSplitter(guard=self.masker)
 
         def on_stdout(chunk: bytes) -> None:
             for line in out.feed(chunk):
