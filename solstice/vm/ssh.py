@@ -189,11 +189,12 @@ def run_command(
         while True:
             if drain():
                 continue
-            # Paramiko handles packets in order, so once the exit status is here all output is
-            # buffered; but it may have arrived together with the status just after the drain
-            # above, so drain once more before returning (else the last lines are lost).
+            # sshd sends the exit status when the command exits, which can be before the output
+            # still queued behind the channel's window (measured: the last 224 KiB of a 1 GiB
+            # flood): read on until the guest's EOF, or until nothing came for a while (a
+            # background process of the step may keep the output open).
             if chan.exit_status_ready():
-                drain()
+                _drain_until_eof(chan, drain, transport, poll)
                 status = chan.recv_exit_status()
                 if status == -1 and not transport.is_active():
                     # paramiko marks every channel done when the transport closes: no status.
@@ -221,6 +222,26 @@ def run_command(
                 select.select([chan], [], [], poll)
     finally:
         chan.close()
+
+
+#: After a command's exit status: how long the output may pause before it counts as finished.
+EXIT_DRAIN_IDLE = 2.0
+
+
+def _drain_until_eof(
+    chan: paramiko.Channel, drain: Callable[[], bool], transport: paramiko.Transport, poll: float
+) -> None:
+    idle_until = time.monotonic() + EXIT_DRAIN_IDLE
+    while True:
+        if drain():
+            idle_until = time.monotonic() + EXIT_DRAIN_IDLE
+            continue
+        if chan.eof_received or chan.closed or not transport.is_active():
+            drain()
+            return
+        if time.monotonic() >= idle_until:
+            return
+        select.select([chan], [], [], poll)
 
 
 def ping(transport: paramiko.Transport) -> None:
