@@ -18,6 +18,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pika
+import psycopg
+from psycopg import sql
+
+from solstice.config import BrokerConfig, DatabaseConfig
+from solstice.queue import Names
+from solstice.store import Store
+
 #: The phases scripts/bench reports, in order (docs/performance.md "End to end").
 PHASES = ("queue", "take_or_boot", "first_output", "log_latency", "teardown", "total", "host_overhead")
 
@@ -229,18 +237,10 @@ AMQP_URL = os.environ.get("SOLSTICE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.
 @contextmanager
 def private_services(
     labels: Sequence[str], addresses: Sequence[str], hosts: Sequence[str]
-) -> Iterator[tuple[object, str]]:
+) -> Iterator[tuple[BrokerConfig, str]]:
     """(BrokerConfig with names of its own, URL of a fresh migrated database) on the shared
     RabbitMQ and PostgreSQL; the queues of ``labels``/``addresses``/``hosts``, the exchanges and
     the database are removed afterwards."""
-    import pika
-    import psycopg
-    from psycopg import sql
-
-    from solstice.config import BrokerConfig, DatabaseConfig
-    from solstice.queue import Names
-    from solstice.store import Store
-
     token = f"solstice-bench.{uuid.uuid4().hex[:8]}"
     broker = BrokerConfig(
         url=AMQP_URL,
