@@ -42,6 +42,7 @@ import re
 import secrets as secrets_mod
 import socket
 import threading
+import time
 import uuid as uuid_mod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -173,6 +174,9 @@ class FakeTask:
     stopped_at: datetime | None = None
     steps: list[FakeStep] = field(default_factory=list)
     rows: list[tuple[str, str]] = field(default_factory=list)  # (time, content) as stored
+    #: Host time.time() at which each row arrived, and the final state (scripts/bench's timings).
+    arrivals: list[float] = field(default_factory=list)
+    finished_arrival: float | None = None
     archived: bool = False
     outputs: dict[str, str] = field(default_factory=dict)
     updates: int = 0  # non-final UpdateTask/UpdateLog calls (the heartbeat)
@@ -934,6 +938,7 @@ class FakeForgejo:
             return
         task.status = status
         task.stopped_at = stopped
+        task.finished_arrival = time.time()
         for st in task.steps:
             if st.status not in DONE:
                 st.status = "cancelled"
@@ -971,7 +976,9 @@ class FakeForgejo:
         rows = req.rows
         if not rows or req.index > ack or req.index + len(rows) <= ack:
             return m.UpdateLogResponse(ack_index=ack)  # nothing written (§3.5)
+        arrived = time.time()
         for row in rows[ack - req.index :]:
+            task.arrivals.append(arrived)
             when = (row.time or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
             content = row.content.replace("\n", "\\n")[:MAX_LINE]
             task.rows.append((when, content))
