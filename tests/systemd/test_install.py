@@ -475,7 +475,15 @@ def test_a_submitted_job_runs_as_its_unit_and_an_upgrade_leaves_it_running(machi
     shown_status = testbed.run(
         "solstice", "status", unit.removeprefix("solstice-job@").removesuffix(".service")
     ).stdout
-    assert re.search(r"^state:\s+succeeded$", shown_status, re.M), shown_status
+    explain = (
+        shown_status
+        + testbed.run("ls", "-la", "/run/solstice/requests", check=False).stdout
+        + "\n--- dispatcher:\n"
+        + "\n".join(testbed.journal(DISPATCHER).splitlines()[-40:])
+        + "\n--- job:\n"
+        + "\n".join(journal.splitlines()[-15:])
+    )
+    assert re.search(r"^state:\s+succeeded$", shown_status, re.M), explain
 
 
 def test_purge_leaves_no_unit_process_or_qemu_behind(machine: Machine) -> None:
