@@ -93,8 +93,10 @@ def cancel_marker(runtime_dir: str | Path, job_id: str) -> Path:
 
 
 def exit_record(runtime_dir: str | Path, job_id: str) -> Path:
-    """``<SERVICE_RESULT> <EXIT_CODE> <EXIT_STATUS>``, written when the job's unit stops."""
-    return requests_dir(runtime_dir) / f"{job_id}.exit"
+    """``<SERVICE_RESULT> <EXIT_CODE> <EXIT_STATUS>``, written when the job's unit stops. In a
+    directory of its own (``exits/``): the job unit's ExecStopPost= writes it as the job's user,
+    who may not touch the sealed requests."""
+    return Path(runtime_dir) / "exits" / f"{job_id}.exit"
 
 
 #: The dispatcher's own systemd environment, which its children must not inherit: a job process

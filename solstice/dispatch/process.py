@@ -79,6 +79,7 @@ class ProcessSpawner:
         if self.pidfile(job_id).exists():
             raise FileExistsError(f"job {job_id} has a process already ({self.pidfile(job_id)})")
         record = exit_record(self.runtime_dir, job_id)
+        record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             record.unlink()
         argv = [

@@ -12,17 +12,20 @@ the job's own limits, the request credential and the exit record; ``ExecStart=``
         --property=MemoryMax=2560M --property=CPUQuota=200% --property=TasksMax=512 \\
         --property=RuntimeMaxSec=22500 \\
         --property=LoadCredential=job-request:/run/solstice/requests/<uuid>.json \\
-        "--property=ExecStopPost=+/bin/sh -c 'echo \\"${SERVICE_RESULT} ${EXIT_CODE} ${EXIT_STATUS}\\"
-            > /run/solstice/requests/<uuid>.exit'" \\
+        "--property=ExecStopPost=/bin/sh -c 'echo \\"${SERVICE_RESULT} ${EXIT_CODE} ${EXIT_STATUS}\\"
+            > /run/solstice/exits/<uuid>.exit'" \\
         --setenv=SOLSTICE_PATHS_STATE_DIR=/var/lib/solstice ... (job_environment) \\
         -- /usr/bin/solstice job run [--config FILE] <uuid>
 
 The limits come from the job's machine plan (solstice.images.plan, computed by the dispatcher from
 the request, the label's image and ``[vm]``; the job process plans its QEMU from the same inputs).
 
-``ExecStopPost=+`` (run as root, outside the sandbox) records how the unit ended, because systemd
-unloads a transient unit that ended cleanly (exit 0, or a "clean" signal such as SIGTERM) at once,
-and ``systemctl show`` then knows nothing about it. Failed units stay loaded (``ActiveState=failed``)
+``ExecStopPost=`` records how the unit ended, because systemd unloads a transient unit that ended
+cleanly (exit 0, or a "clean" signal such as SIGTERM) at once, and ``systemctl show`` then knows
+nothing about it. It runs as the job's user inside the sandbox, writing to ``<runtime_dir>/exits``
+(the template's ``ReadWritePaths=``): with a ``+`` prefix systemd 252 (bookworm) saves the
+transient unit as ``ExecStopPostEx=``, which it cannot read back, so a ``daemon-reload`` during
+the job (every package install does one) dropped the record. Failed units stay loaded (``ActiveState=failed``)
 until the dispatcher has read them and runs ``systemctl reset-failed``.
 
 Everything runs through an injectable ``run`` (solstice.proc.run by default), so the command lines
@@ -35,6 +38,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -255,7 +259,7 @@ class SystemdSpawner:
         properties += [f"{key}={value}" for key, value in limits.items()]
         properties += [
             f"LoadCredential={CREDENTIAL}:{request_file}",
-            f"ExecStopPost=+/bin/sh -c '{script}'",
+            f"ExecStopPost=/bin/sh -c '{script}'",
         ]
         command = job_argv(self.command or exec_start[:-1], job_id, self.cfg.path)
         return [
@@ -269,7 +273,18 @@ class SystemdSpawner:
             *command,
         ]
 
+    def _exits_dir(self) -> None:
+        """``<runtime_dir>/exits``, writable by the job's user (tmpfiles makes it on a packaged host)."""
+        exits = exit_record(self.runtime_dir, "-").parent
+        if exits.is_dir():
+            return
+        exits.mkdir(mode=0o700, parents=True, exist_ok=True)
+        user = dict(p.split("=", 1) for p in transient_properties(self.template, "-")[0]).get("User")
+        if user and os.geteuid() == 0:
+            shutil.chown(exits, user, user)
+
     def start(self, request: JobRequest, request_file: Path, runtime_max: float, plan: MachinePlan) -> None:
+        self._exits_dir()
         limits = job_limits(plan, runtime_max, self.cfg.dispatcher)
         self._run(self.argv(request, request_file, limits), timeout=60)
 
