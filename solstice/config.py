@@ -180,7 +180,8 @@ class DispatcherConfig:
     host: str = field(default_factory=_default_host)
     #: At most this many jobs run at once on this host.
     capacity: int = 2
-    #: The labels whose job queues this host consumes; empty: every label of the image catalog.
+    #: The labels whose job queues this host consumes; empty: the image catalog's labels of the
+    #: images configured or pulled on this host (Catalog.served_labels).
     labels: tuple[str, ...] = ()
     #: "systemd": one transient solstice-job@<uuid>.service per job; "process": child processes.
     spawner: str = "systemd"

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels",
         metavar="A,B",
-        help="consume these labels' queues (default: [dispatcher] labels, else every catalog label)",
+        help="consume these labels' queues (default: [dispatcher] labels, else the catalog's labels "
+        "of images configured or pulled on this host)",
     )
     parser.add_argument(
         "--spawner",
@@ -62,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
     if args.labels:
         labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     else:
-        labels = list(dcfg.labels) or Catalog.from_config(cfg).labels
+        labels = list(dcfg.labels) or Catalog.from_config(cfg).served_labels()
     kind = args.spawner or dcfg.spawner
     command = shlex.split(dcfg.job_command) if dcfg.job_command else None
     spawner: Spawner

@@ -168,6 +168,8 @@ class Catalog:
         }
         builtins = {k: v for k, v in builtins.items() if k not in taken}
         presets = {**base.sizes, **local.sizes, **(sizes or {})}
+        #: entries of the built-in catalog (not the test image) that the operator did not replace
+        self._builtin = set(base.images) - set(operator)
         self._configs: dict[str, ImageConfig] = {}
         for label, cfg in {**builtins, **operator}.items():
             where = self._origins.get(label, origin)
@@ -230,6 +232,18 @@ class Catalog:
     @property
     def labels(self) -> list[str]:
         return sorted([*self._configs, *self._aliases])
+
+    def served_labels(self) -> list[str]:
+        """The labels a dispatcher consumes when ``[dispatcher] labels`` is empty: the operator's
+        entries, the test image, and the built-in entries whose disk is on this host (pulled),
+        each with its aliases and ``[labels]`` names. A built-in entry nobody pulled is left out,
+        so its jobs are not routed to a host that cannot run them."""
+        kept = {
+            label
+            for label, cfg in self._configs.items()
+            if label not in self._builtin or self.build(cfg).base_image.is_file()
+        }
+        return sorted([*kept, *(alias for alias, target in self._aliases.items() if target in kept)])
 
     def canonical(self, label: str) -> str | None:
         if label in self._configs:

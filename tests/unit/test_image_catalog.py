@@ -156,3 +156,23 @@ def test_a_missing_images_d_is_empty_and_other_files_are_ignored(tmp_path: Path)
     assert set(Catalog.from_config(load(cfg, environ={})).entries) == BUILTIN_LABELS
     catalog = host(tmp_path, {"README": "not toml", "x.toml.disabled": "[images.y\n"})
     assert set(catalog.entries) == BUILTIN_LABELS
+
+
+def test_a_dispatcher_serves_the_operators_images_and_the_pulled_built_ins(tmp_path: Path) -> None:
+    catalog = host(
+        tmp_path,
+        {"a.toml": '[images.mine]\npath = "/srv/mine.qcow2"\naliases = ["my"]\n'},
+        '[labels]\nubuntu-latest = "debian-12"\n',
+    )
+    assert catalog.served_labels() == ["debian-12", "mine", "my", "ubuntu-latest"]
+    disk = catalog.get("freebsd-14").base_image
+    disk.parent.mkdir(parents=True)
+    disk.write_bytes(b"pulled")
+    assert catalog.served_labels() == [
+        "debian-12",
+        "freebsd-14",
+        "freebsd-14.3",
+        "mine",
+        "my",
+        "ubuntu-latest",
+    ]
