@@ -268,7 +268,7 @@ def _served_labels(cfg: Config, catalog: Catalog) -> tuple[list[str], bool]:
     """The images this host's dispatcher may take jobs for, and whether the operator named them
     ([dispatcher] labels: each must be usable) or they are the whole catalog (absent ones are
     skipped by the dispatcher, so they only warn)."""
-    labels = cfg.dispatcher.labels or catalog.entries
+    labels = cfg.dispatcher.labels or catalog.served_labels()
     return sorted({catalog.canonical(label) or label for label in labels}), bool(cfg.dispatcher.labels)
 
 

@@ -25,8 +25,8 @@ cleanly (exit 0, or a "clean" signal such as SIGTERM) at once, and ``systemctl s
 nothing about it. It runs as the job's user inside the sandbox, writing to ``<runtime_dir>/exits``
 (the template's ``ReadWritePaths=``): with a ``+`` prefix systemd 252 (bookworm) saves the
 transient unit as ``ExecStopPostEx=``, which it cannot read back, so a ``daemon-reload`` during
-the job (every package install does one) dropped the record. Failed units stay loaded (``ActiveState=failed``)
-until the dispatcher has read them and runs ``systemctl reset-failed``.
+the job (every package install does one) dropped the record. Failed units stay loaded
+(``ActiveState=failed``) until the dispatcher has read them and runs ``systemctl reset-failed``.
 
 Everything runs through an injectable ``run`` (solstice.proc.run by default), so the command lines
 are tested without systemd; tests/systemd runs them for real.

@@ -169,7 +169,8 @@ class Catalog:
         builtins = {k: v for k, v in builtins.items() if k not in taken}
         presets = {**base.sizes, **local.sizes, **(sizes or {})}
         #: entries of the built-in catalog (not the test image) that the operator did not replace
-        self._builtin = set(base.images) - set(operator)
+        # The metadata-agent test image is for the test suite: served only where it was built.
+        self._builtin = ({METADATA_TEST_IMAGE_LABEL} | set(base.images)) - set(operator)
         self._configs: dict[str, ImageConfig] = {}
         for label, cfg in {**builtins, **operator}.items():
             where = self._origins.get(label, origin)
