@@ -1,7 +1,10 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes (a reader sees the old file or the new one, never half of one) and the one
+non-blocking file lock (port leases, work-directory owners, debug-SSH slots, image pulls)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -27,3 +30,20 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o600, durable: b
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def try_lock(path: Path, *, shared: bool = False, mode: int = 0o600) -> int | None:
+    """An fd of ``path`` holding an flock: exclusive (the file is created with ``mode`` if
+    missing), or ``shared`` for readers (which never create it: FileNotFoundError). None when
+    another open file description holds it (another process, or this one). Never follows a
+    symbolic link."""
+    flags = os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT
+    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        raise
+    return fd

@@ -15,7 +15,6 @@ Only the final rename makes ``disk.qcow2``, so a partial or wrong file never has
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from urllib.parse import urlsplit
 
 from solstice import proc
 from solstice.errors import ChecksumMismatch, CommandError, DownloadError, ImageError
+from solstice.files import try_lock
 from solstice.images import oci
 from solstice.images.catalog import BUILD_HINT, LOCAL_BUILD, Image
 from solstice.images.checksum import Digest, file_digest, parse_checksums
@@ -67,12 +67,13 @@ def part_of(path: Path, what: str = "") -> Path:
 def _locked(directory: Path) -> Iterator[None]:
     """One pull or verify of a label at a time."""
     directory.mkdir(parents=True, exist_ok=True)
-    with (directory / ".pull.lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ImageError(f"{directory}: another pull or verify of this image is running") from None
+    fd = try_lock(directory / ".pull.lock")
+    if fd is None:
+        raise ImageError(f"{directory}: another pull or verify of this image is running")
+    try:
         yield
+    finally:
+        os.close(fd)
 
 
 class Puller:

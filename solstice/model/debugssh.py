@@ -18,8 +18,6 @@ A lock dies with the process that holds it, so a killed job frees its slot and i
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import fnmatch
 import hashlib
 import json
@@ -31,6 +29,7 @@ from pathlib import Path
 
 from solstice.config import DebugConfig
 from solstice.errors import SolsticeError
+from solstice.files import try_lock
 from solstice.model.core import JobRequest, JobSpec
 
 #: The job (or workflow) env variable that asks for debug SSH, and its one accepted value.
@@ -97,21 +96,6 @@ class Hold:
         return f"ssh -p {self.port} {self.login}@{self.host}"
 
 
-def _lock(path: Path, *, shared: bool = False) -> int | None:
-    """An flock on ``path`` (a holder creates it, 0644; a reader's shared lock never does), or
-    None when another process holds it. Raises FileNotFoundError for a reader of a missing file."""
-    flags = os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT
-    fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return None
-        raise
-    return fd
-
-
 def repo_lock(runtime_dir: str | Path, repository: str) -> Path:
     digest = hashlib.sha256(repository.lower().encode()).hexdigest()[:32]
     return debug_dir(runtime_dir) / f"repo-{digest}.lock"
@@ -132,7 +116,7 @@ def reserve(runtime_dir: str | Path, repository: str, max_vms: int) -> Iterator[
     d = debug_dir(runtime_dir)
     d.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        fd = _lock(repo_lock(runtime_dir, repository))
+        fd = try_lock(repo_lock(runtime_dir, repository), mode=0o644)
         if fd is None:
             other = next((h for h in holds(runtime_dir) if h.repository.lower() == repository.lower()), None)
             which = f" (job {other.job_id}, until {utc(other.expires)})" if other else ""
@@ -141,7 +125,7 @@ def reserve(runtime_dir: str | Path, repository: str, max_vms: int) -> Iterator[
             )
         stack.callback(os.close, fd)
         for n in range(max_vms):
-            slot = _lock(d / f"slot-{n}.lock")
+            slot = try_lock(d / f"slot-{n}.lock", mode=0o644)
             if slot is not None:
                 stack.callback(os.close, slot)
                 break
@@ -156,7 +140,7 @@ def reserve(runtime_dir: str | Path, repository: str, max_vms: int) -> Iterator[
 def registered(runtime_dir: str | Path, hold: Hold) -> Iterator[None]:
     """``hold`` in the registry (locked by this process) while the block runs."""
     path = hold_file(runtime_dir, hold.job_id)
-    fd = _lock(path)
+    fd = try_lock(path, mode=0o644)
     if fd is None:
         raise DebugRefused(f"job {hold.job_id} already keeps a debug VM")
     try:
@@ -171,7 +155,7 @@ def registered(runtime_dir: str | Path, hold: Hold) -> Iterator[None]:
 def _read(path: Path) -> Hold | None:
     """The hold in ``path`` if its job still holds it (a file nobody locks is a leftover)."""
     try:
-        fd = _lock(path, shared=True)
+        fd = try_lock(path, shared=True)
     except OSError:
         return None
     if fd is not None:  # nobody holds it: its job is gone
@@ -198,7 +182,7 @@ def held(runtime_dir: str | Path, job_id: str) -> bool:
     """Whether job ``job_id`` keeps a debug VM now (its job process holds the registry entry)."""
     path = hold_file(runtime_dir, job_id)
     try:
-        fd = _lock(path, shared=True)
+        fd = try_lock(path, shared=True)
     except OSError:
         return False
     if fd is None:

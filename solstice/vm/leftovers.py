@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from solstice.errors import VMError
-from solstice.vm.ports import lock_file, try_lease
+from solstice.files import try_lock
+from solstice.vm.ports import try_lease
 
 log = logging.getLogger("solstice.vm.leftovers")
 
@@ -44,7 +45,7 @@ def claim_workdir(workdir: Path) -> WorkdirLock:
     # Locked under another name first and then renamed (the lock stays with the file): a sweep
     # never sees an ``owner`` that is not locked yet.
     temp = workdir / f".{OWNER}-{os.getpid()}"
-    fd = lock_file(temp)
+    fd = try_lock(temp)
     if fd is None or (workdir / OWNER).exists():
         if fd is not None:
             os.close(fd)
@@ -83,7 +84,7 @@ def _qemus_using(workdir: Path) -> list[int]:
 
 def _sweep_workdir(workdir: Path, swept: Swept) -> None:
     try:
-        fd = lock_file(workdir / OWNER)
+        fd = try_lock(workdir / OWNER)
     except OSError as exc:  # not ours to lock (another user's job), or gone meanwhile
         log.debug("not sweeping %s: %s", workdir, exc)
         return

@@ -281,15 +281,6 @@ def qemu_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]
     return kept
 
 
-def bound_to_caller(argv: list[str]) -> list[str]:
-    """``argv`` started so that the kernel kills it (SIGKILL) when the thread that started it
-    ends (``setpriv --pdeathsig``, util-linux): a job process that is killed takes its QEMU
-    along even without a cgroup to clean up after it (the process spawner), so no VM, a kept
-    debug VM included, outlives its job process. Without setpriv, ``argv`` as it is."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
-
-
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
 
@@ -355,7 +346,7 @@ def _launch(
             lease = attempt_stack.enter_context(allocate_port(ports_dir))
             attempt_stack.callback(_unlink, stderr_path)
             attempt_stack.callback(_unlink, qmp_path)
-            argv = bound_to_caller(qemu_argv(qemu_args(lease.port)))
+            argv = qemu_argv(qemu_args(lease.port))
             with stderr_path.open("wb") as err:
                 qemu = proc.spawn(
                     argv, stderr=err.fileno(), new_session=True, env=qemu_environment(), die_with_parent=True

@@ -11,8 +11,6 @@ forward; the caller retries with a new lease (machine.py).
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import socket
 import threading
@@ -20,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from solstice.errors import VMError
+from solstice.files import try_lock
 
 HOST = "127.0.0.1"
 _ATTEMPTS = 100
@@ -64,24 +63,10 @@ class PortLease:
         return f"PortLease(port={self.port}, held={self.held})"
 
 
-def lock_file(path: Path) -> int | None:
-    """An fd of ``path`` (created if missing) locked exclusively, or None when another open file
-    description holds the lock (another job, or this one)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return None
-        raise
-    return fd
-
-
 def try_lease(ports_dir: Path, port: int) -> PortLease | None:
     """Lock ``port`` for this caller, or return None when another job holds it."""
     path = ports_dir / f"{port}.lock"
-    fd = lock_file(path)
+    fd = try_lock(path)
     if fd is None:
         return None
     # The holder before us may have unlinked the file between our open and our flock: then we
