@@ -281,7 +281,14 @@ class SystemdSpawner:
         exits.mkdir(mode=0o700, parents=True, exist_ok=True)
         user = dict(p.split("=", 1) for p in transient_properties(self.template, "-")[0]).get("User")
         if user and os.geteuid() == 0:
-            shutil.chown(exits, user, user)
+            try:
+                shutil.chown(exits, user, user)
+            except LookupError:
+                log.warning(
+                    "%s: no user %r to own it; job units of that user cannot record how they end",
+                    exits,
+                    user,
+                )
 
     def start(self, request: JobRequest, request_file: Path, runtime_max: float, plan: MachinePlan) -> None:
         self._exits_dir()

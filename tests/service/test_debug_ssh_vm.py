@@ -41,7 +41,8 @@ from tests.fakes.forgejo import FakeForgejo, FakeTask
 
 pytestmark = pytest.mark.vm
 
-TTL = 300  # seconds: covers the second job's boot (TCG, a loaded machine) while the first VM is kept
+TTL = 900  # seconds: covers the second job's boot (TCG, a loaded machine) while the first VM is kept;
+# nothing waits for it (the first VM is killed, the second scenario sets a short TTL)
 SHORT_TTL = 25
 ADDRESS = "127.0.0.2"  # the operator's debug address: not the loopback address jobs use
 PORTS = (22640, 22659)
