@@ -37,8 +37,12 @@ class UnitStatus:
 
 
 def parse_exit_record(job_id: str, text: str) -> UnitStatus | None:
-    """``<SERVICE_RESULT> <EXIT_CODE> <EXIT_STATUS>`` (ExecStopPost's environment, or the process
-    supervisor's) as an ENDED status; None when it is not such a line."""
+    """``<SERVICE_RESULT> <EXIT_CODE> <EXIT_STATUS>`` (the process supervisor's), or the same as
+    ``NAME=value`` lines (a job unit's ExecStopPost= writes its environment's), as an ENDED
+    status; None when it is neither."""
+    if "SERVICE_RESULT=" in text:
+        env = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        text = " ".join(env.get(k, "") for k in ("SERVICE_RESULT", "EXIT_CODE", "EXIT_STATUS"))
     words = text.split()
     if not words:
         return None

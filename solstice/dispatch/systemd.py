@@ -12,8 +12,8 @@ the job's own limits, the request credential and the exit record; ``ExecStart=``
         --property=MemoryMax=2560M --property=CPUQuota=200% --property=TasksMax=512 \\
         --property=RuntimeMaxSec=22500 \\
         --property=LoadCredential=job-request:/run/solstice/requests/<uuid>.json \\
-        "--property=ExecStopPost=/bin/sh -c 'echo \\"${SERVICE_RESULT} ${EXIT_CODE} ${EXIT_STATUS}\\"
-            > /run/solstice/exits/<uuid>.exit'" \\
+        "--property=ExecStopPost=/bin/sh -c 'umask 022; env | grep -E
+            \\"^(SERVICE_RESULT|EXIT_CODE|EXIT_STATUS)=\\" > /run/solstice/exits/<uuid>.exit'" \\
         --setenv=SOLSTICE_PATHS_STATE_DIR=/var/lib/solstice ... (job_environment) \\
         -- /usr/bin/solstice job run [--config FILE] <uuid>
 
@@ -255,7 +255,9 @@ class SystemdSpawner:
         record = exit_record(self.runtime_dir, job_id)
         if not _SAFE_PATH.fullmatch(str(request_file)):
             raise ConfigError(f"request file path {str(request_file)!r} cannot go into a unit property")
-        script = f'echo "${{SERVICE_RESULT}} ${{EXIT_CODE}} ${{EXIT_STATUS}}" > {record}'
+        # No "$" (systemd 252 re-reads an escaped one wrongly after a daemon-reload); umask 022:
+        # the dispatcher is root without CAP_DAC_OVERRIDE and reads it as "other".
+        script = f'umask 022; env | grep -E "^(SERVICE_RESULT|EXIT_CODE|EXIT_STATUS)=" > {record}'
         properties += [f"{key}={value}" for key, value in limits.items()]
         properties += [
             f"LoadCredential={CREDENTIAL}:{request_file}",
@@ -278,16 +280,19 @@ class SystemdSpawner:
         exits = exit_record(self.runtime_dir, "-").parent
         if exits.is_dir():
             return
-        exits.mkdir(mode=0o700, parents=True, exist_ok=True)
-        user = dict(p.split("=", 1) for p in transient_properties(self.template, "-")[0]).get("User")
-        if user and os.geteuid() == 0:
+        exits.mkdir(parents=True, exist_ok=True)
+        # root:<job group> 0730: the job units write their records, the dispatcher (root without
+        # capabilities: plain owner permissions) reads and removes them.
+        os.chmod(exits, 0o730)
+        group = dict(p.split("=", 1) for p in transient_properties(self.template, "-")[0]).get("Group")
+        if group and os.geteuid() == 0:
             try:
-                shutil.chown(exits, user, user)
+                shutil.chown(exits, group=group)
             except LookupError:
                 log.warning(
-                    "%s: no user %r to own it; job units of that user cannot record how they end",
+                    "%s: no group %r; job units of that group cannot record how they end",
                     exits,
-                    user,
+                    group,
                 )
 
     def start(self, request: JobRequest, request_file: Path, runtime_max: float, plan: MachinePlan) -> None:
@@ -316,9 +321,11 @@ class SystemdSpawner:
     def _status(self, job_id: str, props: Mapping[str, str]) -> UnitStatus:
         active = props.get("ActiveState", "")
         detail = f"{props.get('LoadState', '?')}/{active or '?'}/{props.get('SubState', '?')}"
+        # A running unit is running whatever its LoadState says: after a daemon-reload, systemd
+        # 252 may fail to re-read a transient unit's file and call it bad-setting while it runs.
+        if active in _ACTIVE or props.get("Job", "") not in ("", "0"):
+            return UnitStatus(job_id, RUNNING, detail=detail)
         if props.get("LoadState") == "loaded":
-            if active in _ACTIVE or props.get("Job", "") not in ("", "0"):
-                return UnitStatus(job_id, RUNNING, detail=detail)
             status = props.get("ExecMainStatus", "")
             return UnitStatus(
                 job_id,

@@ -119,7 +119,7 @@ def test_systemd_spawner_starts_a_transient_unit_from_the_template(tmp_path: Pat
     (post,) = [p for p in props if p.startswith("ExecStopPost=")]
     # No "+": systemd 252 saves that as ExecStopPostEx=, which a daemon-reload cannot read back.
     assert post.startswith("ExecStopPost=/bin/sh -c '")
-    assert f"> /run/solstice/exits/{job}.exit" in post and "${SERVICE_RESULT}" in post
+    assert f"> /run/solstice/exits/{job}.exit" in post and "SERVICE_RESULT" in post and "$" not in post
     assert not [p for p in template_props if "%" in p]
 
     # job_command overrides the template's ExecStart; an expression timeout means the default.
@@ -176,6 +176,12 @@ def test_verdicts() -> None:
         return v.result, v.reported, v.message
 
     assert verdict("success exited 0") == (Result.SUCCESS, True, "")
+    # a job unit's ExecStopPost= writes the same as its environment's lines
+    assert verdict("EXIT_CODE=exited\nSERVICE_RESULT=success\nEXIT_STATUS=0\n") == (Result.SUCCESS, True, "")
+    assert verdict("SERVICE_RESULT=exit-code\nEXIT_CODE=exited\nEXIT_STATUS=1\n")[:2] == (
+        Result.FAILURE,
+        True,
+    )
     assert verdict("exit-code exited 1")[:2] == (Result.FAILURE, True)
     assert verdict("exit-code exited 4")[:2] == (Result.ERROR, True)
     assert verdict("exit-code exited 3", cancel=True)[:2] == (Result.CANCELLED, True)
