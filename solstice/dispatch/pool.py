@@ -139,6 +139,7 @@ class Pool:
             log.info("warm VM %s (%s): ended unused; the pool replaces it", vm.vm_id, vm.label)
             if self.metrics is not None:
                 self.metrics.pool_recycled(vm.label)
+        self._recycle_old()
         for label, size in self.sizes.items():
             if label not in labels:
                 continue
@@ -155,6 +156,28 @@ class Pool:
                 log.info("warm VM %s (%s, %s): booting", vm_id, label, plan.describe())
         if self.metrics is not None:
             self.metrics.pool_round(self.counts())
+
+    def _recycle_old(self) -> None:
+        """Ready VMs unused for longer than their label's max_age (as this dispatcher is
+        configured: an adopted keeper may have been started with another) go; fresh ones boot."""
+        now = time.time()
+        for vm in list(self.vms.values()):
+            record = read_state(self.runtime_dir, vm.vm_id)
+            entry = self.cfg.pool.labels.get(vm.label)
+            if record is None or record.state is not VMState.READY or not record.ready_at or entry is None:
+                continue
+            if now - record.ready_at > entry.max_age:
+                log.info(
+                    "warm VM %s (%s): unused for %.0f s (max_age %.0f): recycled",
+                    vm.vm_id,
+                    vm.label,
+                    now - record.ready_at,
+                    entry.max_age,
+                )
+                del self.vms[vm.vm_id]
+                self._stop(vm.vm_id)
+                if self.metrics is not None:
+                    self.metrics.pool_recycled(vm.label)
 
     def counts(self) -> Mapping[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = {}
