@@ -32,6 +32,9 @@ log = logging.getLogger("solstice.dispatcher")
 
 #: Seconds a just-started keeper may be missing from the spawner's list (systemd-run --no-block).
 START_GRACE = 15.0
+#: After a keeper that ended before its VM was ready: wait RETRY, doubling up to MAX_RETRY.
+RETRY = 10.0
+MAX_RETRY = 900.0
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Warm:
     label: str
     plan: MachinePlan
     started: float  # monotonic: started or adopted
+    was_ready: bool = False  # seen ready once: its end is not a failed boot
 
     def state(self, runtime_dir: str) -> VMState:
         record = read_state(runtime_dir, self.vm_id)
@@ -79,6 +83,10 @@ class Pool:
             if cfg.pool.size(label) > 0:
                 log.warning("[pool.%s]: not a label this dispatcher serves; no warm pool for it", label)
         self.vms: dict[str, Warm] = {}
+        #: Per label: keepers in a row that ended before their VM was ready, and when to try again
+        #: (a broken image must not be booted in a tight loop).
+        self.failures: dict[str, int] = {}
+        self.retry_at: dict[str, float] = {}
 
     @property
     def enabled(self) -> bool:
@@ -133,17 +141,35 @@ class Pool:
         now = time.monotonic()
         for vm in list(self.vms.values()):
             if vm.vm_id in alive or now - vm.started < START_GRACE:
+                if vm.state(self.runtime_dir) is VMState.READY:
+                    vm.was_ready = True
+                    self.failures.pop(vm.label, None)
                 continue
             del self.vms[vm.vm_id]
             state_file(self.runtime_dir, vm.vm_id).unlink(missing_ok=True)
-            log.info("warm VM %s (%s): ended unused; the pool replaces it", vm.vm_id, vm.label)
             if self.metrics is not None:
                 self.metrics.pool_recycled(vm.label)
+            if vm.was_ready:
+                log.info("warm VM %s (%s): ended unused; the pool replaces it", vm.vm_id, vm.label)
+                continue
+            failed = self.failures[vm.label] = self.failures.get(vm.label, 0) + 1
+            delay = min(MAX_RETRY, RETRY * 2 ** (failed - 1))
+            self.retry_at[vm.label] = now + delay
+            log.warning(
+                "warm VM %s (%s): ended before it was ready (%d in a row; see its keeper's log); "
+                "next one in %.0f s",
+                vm.vm_id,
+                vm.label,
+                failed,
+                delay,
+            )
         self._recycle_old()
         for label, size in self.sizes.items():
             if label not in labels:
                 continue
             plan = self.plans[label]
+            if now < self.retry_at.get(label, 0.0):
+                continue
             while self.count(label) < size and free > 0 and self.memory() + plan.memory_mib <= self.budget:
                 vm_id = new_vm_id()
                 try:

@@ -467,6 +467,8 @@ class SystemdSpawner:
         self._run(
             [
                 "busctl",
+                # systemd's own socket, as systemctl uses as root: no D-Bus daemon needed.
+                "--address=unix:path=/run/systemd/private",
                 "call",
                 "org.freedesktop.systemd1",
                 "/org/freedesktop/systemd1",

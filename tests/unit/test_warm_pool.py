@@ -168,7 +168,9 @@ def test_ended_keepers_are_replaced_and_old_ready_vms_recycled(tmp_path: Path) -
     pool, keepers, _ = make_pool(tmp_path)
     pool.round(free=2, labels=["debian-12"])
     dead = next(iter(keepers.running))
-    keepers.running.pop(dead)  # its keeper ended (unhealthy VM, killed)
+    write(keepers.runtime_dir, dead, "debian-12", pool.plans["debian-12"], warm.VMState.READY)
+    pool.round(free=0, labels=["debian-12"])  # seen ready
+    keepers.running.pop(dead)  # then its keeper ended (unhealthy VM, killed)
     pool.vms[dead].started -= 60  # past the start grace
     pool.round(free=2, labels=["debian-12"])
     assert dead not in pool.vms and len(keepers.running) == 2
@@ -262,3 +264,19 @@ def test_a_broken_keeper_connection_counts_as_qemu_killed() -> None:
     assert qemu.poll() is None
     b.close()  # the keeper died: QEMU died with it
     assert qemu.wait(5) == -9
+
+
+def test_keepers_that_never_get_ready_back_off(tmp_path: Path) -> None:
+    pool, keepers, _ = make_pool(tmp_path, POOL.replace("size = 2", "size = 1"))
+    pool.round(free=2, labels=["debian-12"])
+    (first,) = keepers.running
+    keepers.running.clear()  # it ended while booting (a broken image, a boot timeout)
+    pool.vms[first].started -= 60
+    pool.round(free=2, labels=["debian-12"])
+    assert keepers.running == {} and pool.failures == {"debian-12": 1}  # not again at once
+    pool.retry_at["debian-12"] = 0.0  # the wait is over
+    pool.round(free=2, labels=["debian-12"])
+    (second,) = keepers.running
+    write(keepers.runtime_dir, second, "debian-12", pool.plans["debian-12"], warm.VMState.READY)
+    pool.round(free=2, labels=["debian-12"])
+    assert pool.failures == {}  # a VM that got ready ends the streak
