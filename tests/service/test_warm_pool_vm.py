@@ -172,7 +172,7 @@ def test_a_job_takes_the_ready_vm_and_the_pool_boots_another(env: Env) -> None:
         "its record to be gone", lambda: warm.read_state(env.pipeline.runtime_dir, vm.vm_id) is None, 30
     )
     assert not warm.vm_dir(env.pipeline.runtime_dir, vm.vm_id).exists()
-    fresh = wait_until("a replacement", lambda: [v for v in states(env) if v.vm_id != vm.vm_id], 30)
+    fresh = wait_until("a replacement", lambda: [v for v in states(env) if v.vm_id != vm.vm_id] or None, 30)
     assert len(fresh) == 1
     seen_ids.update(v.vm_id for v in fresh)
 
@@ -184,7 +184,9 @@ def test_a_ready_vm_whose_qemu_dies_is_replaced(env: Env) -> None:
     wait_until(
         "the dead VM's record to go", lambda: warm.read_state(env.pipeline.runtime_dir, vm.vm_id) is None, 60
     )
-    replacement = wait_until("a replacement", lambda: [v for v in states(env) if v.vm_id != vm.vm_id], 30)
+    replacement = wait_until(
+        "a replacement", lambda: [v for v in states(env) if v.vm_id != vm.vm_id] or None, 30
+    )
     assert len(replacement) == 1
     assert "ended unused; the pool replaces it" in env.dispatcher.output()
     env.seen[vm.vm_id] = b""
@@ -208,6 +210,6 @@ def test_a_restarted_dispatcher_adopts_the_ready_vm_then_recycles_it_at_max_age(
     wait_until("the recycling", lambda: warm.read_state(env.pipeline.runtime_dir, vm.vm_id) is None, 90)
     assert "recycled" in env.dispatcher.output()
     wait_until("the recycled VM's QEMU to be gone", lambda: not qemu_of(vm.vm_id), 30)
-    fresh = wait_until("a fresh one", lambda: [v for v in states(env) if v.vm_id != vm.vm_id], 30)
+    fresh = wait_until("a fresh one", lambda: [v for v in states(env) if v.vm_id != vm.vm_id] or None, 30)
     assert len(fresh) == 1
     seen_ids.update(v.vm_id for v in fresh)

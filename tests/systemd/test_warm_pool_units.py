@@ -97,7 +97,9 @@ def test_a_job_takes_a_warm_vm_whose_qemu_joins_the_jobs_unit(pipeline: Pipeline
     assert f"Took warm VM {vm_id}" in journal and "Boot console (warm VM" in journal, journal[-2000:]
 
     # The pool boots a replacement; a dispatcher restarted without a pool stops it.
-    wait_until("a replacement keeper", lambda: [u for u in keeper_units(pipeline) if u != keeper], 60)
+    wait_until(
+        "a replacement keeper", lambda: [u for u in keeper_units(pipeline) if u != keeper] or None, 60
+    )
     restart_dispatcher(pipeline, "")
     wait_until("no keeper left", lambda: not keeper_units(pipeline), 60)
     wait_until("no pool QEMU left", lambda: not testbed.processes("qemu-system"), 30)
