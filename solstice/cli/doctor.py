@@ -25,9 +25,11 @@ from solstice import secrets as secretsmod
 from solstice.cli.db import add_config_argument
 from solstice.config import Config, parse_size_mib
 from solstice.errors import SolsticeError
+from solstice.images import plan_machine
 from solstice.images.catalog import Catalog
 from solstice.images.catalog_files import BUILTIN
 from solstice.images.state import readiness
+from solstice.model import Size
 
 #: The floors the packages are tested with (Debian bookworm's versions).
 QEMU_FLOOR = (7, 2)
@@ -378,6 +380,53 @@ def check_room(cfg: Config, catalog: Catalog) -> Iterator[Check]:
     )
 
 
+def check_pool(cfg: Config, catalog: Catalog) -> Iterator[Check]:
+    """The warm pool ([pool.<label>]): served labels, and whether capacity and [pool] memory let it
+    fill. Nothing when no label has a pool."""
+    pooled = {label: e.size for label, e in cfg.pool.labels.items() if e.size > 0}
+    if not pooled:
+        return
+    served = set(_served_labels(cfg, catalog)[0])
+    budget = parse_size_mib(cfg.pool.memory)
+    memory = 0
+    for label, size in sorted(pooled.items()):
+        if label not in served:
+            yield Check(
+                f"pool {label}",
+                Status.WARN,
+                "not a label this host serves: no warm VMs for it",
+                "add the label to [dispatcher] labels, or pull its image",
+            )
+            continue
+        try:
+            memory += size * plan_machine(Size(), catalog.get(label), cfg.vm).memory_mib
+        except SolsticeError as exc:
+            yield Check(f"pool {label}", Status.FAIL, str(exc), exc.hint or "")
+    total = sum(pooled.values())
+    what = f"{total} warm VM(s), {memory} MiB planned; [pool] memory {budget} MiB"
+    if cfg.dispatcher.spawner == "systemd" and not Path(cfg.paths.runtime_dir).is_relative_to("/run"):
+        yield Check(
+            "pool units",
+            Status.FAIL,
+            f"[paths] runtime_dir = {cfg.paths.runtime_dir!r}: keeper units need it under /run",
+            "use the default /run/solstice",
+        )
+    if memory > budget:
+        yield Check(
+            "pool", Status.WARN, f"{what}: the pool cannot fill", "raise [pool] memory or lower the sizes"
+        )
+    elif total >= cfg.dispatcher.capacity:
+        yield Check(
+            "pool",
+            Status.WARN,
+            f"{what}; capacity {cfg.dispatcher.capacity}: the pool takes every place while no job runs "
+            "(each job then destroys a pool VM it does not take)",
+            "keep the pool smaller than [dispatcher] capacity",
+        )
+    else:
+        yield Check("pool", Status.OK, f"{what}; capacity {cfg.dispatcher.capacity}")
+
+
 def _existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -462,7 +511,7 @@ def run_checks(cfg: Config, user: str) -> list[Check]:
     checks = [check_accel(cfg, user), *check_qemu(cfg), check_ovmf(cfg, catalog), check_broker(cfg)]
     checks += [*check_database(cfg), check_key(cfg)]
     checks += check_images(cfg, catalog)
-    checks += [*check_room(cfg, catalog), *check_forges(cfg)]
+    checks += [*check_room(cfg, catalog), *check_pool(cfg, catalog), *check_forges(cfg)]
     return checks
 
 

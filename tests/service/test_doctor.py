@@ -197,3 +197,20 @@ def test_forge_registrations_are_checked_for_an_answer(host: Host) -> None:
     code, rows, out = doctor(host.write())  # the forge is gone
     assert code == 1, out
     assert rows["forgejo runner"][0] == "FAIL" and "does not answer" in rows["forgejo runner"][1], out
+
+
+def test_the_warm_pool_is_checked_against_capacity_and_its_memory(host: Host) -> None:
+    code, rows, out = doctor(host.write())
+    assert "pool" not in rows, out  # no pool configured: no row
+    pool = '[pool]\nmemory = "1G"\n[pool.debian-12]\nsize = 1\n[pool.nowhere]\nsize = 2\n'
+    code, rows, out = doctor(host.write(extra=pool.replace("capacity = 1", "")))
+    assert rows["pool nowhere"][0] == "warn" and "not a label this host serves" in rows["pool nowhere"][1], (
+        out
+    )
+    # capacity 1 and a pool of 1: it takes the only place while no job runs
+    assert rows["pool"][0] == "warn" and "capacity 1" in rows["pool"][1], out
+    code, rows, out = doctor(host.write(extra=pool.replace('memory = "1G"', 'memory = "100M"')))
+    assert rows["pool"][0] == "warn" and "cannot fill" in rows["pool"][1], out
+    # The systemd spawner's keeper units need runtime_dir under /run (their RuntimeDirectory=).
+    assert rows["pool units"][0] == "FAIL" and "under /run" in rows["pool units"][1], out
+    assert code == 1, out
