@@ -232,7 +232,7 @@ class Keeper:
             self._write()
             started = time.monotonic()
             guest = start_machine(spec, self.workdir, self.runtime_dir / "ports", stack)
-            qemu = guest._qemu
+            qemu = guest.process
             assert qemu is not None
             boot = time.monotonic() - started
             self._write(
@@ -359,7 +359,7 @@ class Keeper:
 
     def _serve_taken(self, conn: socket.socket, guest: Guest) -> int:
         """Until QEMU exits (reported to the taker) or the taker is gone (QEMU killed)."""
-        qemu = guest._qemu
+        qemu = guest.process
         assert qemu is not None
         conn.settimeout(None)
         while True:

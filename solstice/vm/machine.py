@@ -188,6 +188,11 @@ class Guest:
         return self._keypair.private_openssh()
 
     @property
+    def process(self) -> QemuProcess | None:
+        """QEMU's process (a warm pool keeper reaps it and reports its end to the VM's taker)."""
+        return self._qemu
+
+    @property
     def powered_off(self) -> bool:
         """Whether the guest powered itself off when QEMU was stopped (see ShutdownPolicy)."""
         return self._shutdown.powered_off
