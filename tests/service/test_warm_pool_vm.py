@@ -15,6 +15,7 @@ other (each waits for the state it needs):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -64,10 +65,17 @@ def env(module_broker_cfg: BrokerConfig, database_url: str) -> Iterator[Env]:  #
         register(pipeline, forge, name="warm-runner")
         dispatcher = pipeline.dispatcher(capacity=2)
         runner = RunnerProcess(pipeline).start()
-        yield Env(forge, pipeline, runner, dispatcher, {})
+        env = Env(forge, pipeline, runner, dispatcher, {})
+        yield env
         runner.kill()
-    # Nothing of the pool outlives it (the pipeline killed the keepers; their QEMUs died with them).
-    wait_until("the pool's QEMUs to be gone", lambda: not any(qemu_of(v) for v in seen_ids), 30)
+        env.dispatcher.kill()
+        # SIGKILL every keeper (some run with another configuration file than the pipeline's):
+        # their QEMUs die with them (PR_SET_PDEATHSIG).
+        for vm in states(env):
+            seen_ids.add(vm.vm_id)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(vm.keeper_pid, signal.SIGKILL)
+        wait_until("the pool's QEMUs to be gone", lambda: not any(qemu_of(v) for v in seen_ids), 30)
 
 
 seen_ids: set[str] = set()
