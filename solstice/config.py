@@ -386,6 +386,48 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class PoolLabel:
+    """``[pool.<label>]``: the warm pool of one image label (docs/warm-pool.md)."""
+
+    label: str
+    #: Booted, never-used VMs to keep ready for this label; 0: no pool.
+    size: int = 0
+    #: Seconds a ready VM may wait unused; then it is destroyed and a fresh one boots.
+    max_age: float = 3600.0
+
+    def validate(self, where: str) -> None:
+        if not 0 <= self.size <= 64:
+            raise ConfigError(f"{where}: [pool.{self.label}] size must be 0 to 64")
+        if not 30 <= self.max_age <= 7 * 24 * 3600:
+            raise ConfigError(f"{where}: [pool.{self.label}] max_age must be 30 seconds to 7 days")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The dispatcher's warm pool (docs/warm-pool.md): ``[pool]`` keys, ``[pool.<label>]`` tables."""
+
+    #: The most memory all pool VMs of this host may plan together (their VMs' memory), e.g. "8G".
+    memory: str = "8G"
+    #: Seconds between a ready VM's own health checks (an SSH no-op); a VM that fails one is
+    #: destroyed and replaced.
+    health_interval: float = 30.0
+    #: ``[pool.<label>]``: size and max_age per image label.
+    labels: Mapping[str, PoolLabel] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        try:
+            parse_size_mib(self.memory)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: [pool] memory: {exc}") from None
+        if not 1 <= self.health_interval <= 3600:
+            raise ConfigError(f"{where}: [pool] health_interval must be 1 to 3600 seconds")
+
+    def size(self, label: str) -> int:
+        entry = self.labels.get(label)
+        return entry.size if entry is not None else 0
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     """One ``runs-on`` label: which disk to boot, how, and which guest profile it has; for a
     published image also where it comes from and how it is checked (docs/images.md)."""
@@ -499,6 +541,7 @@ class Config:
     github: GithubConfig = field(default_factory=GithubConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
     #: ``[sizes.<name>]``: size presets for images (more are built in and in [paths] images_d).
     sizes: Mapping[str, SizePreset] = field(default_factory=dict)
@@ -522,6 +565,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "github": GithubConfig,
     "debug": DebugConfig,
     "metrics": MetricsConfig,
+    "pool": PoolConfig,
 }
 
 
@@ -570,6 +614,12 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
     except ValueError as exc:
         raise ConfigError(f"{where}: {key} = {value!r}: {exc}") from None
     raise ConfigError(f"{where}: {key}: unsupported type")
+
+
+def _fields_of(obj: Any) -> dict[str, Any]:
+    """A section's keys as set (not [pool]'s label tables, which are no key of it)."""
+    skip = "labels" if isinstance(obj, PoolConfig) else ""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != skip}
 
 
 def _build(cls: type[Any], data: Mapping[str, Any], prefix: str, where: str, **extra: Any) -> Any:
@@ -667,6 +717,11 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: [{name}] must be a table")
         sections[name] = dict(value)
+    # [pool.<label>] tables sit beside [pool]'s own keys.
+    pool_tables = {k: v for k, v in sections["pool"].items() if isinstance(v, dict)}
+    sections["pool"] = {k: v for k, v in sections["pool"].items() if k not in pool_tables}
+    if "labels" in sections["pool"]:
+        raise ConfigError(f"{where}: [pool] labels: give each label a table, [pool.<label>] size = N")
 
     # Environment overrides: SOLSTICE_<SECTION>_<KEY>, one per scalar key.
     overridden: dict[str, str] = {}
@@ -688,7 +743,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         for k in env_keys:
             obj = _build(
                 cls,
-                {**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)}, k: data[k]},
+                {**_fields_of(obj), k: data[k]},
                 f"[{name}] ",
                 f"environment variable {overridden[f'{name}.{k}']}",
             )
@@ -699,6 +754,8 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     built["github"].validate(where)
     built["debug"].validate(where)
     built["metrics"].validate(where)
+    built["pool"] = dataclasses.replace(built["pool"], labels=pool_label_tables(pool_tables, where))
+    built["pool"].validate(where)
 
     images = image_tables(raw.get("images", {}), where)
     sizes = size_tables(raw.get("sizes", {}), where)
@@ -714,6 +771,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         github=built["github"],
         debug=built["debug"],
         metrics=built["metrics"],
+        pool=built["pool"],
         images=images,
         sizes=sizes,
         source=where,
@@ -722,7 +780,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
 
 
 def _tables(raw: Any, name: str, where: str) -> dict[str, dict[str, Any]]:
-    example = {"images": "[images.debian-12]", "sizes": "[sizes.large]"}[name]
+    example = {"images": "[images.debian-12]", "sizes": "[sizes.large]", "pool": "[pool.debian-12]"}[name]
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [{name}] must hold tables like {example}")
     out: dict[str, dict[str, Any]] = {}
@@ -735,7 +793,7 @@ def _tables(raw: Any, name: str, where: str) -> dict[str, dict[str, Any]]:
             raise ConfigError(
                 f"{where}: [{name}.{label}.{nested[0]}] is not an image table"
                 if name == "images"
-                else f"{where}: [{name}.{label}.{nested[0]}] is not a size table",
+                else f"{where}: [{name}.{label}.{nested[0]}] is not a {name} table",
                 hint=f'quote names that contain dots: [{name}."{label}.{nested[0]}"]',
             )
         out[label] = table
@@ -759,3 +817,8 @@ def image_tables(raw: Any, where: str) -> dict[str, ImageConfig]:
 def size_tables(raw: Any, where: str) -> dict[str, SizePreset]:
     """``[sizes.<name>]`` tables: cpus, memory, disk."""
     return _named_tables(SizePreset, "name", raw, "sizes", where)
+
+
+def pool_label_tables(raw: Any, where: str) -> dict[str, PoolLabel]:
+    """``[pool.<label>]`` tables: size, max_age."""
+    return _named_tables(PoolLabel, "label", raw, "pool", where)

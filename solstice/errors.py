@@ -41,6 +41,7 @@
           |    +-- KVMUnavailable     accel = kvm but /dev/kvm is missing or not usable (vm.machine)
           |    +-- PortForwardError   QEMU could not set up the SSH host forward (retry another port)
           |    +-- QMPUnavailable     QMP could not be reached or a command failed (vm.qmp)
+          |    +-- WarmError          a warm pool VM could not be taken (images.warm; the job boots one)
           +-- BootTimeout         the guest did not answer SSH within the boot timeout
           |    +-- SSHNotReady    no SSH login within the timeout (vm.ssh; says the last error)
           +-- GuestConnectionLost the SSH connection to a running guest dropped

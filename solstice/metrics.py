@@ -20,7 +20,7 @@ import logging
 import socket
 import socketserver
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -36,7 +36,7 @@ log = logging.getLogger("solstice.metrics")
 RESULTS = ("success", "failure", "cancelled", "error")
 #: The label value for anything outside a fixed set (an image label this process does not serve).
 OTHER = "other"
-#: How a job got its VM: booted for it, or taken from the warm pool (issue 14; not built yet).
+#: How a job got its VM: booted for it, or taken from the warm pool.
 TAKE_SOURCES = ("cold", "warm")
 #: The poller core's forge error kinds (solstice.forges.core.errors).
 FORGE_ERROR_KINDS = ("unavailable", "refused", "registration_gone", "report_broken")
@@ -159,13 +159,13 @@ class DispatcherMetrics:
         self.broker_up = Gauge("solstice_dispatcher_broker_up", "1 while RabbitMQ is connected", registry=r)
         self.pool = Gauge(
             "solstice_pool_vms",
-            "Warm pool VMs by label and state (ready, booting); 0 until the warm pool exists",
+            "Warm pool VMs by label and state (ready, booting); taken VMs are their jobs'",
             ["label", "state"],
             registry=r,
         )
         self.recycled = Counter(
             "solstice_pool_recycled",
-            "Warm pool VMs destroyed unused (too old, unhealthy), by label; 0 until the pool exists",
+            "Warm pool VMs that ended unused (too old, unhealthy, killed, or destroyed for a job), by label",
             ["label"],
             registry=r,
         )
@@ -183,6 +183,14 @@ class DispatcherMetrics:
 
     def job_accepted(self, label: str, waited: float) -> None:
         self.queue_wait.labels(self.label(label)).observe(max(0.0, waited))  # clocks of two hosts
+
+    def pool_round(self, counts: Mapping[tuple[str, str], int]) -> None:
+        for (label, state), n in counts.items():
+            if state in POOL_STATES:
+                self.pool.labels(self.label(label), state).set(n)
+
+    def pool_recycled(self, label: str) -> None:
+        self.recycled.labels(self.label(label)).inc()
 
     def round(self, *, running: int, capacity: int, database: bool, broker: bool) -> None:
         self.running.set(running)

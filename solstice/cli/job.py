@@ -4,6 +4,7 @@ it). The runtime is solstice.job.service; this only parses, calls and prints."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -35,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="configuration file (as solstice --config)",
     )
     run.add_argument(
+        "--warm-vm",
+        metavar="VM_ID",
+        default="",
+        help="take this warm pool VM instead of booting one (the dispatcher passes it; a VM that "
+        "cannot be taken is replaced by a fresh boot)",
+    )
+    run.add_argument(
         "--request",
         metavar="FILE",
         help=f"the sealed JobRequest (default: $CREDENTIALS_DIRECTORY/{CREDENTIAL}, "
@@ -60,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             args.job_id,
             args.request,
             args.config,
-            settings=service_settings,
+            settings=lambda cfg: dataclasses.replace(service_settings(cfg), warm_vm=args.warm_vm),
             decode=decode_request,
             outbox=outbox,
         )

@@ -33,6 +33,7 @@ VERBS: dict[str, str] = {
     "image": "image",
     "doctor": "doctor",
     "debug": "debug",
+    "pool": "pool",
 }
 
 EXIT_USAGE = 2

@@ -9,8 +9,9 @@ Request hand-off
     ``--request FILE``, ``$CREDENTIALS_DIRECTORY/job-request``, ``<runtime_dir>/requests/<uuid>.json``.
 
 Command line
-    ``<job command> [--config FILE] <uuid>`` (job_argv): FILE is the dispatcher's own configuration
-    file (absolute) whenever it was given one, with either spawner.
+    ``<job command> [--config FILE] [--warm-vm VM_ID] <uuid>`` (job_argv): FILE is the dispatcher's
+    own configuration file (absolute) whenever it was given one, with either spawner; VM_ID a warm
+    pool VM the job takes instead of booting one (solstice.images.warm).
 
 Exit status of the job process
     0 success, 1 failure, 3 cancelled, 4 error (infrastructure): the job reported its final
@@ -127,12 +128,14 @@ def child_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in _SERVICE_ENV}
 
 
-def job_argv(command: Sequence[str], job_id: str, config_file: Path | None) -> list[str]:
+def job_argv(command: Sequence[str], job_id: str, config_file: Path | None, warm_vm: str = "") -> list[str]:
     """The job's main process: ``command`` (``solstice job run`` or [dispatcher] job_command), the
     dispatcher's configuration file when it was given one (else the job would read the default
-    file, and look for its request in the default runtime_dir), then the uuid."""
+    file, and look for its request in the default runtime_dir), ``--warm-vm`` when the job is to
+    take a warm pool VM, then the uuid."""
     config = ["--config", str(config_file)] if config_file is not None else []
-    return [*command, *config, job_id]
+    warm = ["--warm-vm", warm_vm] if warm_vm else []
+    return [*command, *config, *warm, job_id]
 
 
 def write_request(runtime_dir: str | Path, request: JobRequest) -> Path:

@@ -46,11 +46,13 @@ from solstice.dispatch.contract import (
     synthetic_final_event,
     write_request,
 )
+from solstice.dispatch.pool import Pool
 from solstice.dispatch.spawner import RUNNING, Spawner, Verdict, judge
 from solstice.dispatch.systemd import runtime_max
 from solstice.errors import CommandError, SolsticeError
 from solstice.images import Catalog, plan_machine
 from solstice.images.state import Readiness, readiness
+from solstice.images.warm import read_state
 from solstice.metrics import DispatcherMetrics
 from solstice.model import JobRequest, JobSpec, Result, debugssh
 from solstice.queue import (
@@ -90,6 +92,8 @@ class Tracked:
     cancel_requested: bool = False  # cancelled through the control path
     verdict: Verdict | None = None  # how it ended, once it has
     event_done: bool = False  # the synthetic final event is out (or not needed)
+    warm_vm: str = ""  # the warm pool VM it took; its QEMU joins the job's unit once that runs
+    attach_tries: int = 0
 
 
 class Dispatcher:
@@ -136,6 +140,8 @@ class Dispatcher:
         self._images_checked = 0.0
         #: Served by `solstice dispatcher` when [metrics] dispatcher is set (docs/metrics.md).
         self.metrics = DispatcherMetrics(self.labels, capacity)
+        #: Booted, never-used VMs per label ([pool.<label>] size; docs/warm-pool.md).
+        self.pool = Pool(cfg, spawner, self.catalog, self.labels, self.metrics)
 
     # --- capacity ------------------------------------------------------------------------------
 
@@ -210,6 +216,8 @@ class Dispatcher:
             status,
         )
         self.check_labels()
+        if self.pool.enabled or self.pool.vms:
+            self.pool.adopt()
         self.consumer.consume_jobs(
             self.labels, self._on_job, prefetch=self.free(), active=self.takes_labels()
         )
@@ -286,6 +294,8 @@ class Dispatcher:
         due = time.monotonic() - self._images_checked >= IMAGE_CHECK_INTERVAL
         if self._consuming and due and self.check_labels():
             self.consumer.set_job_labels(self.takes_labels())
+        if self._consuming and self.store.connected:
+            self.pool.round(self.capacity - self.running() - self.pool.count(), self.takes_labels())
         if self._consuming:
             self.consumer.set_prefetch(self.free())
             if not self._ready and self.conn.is_open:
@@ -361,6 +371,8 @@ class Dispatcher:
             if status.state == RUNNING:
                 if not t.db_running:
                     self._mark_running(t)
+                elif t.warm_vm:
+                    self._attach_warm(t)
                 continue
             t.verdict = judge(
                 status,
@@ -398,6 +410,25 @@ class Dispatcher:
         t.db_running = True
         if not moved:
             log.debug("job %s: already past starting", t.job_id)
+        self._attach_warm(t)
+
+    def _attach_warm(self, t: Tracked) -> None:
+        """Move a taken warm VM's QEMU into the job's unit (its limits, its cleanup); tried on the
+        first rounds that see the unit running, then left to the keeper (which kills the VM when
+        the job's process is gone)."""
+        if not t.warm_vm or t.attach_tries >= 3:
+            return
+        t.attach_tries += 1
+        record = read_state(self.runtime_dir, t.warm_vm)
+        if record is None or not record.qemu_pid:
+            return
+        try:
+            self.spawner.attach(t.job_id, [record.qemu_pid])
+        except (CommandError, OSError) as exc:
+            log.warning("job %s: the warm VM's QEMU could not join its unit: %s", t.job_id, exc)
+            return
+        t.attach_tries = 3
+        log.info("job %s: warm VM %s's QEMU (pid %d) is in its unit", t.job_id, t.warm_vm, record.qemu_pid)
 
     def _finish(self, t: Tracked) -> None:
         verdict = t.verdict
@@ -539,20 +570,28 @@ class Dispatcher:
         deadline = runtime_max(request, self.cfg)
         try:
             plan = plan_machine(request.size, self.catalog.get(request.label), self.cfg.vm)
-            self.spawner.start(request, request_file(self.runtime_dir, t.job_id), deadline, plan)
+            canon = self.catalog.canonical(request.label) or request.label
+            t.warm_vm = self.pool.take(canon, plan)
+            over = self.running() + self.pool.count() - self.capacity
+            if over > 0:
+                self.pool.make_room(over, canon)
+            self.spawner.start(request, request_file(self.runtime_dir, t.job_id), deadline, plan, t.warm_vm)
         except (SolsticeError, OSError) as exc:
             log.error("job %s: its unit could not be started: %s", t.job_id, exc)
+            if t.warm_vm:
+                self.pool.discard(t.warm_vm)
             t.verdict = Verdict(Result.ERROR, False, f"the job's unit could not be started: {exc}")
             self._finish(t)
             return
         t.started_at = time.monotonic()
         t.runtime_max = deadline
         log.info(
-            "job %s: started %s (%s, %s)",
+            "job %s: started %s (%s, %s%s)",
             t.job_id,
             self.spawner.unit_name(t.job_id),
             request.label,
             plan.describe(),
+            f", warm VM {t.warm_vm}" if t.warm_vm else "",
         )
         self._mark_running(t)
 

@@ -56,6 +56,7 @@ class ProcessSpawner:
         *,
         stop_timeout: float = STOP_TIMEOUT,
         config_file: Path | None = None,
+        keeper_command: Sequence[str] | None = None,
     ) -> None:
         self.runtime_dir = Path(runtime_dir)
         #: The dispatcher's configuration file, for the job's --config (the environment, with
@@ -65,6 +66,9 @@ class ProcessSpawner:
         self.command = list(command)
         self.stop_timeout = stop_timeout
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._keepers: dict[str, subprocess.Popen[bytes]] = {}
+        #: How to run ``solstice`` for a keeper (``pool keep`` is appended).
+        self.keeper_command = list(keeper_command) if keeper_command else [sys.executable, "-m", "solstice"]
 
     def unit_name(self, job_id: str) -> str:
         return unit_name(job_id)
@@ -75,7 +79,14 @@ class ProcessSpawner:
     def logfile(self, job_id: str) -> Path:
         return self.dir / f"{job_id}.log"
 
-    def start(self, request: JobRequest, request_file: Path, runtime_max: float, plan: MachinePlan) -> None:
+    def start(
+        self,
+        request: JobRequest,
+        request_file: Path,
+        runtime_max: float,
+        plan: MachinePlan,
+        warm_vm: str = "",
+    ) -> None:
         # No cgroup here: the plan sets no limits (the job process plans its VM itself).
         job_id = request.job_id
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -102,7 +113,7 @@ class ProcessSpawner:
             "--runtime-directory",
             str(work_directory(self.runtime_dir, job_id)),
             "--",
-            *job_argv(self.command, job_id, self.config_file),
+            *job_argv(self.command, job_id, self.config_file, warm_vm),
         ]
         fd = os.open(self.logfile(job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -185,3 +196,60 @@ class ProcessSpawner:
                 child.wait(timeout=2)
         with contextlib.suppress(FileNotFoundError):
             self.pidfile(job_id).unlink()
+
+    # --- warm pool keepers ------------------------------------------------------------------
+
+    def keeper_pidfile(self, vm_id: str) -> Path:
+        return self.dir / f"pool-{vm_id}.pid"
+
+    def start_keeper(self, vm_id: str, label: str, plan: MachinePlan) -> None:
+        """``solstice pool keep`` as a child in a session of its own (it outlives a dispatcher
+        restart, like a job); its log is ``pool-<vm-id>.log`` beside the jobs' logs."""
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config = ["--config", str(self.config_file)] if self.config_file is not None else []
+        argv = [*self.keeper_command, *config, "pool", "keep", "--label", label, vm_id]
+        fd = os.open(self.dir / f"pool-{vm_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            child = proc.spawn(
+                argv, stdout=fd, stderr=subprocess.STDOUT, new_session=True, env=child_environment()
+            )
+        finally:
+            os.close(fd)
+        self._keepers[vm_id] = child
+        record = {"pid": child.pid, "start": proc_start_time(child.pid), "vm_id": vm_id}
+        atomic_write(self.keeper_pidfile(vm_id), json.dumps(record), mode=0o644)
+
+    def _keeper_pid(self, vm_id: str) -> int | None:
+        child = self._keepers.get(vm_id)
+        if child is not None and child.poll() is not None:
+            self._keepers.pop(vm_id, None)
+            return None
+        try:
+            data = json.loads(self.keeper_pidfile(vm_id).read_text())
+            pid = int(data["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        start = proc_start_time(pid)
+        if start is None or data.get("start") != start:
+            return None
+        return pid
+
+    def keepers(self) -> list[str]:
+        out = []
+        with contextlib.suppress(OSError):
+            for path in self.dir.glob("pool-*.pid"):
+                vm_id = path.stem.removeprefix("pool-")
+                if self._keeper_pid(vm_id) is not None:
+                    out.append(vm_id)
+                else:
+                    path.unlink(missing_ok=True)
+        return sorted(out)
+
+    def stop_keeper(self, vm_id: str) -> None:
+        pid = self._keeper_pid(vm_id)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def attach(self, job_id: str, pids: Sequence[int]) -> None:
+        """No cgroups here: the keeper kills the VM when the job's process is gone."""

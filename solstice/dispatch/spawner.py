@@ -68,10 +68,18 @@ class Spawner(Protocol):
 
     def unit_name(self, job_id: str) -> str: ...
 
-    def start(self, request: JobRequest, request_file: Path, runtime_max: float, plan: MachinePlan) -> None:
+    def start(
+        self,
+        request: JobRequest,
+        request_file: Path,
+        runtime_max: float,
+        plan: MachinePlan,
+        warm_vm: str = "",
+    ) -> None:
         """Start the job's unit; return once it exists (not waiting for the job). ``plan`` is the
-        VM's size, for the unit's limits (the job process plans the same from the same inputs).
-        Raises when it could not be started (e.g. a unit of that name exists already)."""
+        VM's size, for the unit's limits (the job process plans the same from the same inputs);
+        ``warm_vm`` a warm pool VM the job takes. Raises when it could not be started (e.g. a
+        unit of that name exists already)."""
         ...
 
     def status(self, job_ids: Sequence[str]) -> dict[str, UnitStatus]:
@@ -88,6 +96,25 @@ class Spawner(Protocol):
 
     def release(self, job_id: str) -> None:
         """Forget an ended unit (systemctl reset-failed; the process spawner's records)."""
+        ...
+
+    # --- warm pool keepers (solstice.images.warm): one unit or process per warm VM ---
+
+    def start_keeper(self, vm_id: str, label: str, plan: MachinePlan) -> None:
+        """Start the keeper of a new warm VM of ``label``, with ``plan``'s limits."""
+        ...
+
+    def keepers(self) -> list[str]:
+        """The warm VM ids whose keeper runs here."""
+        ...
+
+    def stop_keeper(self, vm_id: str) -> None:
+        """Ask a keeper to end (its VM with it); do not wait."""
+        ...
+
+    def attach(self, job_id: str, pids: Sequence[int]) -> None:
+        """Move processes (a taken warm VM's QEMU) into the job's unit, under its limits and its
+        cleanup; a no-op where there are no units."""
         ...
 
 

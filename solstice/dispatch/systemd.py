@@ -34,6 +34,7 @@ are tested without systemd; tests/systemd runs them for real.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -47,6 +48,7 @@ from solstice import proc
 from solstice.config import ENV_PREFIX, Config, DispatcherConfig, parse_size_mib
 from solstice.dispatch.contract import (
     CREDENTIAL,
+    UNIT_SUFFIX,
     child_environment,
     exit_record,
     job_argv,
@@ -56,6 +58,7 @@ from solstice.dispatch.contract import (
 from solstice.dispatch.spawner import ENDED, GONE, MAIN_CODES, RUNNING, UnitStatus, parse_exit_record
 from solstice.errors import ConfigError
 from solstice.images import MachinePlan
+from solstice.images.warm import pool_dir
 from solstice.model import JobRequest, debugssh
 
 log = logging.getLogger("solstice.dispatcher")
@@ -248,7 +251,9 @@ class SystemdSpawner:
     def unit_name(self, job_id: str) -> str:
         return unit_name(job_id)
 
-    def argv(self, request: JobRequest, request_file: Path, limits: Mapping[str, str]) -> list[str]:
+    def argv(
+        self, request: JobRequest, request_file: Path, limits: Mapping[str, str], warm_vm: str = ""
+    ) -> list[str]:
         """The systemd-run command line that starts ``request``'s unit."""
         job_id = request.job_id
         properties, exec_start = transient_properties(self.template, job_id)
@@ -263,7 +268,7 @@ class SystemdSpawner:
             f"LoadCredential={CREDENTIAL}:{request_file}",
             f"ExecStopPost=/bin/sh -c '{script}'",
         ]
-        command = job_argv(self.command or exec_start[:-1], job_id, self.cfg.path)
+        command = job_argv(self.command or exec_start[:-1], job_id, self.cfg.path, warm_vm)
         return [
             "systemd-run",
             "--quiet",
@@ -295,10 +300,17 @@ class SystemdSpawner:
                     group,
                 )
 
-    def start(self, request: JobRequest, request_file: Path, runtime_max: float, plan: MachinePlan) -> None:
+    def start(
+        self,
+        request: JobRequest,
+        request_file: Path,
+        runtime_max: float,
+        plan: MachinePlan,
+        warm_vm: str = "",
+    ) -> None:
         self._exits_dir()
         limits = job_limits(plan, runtime_max, self.cfg.dispatcher)
-        self._run(self.argv(request, request_file, limits), timeout=60)
+        self._run(self.argv(request, request_file, limits, warm_vm), timeout=60)
 
     def status(self, job_ids: Sequence[str]) -> dict[str, UnitStatus]:
         if not job_ids:
@@ -370,3 +382,119 @@ class SystemdSpawner:
     def release(self, job_id: str) -> None:
         # Not loaded any more (ended cleanly) is fine: nothing to reset.
         self._run(["systemctl", "reset-failed", unit_name(job_id)], check=False, timeout=30)
+
+    # --- warm pool keepers: solstice-pool@<vm-id>.service ------------------------------------
+
+    def keeper_argv(self, vm_id: str, label: str, plan: MachinePlan) -> list[str]:
+        """The systemd-run command line of a warm VM's keeper: the job template's sandbox and user,
+        its own RuntimeDirectory, the label's plan as limits, and none of the job's credentials
+        (no secrets key, no broker: nothing of any job reaches a VM before a job takes it). No
+        RuntimeMaxSec=: the keeper gives an unused VM up at max_age itself, and a taken VM lives
+        as long as its job's unit allows."""
+        if not _SAFE_PATH.fullmatch(vm_id) or not _SAFE_PATH.fullmatch(label):
+            raise ConfigError(f"warm VM {vm_id!r} of {label!r}: not a name that can go into a unit")
+        properties, exec_start = transient_properties(self.template, vm_id)
+        kept = []
+        for prop in properties:
+            key, _, _ = prop.partition("=")
+            if key in ("LoadCredential", "Description", "RuntimeDirectory", "Documentation"):
+                continue
+            kept.append(prop)
+        limits = job_limits(plan, 0, self.cfg.dispatcher)
+        del limits["RuntimeMaxSec"]
+        kept += [
+            f"Description=Solstice CI warm VM {vm_id} ({label})",
+            f"RuntimeDirectory={pool_runtime_directory(self.runtime_dir, vm_id)}",
+            f"ReadWritePaths={pool_dir(self.runtime_dir)}",
+            *(f"{key}={value}" for key, value in limits.items()),
+        ]
+        solstice = exec_start[0] if exec_start[1:3] == ["job", "run"] else "/usr/bin/solstice"
+        config = ["--config", str(self.cfg.path)] if self.cfg.path is not None else []
+        return [
+            "systemd-run",
+            "--quiet",
+            "--no-block",
+            f"--unit={keeper_unit(vm_id)}",
+            *(f"--property={p}" for p in kept),
+            *(f"--setenv={name}={value}" for name, value in self.environment.items()),
+            "--",
+            solstice,
+            *config,
+            "pool",
+            "keep",
+            "--label",
+            label,
+            vm_id,
+        ]
+
+    def _pool_dir(self) -> None:
+        """``<runtime_dir>/pool``: keepers write their records there, the dispatcher reads them
+        (root:<job group> 0730, as exits/)."""
+        path = pool_dir(self.runtime_dir)
+        if path.is_dir():
+            return
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o730)
+        group = dict(p.split("=", 1) for p in transient_properties(self.template, "-")[0]).get("Group")
+        if group and os.geteuid() == 0:
+            with contextlib.suppress(LookupError):
+                shutil.chown(path, group=group)
+
+    def start_keeper(self, vm_id: str, label: str, plan: MachinePlan) -> None:
+        self._pool_dir()
+        self._run(self.keeper_argv(vm_id, label, plan), timeout=60)
+
+    def keepers(self) -> list[str]:
+        out = self._run(
+            ["systemctl", "list-units", "--plain", "--no-legend", "--no-pager", "--full", keeper_unit("*")],
+            timeout=30,
+        ).stdout.decode(errors="replace")
+        ids = []
+        for line in out.splitlines():
+            words = line.split()
+            if len(words) >= 3 and words[0].startswith(KEEPER_PREFIX) and words[2] in _ACTIVE:
+                ids.append(words[0][len(KEEPER_PREFIX) : -len(UNIT_SUFFIX)])
+        return sorted(ids)
+
+    def stop_keeper(self, vm_id: str) -> None:
+        self._run(["systemctl", "stop", "--no-block", keeper_unit(vm_id)], timeout=30)
+
+    def attach(self, job_id: str, pids: Sequence[int]) -> None:
+        """AttachProcessesToUnit (systemd 238+; root may move any process): the warm VM's QEMU
+        joins the job's cgroup, so the job's limits hold it and stopping the job's unit kills it."""
+        if not pids:
+            return
+        self._run(
+            [
+                "busctl",
+                "call",
+                "org.freedesktop.systemd1",
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager",
+                "AttachProcessesToUnit",
+                "ssau",
+                unit_name(job_id),
+                "",
+                str(len(pids)),
+                *(str(p) for p in pids),
+            ],
+            timeout=30,
+        )
+
+
+KEEPER_PREFIX = "solstice-pool@"
+
+
+def keeper_unit(vm_id: str) -> str:
+    return f"{KEEPER_PREFIX}{vm_id}{UNIT_SUFFIX}"
+
+
+def pool_runtime_directory(runtime_dir: Path, vm_id: str) -> str:
+    """RuntimeDirectory= (relative to /run) of a keeper: ``<runtime_dir>/pool/<vm-id>``."""
+    rel = pool_dir(runtime_dir).relative_to("/run") if pool_dir(runtime_dir).is_relative_to("/run") else None
+    if rel is None:
+        raise ConfigError(
+            f"[paths] runtime_dir = {str(runtime_dir)!r}: warm pool units need it under /run "
+            "(their RuntimeDirectory=)"
+        )
+    return f"{rel}/{vm_id}"

@@ -35,7 +35,7 @@ from solstice.errors import (
     VMError,
     WorkflowError,
 )
-from solstice.images import Image, MachinePlan, plan_machine
+from solstice.images import Image, MachinePlan, plan_machine, warm
 from solstice.job import checkout, filecmds, script
 from solstice.job.commands import Command, CommandState
 from solstice.job.events import Emitter, LineSplitter
@@ -46,7 +46,7 @@ from solstice.model import EventSink, JobRequest, Outcome, Phase, Result, Step, 
 from solstice.model.jobcontract import canonical_job_id
 from solstice.notify import Notifier
 from solstice.vm import leftovers, machine
-from solstice.vm.console import ConsoleFollower
+from solstice.vm.console import ConsoleFollower, read_tail
 from solstice.vm.machine import MachineSpec, start_machine
 from solstice.workflow import checkout as checkout_inputs
 
@@ -62,6 +62,9 @@ MAX_RUNNER_FILE = 16 * 1024 * 1024
 QEMU_EXIT_WAIT = 2.0
 #: The title of the folded group of boot console lines in the job's log.
 BOOT_CONSOLE_GROUP = "Boot console"
+#: The most lines of a warm VM's boot console copied into its job's log.
+WARM_CONSOLE_LINES = 2000
+WARM_CONSOLE_BYTES = 256 * 1024
 #: The user's own doing: a job that ends on one of these failed; on any other error it errored.
 WORKFLOW_ERRORS = (WorkflowError, ExpressionError, filecmds.FileCommandError)
 
@@ -84,6 +87,9 @@ class JobSettings:
     #: Power the guest down politely at the end (image preparation, the self-test), up to
     #: ``vm.shutdown_timeout``; jobs' throwaway guests are just stopped.
     powerdown: bool = False
+    #: A warm pool VM the dispatcher gave this job (solstice.images.warm); "" boots a fresh one,
+    #: as does a warm VM that cannot be taken.
+    warm_vm: str = ""
 
 
 @dataclass(frozen=True)
@@ -275,10 +281,15 @@ class JobRun:
         self.notifier.status(f"job {self.request.job_id}: {phase.value}")
 
     def _boot_vm(self, stack: contextlib.ExitStack) -> Guest:
-        """The default ``boot``: a fresh VM of the job's image in its work directory."""
+        """The default ``boot``: the warm VM the dispatcher gave the job, else a fresh VM of the
+        job's image in its work directory."""
         assert self.workdir is not None
         self.image.check()
         plan = plan_machine(self.request.size, self.image, self.settings.vm)
+        if self.settings.warm_vm:
+            guest = self._take_warm(stack, plan)
+            if guest is not None:
+                return guest
         self.emit.log(f"Booting {self.image.label} ({self.settings.vm.accel}, {plan.describe()})", step=None)
         # The serial console, live and folded, so a guest that does not come up shows why.
         self.emit.log(f"::group::{BOOT_CONSOLE_GROUP}", step=None)
@@ -295,6 +306,47 @@ class JobRun:
         finally:
             follower.stop()
             self.emit.log("::endgroup::", step=None)
+
+    def _take_warm(self, stack: contextlib.ExitStack, plan: MachinePlan) -> Guest | None:
+        """The warm VM ``settings.warm_vm``, or None (said in the log) when it cannot be taken."""
+        vm_id = self.settings.warm_vm
+        self._phase(Phase.PREPARE)
+        taken: list[warm.Handover] = []
+        attempt = contextlib.ExitStack()
+        try:
+            guest = warm.take_guest(
+                self.settings.runtime_dir,
+                vm_id,
+                self.request.job_id,
+                plan,
+                self.image.profile,
+                attempt,
+                on_taken=taken.append,
+            )
+        except SolsticeError as exc:
+            attempt.close()  # gives back nothing: a VM half taken is killed by its keeper
+            self.emit.log(f"The warm VM could not be taken ({exc}); booting a fresh one", step=None)
+            return None
+        except BaseException:
+            attempt.close()
+            raise
+        stack.push(attempt.pop_all())
+        handover = taken[0]
+        waited = max(0.0, time.time() - handover.ready_at)
+        boot = f"booted in {handover.boot_seconds:.0f} s, " if handover.boot_seconds else ""
+        self.emit.log(
+            f"Took warm VM {vm_id} of {self.image.label} ({plan.describe()}; {boot}ready {waited:.0f} s)",
+            step=None,
+        )
+        # Its boot log, folded as a cold boot's is: the journal and the forge keep it with the job.
+        self.emit.log(f"::group::{BOOT_CONSOLE_GROUP} (warm VM {vm_id})", step=None)
+        console = read_tail(handover.console, WARM_CONSOLE_LINES, max_bytes=WARM_CONSOLE_BYTES)
+        for line in console.splitlines():
+            self._console_line(line)
+        self.emit.log("::endgroup::", step=None)
+        self.emit.phase(Phase.READY, f"warm VM {vm_id}")
+        self.notifier.status(f"job {self.request.job_id}: ready (warm VM {vm_id})")
+        return guest
 
     def _console_line(self, line: str) -> None:
         # A console line must not open or close groups or look like a command in the forge's view.

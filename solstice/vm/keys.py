@@ -45,3 +45,15 @@ def generate_keypair(comment: str = "solstice-ci") -> KeyPair:
     # buffer, so the private key never touches the disk.
     pkey = paramiko.Ed25519Key.from_private_key(io.StringIO(_openssh_pem(private)))
     return KeyPair(public_line=f"{public.decode()} {comment}", pkey=pkey, _private=private)
+
+
+def load_keypair(private_openssh: str, comment: str = "solstice-ci") -> KeyPair:
+    """The key pair of a private key handed over in memory (a warm VM's, solstice.images.warm)."""
+    private = serialization.load_ssh_private_key(private_openssh.encode(), password=None)
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ValueError("not an ed25519 private key")
+    public = private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    pkey = paramiko.Ed25519Key.from_private_key(io.StringIO(private_openssh))
+    return KeyPair(public_line=f"{public.decode()} {comment}", pkey=pkey, _private=private)

@@ -106,11 +106,12 @@ def sweep(runtime_dir: Path) -> Swept:
 
     Never raises for a directory or lock that is not this user's to remove: that is skipped."""
     swept = Swept()
-    jobs = runtime_dir / "jobs"
-    with contextlib.suppress(OSError):
-        for entry in sorted(jobs.iterdir()):
-            if entry.is_dir() and not entry.is_symlink() and (entry / OWNER).is_file():
-                _sweep_workdir(entry, swept)
+    # jobs/<uuid>: job processes'; pool/<vm-id>: warm pool keepers' (solstice.images.warm).
+    for parent in (runtime_dir / "jobs", runtime_dir / "pool"):
+        with contextlib.suppress(OSError):
+            for entry in sorted(parent.iterdir()):
+                if entry.is_dir() and not entry.is_symlink() and (entry / OWNER).is_file():
+                    _sweep_workdir(entry, swept)
     # After the QEMUs: a port lock is free once its job process is gone, QEMU or not.
     ports = runtime_dir / "ports"
     with contextlib.suppress(OSError):

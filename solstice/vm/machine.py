@@ -31,9 +31,17 @@ from solstice.vm.keys import KeyPair, generate_keypair
 from solstice.vm.ports import allocate_port, try_lease
 from solstice.vm.profiles import GuestProfile
 from solstice.vm.provision import FirstBoot, for_profile
-from solstice.vm.qmp import QMPUnavailable, qmp_command, stop_qemu
+from solstice.vm.qmp import QemuProcess, QMPUnavailable, qmp_command, stop_qemu
 
-__all__ = ["BootMode", "Guest", "KVMUnavailable", "MachineSpec", "read_tail", "start_machine"]
+__all__ = [
+    "BootMode",
+    "Guest",
+    "KVMUnavailable",
+    "MachineSpec",
+    "attach_machine",
+    "read_tail",
+    "start_machine",
+]
 
 log = logging.getLogger("solstice.vm.machine")
 
@@ -119,7 +127,7 @@ class Guest:
         profile: GuestProfile,
         keypair: KeyPair,
         shutdown: ShutdownPolicy | None = None,
-        qemu: subprocess.Popen[bytes] | None = None,
+        qemu: QemuProcess | None = None,
         stop: Callable[[], None] = lambda: None,
         disk: Path | None = None,
         qmp_path: Path | None = None,
@@ -322,7 +330,7 @@ def _await_qemu(
             time.sleep(0.05)
 
 
-def _stop(qemu: subprocess.Popen[bytes], qmp_path: Path, shutdown: ShutdownPolicy) -> None:
+def _stop(qemu: QemuProcess, qmp_path: Path, shutdown: ShutdownPolicy) -> None:
     # The policy is read now, at unwind time, not when the callback was registered.
     if qemu.poll() is None:
         shutdown.powered_off = stop_qemu(qemu, qmp_path, shutdown.powerdown_timeout)
@@ -500,4 +508,50 @@ def start_machine(
         ) from None
     log.info("guest ready on 127.0.0.1:%d after %.1f s", port, time.monotonic() - started)
     phase(Phase.READY)
+    return guest
+
+
+def attach_machine(
+    *,
+    port: int,
+    profile: GuestProfile,
+    keypair: KeyPair,
+    qemu: QemuProcess,
+    qmp_path: Path,
+    console: Path,
+    disk: Path | None,
+    stack: contextlib.ExitStack,
+    timeout: float = 30.0,
+) -> Guest:
+    """A running VM that another process booted (a warm pool VM), as this process's Guest: a new
+    SSH connection with the handed-over key, and QEMU stopped when ``stack`` unwinds, as
+    start_machine's are. Raises BootTimeout or VMError when the guest does not answer."""
+    shutdown = ShutdownPolicy()
+    stack.callback(_stop, qemu, qmp_path, shutdown)
+    try:
+        transport = ssh.wait_ready(
+            port, profile.user, keypair.pkey, timeout=timeout, alive=lambda: qemu.poll() is None
+        )
+    except ssh.SSHNotReady as exc:
+        raise BootTimeout(
+            f"the warm VM did not answer SSH on 127.0.0.1:{port} within {timeout:.0f} s "
+            f"(last error: {exc.last_error})"
+        ) from None
+    guest = Guest(
+        transport,
+        port,
+        console,
+        profile,
+        keypair,
+        shutdown,
+        qemu=qemu,
+        stop=lambda: _stop(qemu, qmp_path, shutdown),
+        disk=disk,
+        qmp_path=qmp_path,
+    )
+    stack.callback(guest.close)
+    try:
+        guest.open_files()
+    except GuestConnectionLost as exc:
+        raise VMError(f"the warm VM answered SSH but its SFTP subsystem did not start ({exc})") from None
     return guest

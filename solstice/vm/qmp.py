@@ -11,11 +11,27 @@ import asyncio
 import logging
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from qemu.qmp import QMPClient, QMPError
 
 from solstice.errors import VMError
+
+
+class QemuProcess(Protocol):
+    """What stopping QEMU needs of its process: a Popen, or a warm VM's vm.remote.RemoteQemu."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
 
 log = logging.getLogger("solstice.vm.qmp")
 
@@ -49,7 +65,7 @@ def qmp_command(
         loop.close()
 
 
-def _wait(qemu: subprocess.Popen[bytes], timeout: float) -> bool:
+def _wait(qemu: QemuProcess, timeout: float) -> bool:
     try:
         qemu.wait(timeout=max(timeout, 0.0))
         return True
@@ -58,7 +74,7 @@ def _wait(qemu: subprocess.Popen[bytes], timeout: float) -> bool:
 
 
 def stop_qemu(
-    qemu: subprocess.Popen[bytes],
+    qemu: QemuProcess,
     qmp_socket: Path,
     powerdown_timeout: float,
     quit_timeout: float = 10.0,

@@ -30,6 +30,8 @@ def test_every_key_is_documented_in_its_table() -> None:
     tables = {**config._SECTIONS, "images": config.ImageConfig, "sizes": config.SizePreset}
     for name, cls in tables.items():
         fields = {f.name for f in dataclasses.fields(cls)} - {"label", "name"}  # the table's name
+        if cls is config.PoolConfig:  # [pool]'s keys and its [pool.<label>] tables' in one section
+            fields = fields - {"labels"} | {f.name for f in dataclasses.fields(config.PoolLabel)} - {"label"}
         assert name in doc, f"no section for [{name}]"
         assert fields - doc[name] == set(), f"[{name}] keys missing from configuration.md"
         assert doc[name] - fields == set(), f"[{name}] documents keys that do not exist"

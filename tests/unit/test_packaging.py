@@ -125,6 +125,8 @@ def test_the_conffile_shows_every_key_with_a_comment_and_loads() -> None:
     tables = {**config._SECTIONS, "images": config.ImageConfig}
     for name, cls in tables.items():
         keys = {f.name for f in dataclasses.fields(cls)} - {"label"}
+        if cls is config.PoolConfig:  # its keys and its [pool.<label>] tables' keys
+            keys = keys - {"labels"} | {f.name for f in dataclasses.fields(config.PoolLabel)} - {"label"}
         assert keys - shown.get(name, set()) == set(), f"[{name}] keys missing from the conffile"
         assert shown.get(name, set()) - keys == set(), f"[{name}] shows keys that do not exist"
     assert "labels" in shown

@@ -456,6 +456,7 @@ class Poller:
                 a.saved.label,
                 take=None if prepare is None else event.time - prepare,
                 boot=None if boot is None else event.time - boot,
+                source="warm" if event.message.startswith("warm") else "cold",
             )
 
     # --- reporting ---------------------------------------------------------------------------------
