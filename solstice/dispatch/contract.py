@@ -93,6 +93,14 @@ def cancel_marker(runtime_dir: str | Path, job_id: str) -> Path:
     return requests_dir(runtime_dir) / f"{job_id}.cancel"
 
 
+def work_directory(runtime_dir: str | Path, job_id: str) -> Path:
+    """The job's work directory (overlay, seed, console log): ``<runtime_dir>/jobs/<uuid>``, as the
+    job process makes it (solstice/job/runner.py). Under systemd it is the unit's
+    ``RuntimeDirectory=solstice/jobs/%i``, which systemd removes when the unit stops, however the
+    job process ended; the process spawner's supervisor removes it likewise."""
+    return Path(runtime_dir) / "jobs" / job_id
+
+
 def exit_record(runtime_dir: str | Path, job_id: str) -> Path:
     """``<SERVICE_RESULT> <EXIT_CODE> <EXIT_STATUS>``, written when the job's unit stops. In a
     directory of its own (``exits/``): the job unit's ExecStopPost= writes it as the job's user,

@@ -9,7 +9,9 @@ job, delete old ones yourself).
 
 Supervisors run in sessions of their own: a dispatcher that is stopped or killed leaves them and
 their jobs running, and a restarted dispatcher adopts them by their pid files. There is no cgroup:
-no memory or CPU limits, and cleanup after a crash is best effort (see supervise.py).
+no memory or CPU limits, and cleanup after a crash is best effort (see supervise.py): the
+supervisor kills what is left of the job and removes its work directory
+(``<runtime_dir>/jobs/<uuid>``, systemd's RuntimeDirectory=) once the job process is gone.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from solstice.dispatch.contract import (
     exit_record,
     job_argv,
     unit_name,
+    work_directory,
 )
 from solstice.dispatch.spawner import ENDED, GONE, RUNNING, UnitStatus, parse_exit_record
 from solstice.dispatch.supervise import proc_start_time
@@ -107,6 +110,8 @@ class ProcessSpawner:
             str(runtime_max),
             "--stop-timeout",
             str(self.stop_timeout),
+            "--runtime-directory",
+            str(work_directory(self.runtime_dir, job_id)),
             "--",
             *job_argv(self.command, job_id, self.config_file, warm_vm),
         ]

@@ -11,6 +11,8 @@ for ``solstice-job@<uuid>.service``:
 - once the job process is gone, kills what is left of its process group and every process of
   this user whose command line names the job uuid (QEMU runs in a session of its own, but its
   ``-name solstice-<uuid>`` gives it away): the cgroup cleanup of KillMode=control-group, best effort;
+- then removes ``--runtime-directory`` (the job's work directory with its overlay and seed), as
+  systemd removes the unit's RuntimeDirectory=: a job process that was SIGKILLed could not;
 - writes ``--record`` as ``<Result> <EXIT_CODE> <EXIT_STATUS>`` in systemd's words
   (e.g. ``exit-code exited 3``, ``signal killed KILL``, ``timeout killed TERM``).
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +82,7 @@ def supervise(
     job_id: str,
     runtime_max: float,
     stop_timeout: float,
+    runtime_directory: Path | None = None,
 ) -> int:
     write_json(
         pidfile,
@@ -121,6 +125,9 @@ def supervise(
             print(f"solstice-supervise: killed leftover process {pid}", flush=True)
         except (ProcessLookupError, PermissionError):
             pass
+    if runtime_directory is not None:
+        # Before the record: once the dispatcher sees the job ended, nothing of it is left.
+        shutil.rmtree(runtime_directory, ignore_errors=True)
     code = child.returncode
     if code >= 0:
         exit_code, status = "exited", str(code)
@@ -146,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--runtime-max", type=float, default=0.0)
     parser.add_argument("--stop-timeout", type=float, default=15.0)
+    parser.add_argument("--runtime-directory", type=Path, default=None)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -158,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         job_id=args.job_id,
         runtime_max=args.runtime_max,
         stop_timeout=args.stop_timeout,
+        runtime_directory=args.runtime_directory,
     )
 
 

@@ -6,7 +6,9 @@ Process faults (the stand-in job, helpers/fake_job.py, so the loop is fast): SIG
 runner, the dispatcher and a job process at random moments; the private RabbitMQ and PostgreSQL
 restarted mid-job; the state directory (a small tmpfs) full. Guest faults (real TCG guests): QEMU
 SIGKILLed mid-step, a guest that hangs (QEMU stopped with SIGSTOP), a guest whose sshd dies
-mid-step, a step that floods output.
+mid-step, a step that floods output, and the job process itself SIGKILLed mid-step (its QEMU must
+die with it: PR_SET_PDEATHSIG, checked with the supervisor stopped so that its cleanup cannot be
+what kills QEMU).
 
 Used by scripts/chaos (the whole matrix) and tests/service/test_chaos_subset.py (a short seeded
 subset). Needs root (tmpfs mount, PostgreSQL as user postgres).
@@ -46,7 +48,10 @@ PROCESS_FAULTS = (
     "restart-postgres",
     "state-disk-full",
 )
-GUEST_FAULTS = ("kill-qemu", "guest-hang", "ssh-drop", "output-flood")
+GUEST_FAULTS = ("kill-qemu", "guest-hang", "ssh-drop", "output-flood", "kill-job-guest")
+#: How long a QEMU may outlive its SIGKILLed job process (the kernel's PR_SET_PDEATHSIG SIGKILL
+#: is immediate; a QEMU with many threads takes a moment to go).
+QEMU_GRACE = 10.0
 MARKER = "chaos-step-running"
 STATE_SIZE = "4m"  # the state directory's tmpfs: small enough to fill at once
 
@@ -63,6 +68,7 @@ GUEST_STEPS = {
     "guest-hang": f"echo {MARKER}; sleep 120",
     "ssh-drop": f"echo {MARKER}; sleep 3; sudo pkill -9 sshd; sleep 60",
     "output-flood": f"echo {MARKER}; seq 1 300000 | sed 's/^/flood line /'; echo flood-done",
+    "kill-job-guest": f"echo {MARKER}; sleep 120",
 }
 
 
@@ -142,6 +148,11 @@ class Chaos:
         self.log = log
         self.injected: Counter[str] = Counter()
         self.notes: dict[str, str] = {}  # per guest fault: what the forge shows of the job's end
+        #: Per group: QEMU processes still alive QEMU_GRACE s after their job process was SIGKILLed
+        #: (counted as leftover QEMU: the run's supervisor would kill them later, but the job
+        #: process's death alone must).
+        self.outlived: Counter[str] = Counter()
+        self.qemu_death: dict[str, str] = {}  # per group: how long QEMU outlived its job process
         self.tasks: dict[int, str] = {}  # forge job id -> the fault or phase it belongs to
         self.forge = FakeForgejo()
         self.runtime = short_dir("chaos-")
@@ -342,7 +353,9 @@ class Chaos:
             if len(runs) > 1:
                 row.ran_twice += 1
         ids = [u for u in (self.job_uuid(j) for j in jobs) if u]
-        row.qemu = sum(len(qemu_of(u)) for u in ids)
+        row.qemu = sum(len(qemu_of(u)) for u in ids) + (
+            self.outlived[group] if group else sum(self.outlived.values())
+        )
         row.overlays = len(list(self.runtime.rglob("*.qcow2")))
         row.ports = self.held_ports()
         row.units = len(self.job_processes())
@@ -424,6 +437,9 @@ def guest_run(chaos: Chaos, fault: str, timeout: float = 900) -> None:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
+    elif fault == "kill-job-guest":
+        if not kill_job_process(chaos, fault, pids):
+            return
     chaos.injected[fault] += 1
     while not chaos.done(forge_job) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -442,6 +458,72 @@ def guest_run(chaos: Chaos, fault: str, timeout: float = 900) -> None:
         # what the job said broke (its last line naming an error)
         errors = [x for x in lines if "error" in x.lower()]
         chaos.notes[fault] = errors[-1] if errors else (lines[-1] if lines else "")
+        if fault in chaos.qemu_death:
+            chaos.notes[fault] = f"{chaos.qemu_death[fault]}; the forge: {chaos.notes[fault]}"
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and parent pid, or None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def _alive(pid: int) -> bool:
+    st = _stat(pid)
+    return st is not None and st[0] != "Z"
+
+
+def kill_job_process(chaos: Chaos, fault: str, qemus: list[int]) -> bool:
+    """SIGKILL the job process (the parent of the job's QEMU) while its step runs, with its
+    supervisor stopped meanwhile: the supervisor kills whatever names the job once its child is
+    gone, which would hide a QEMU that does not die with its job process. Then QEMU must be gone
+    within QEMU_GRACE s; one that is not counts as left over. False when there was nothing to kill."""
+    parents = {st[1] for st in (_stat(q) for q in qemus) if st is not None}
+    jobs = [p for p in parents if b"job\0run" in _cmdline(p)]
+    if len(jobs) != 1:
+        chaos.log(f"  {fault}: no single job process owns QEMU {qemus} (parents {sorted(parents)})")
+        chaos.notes[fault] = "no job process to kill"
+        return False
+    (job,) = jobs
+    supervisor = st[1] if (st := _stat(job)) is not None else None
+    if supervisor is not None and b"solstice.dispatch.supervise" not in _cmdline(supervisor):
+        supervisor = None  # not the process spawner's supervisor: nothing to hold back
+    if supervisor is not None:
+        os.kill(supervisor, signal.SIGSTOP)
+    try:
+        killed = time.monotonic()
+        os.kill(job, signal.SIGKILL)
+        while any(_alive(q) for q in qemus) and time.monotonic() - killed < QEMU_GRACE:
+            time.sleep(0.05)
+        left = [q for q in qemus if _alive(q)]
+        took = time.monotonic() - killed
+    finally:
+        if supervisor is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(supervisor, signal.SIGCONT)
+    if left:
+        chaos.outlived[fault] += len(left)
+        chaos.log(
+            f"  {fault}: QEMU {left} still running {QEMU_GRACE:.0f} s after job process {job} was killed"
+        )
+    else:
+        chaos.log(f"  {fault}: QEMU {qemus} gone {took:.2f} s after job process {job} was killed")
+    chaos.qemu_death[fault] = (
+        f"QEMU still running {QEMU_GRACE:.0f} s after its job process was killed"
+        if left
+        else f"QEMU gone {took:.2f} s after its job process was killed"
+    )
+    return True
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 @contextlib.contextmanager
