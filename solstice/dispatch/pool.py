@@ -147,6 +147,10 @@ class Pool:
                 continue
             del self.vms[vm.vm_id]
             state_file(self.runtime_dir, vm.vm_id).unlink(missing_ok=True)
+            try:
+                self.spawner.release_keeper(vm.vm_id)
+            except (CommandError, OSError) as exc:
+                log.warning("warm VM %s: cannot release its keeper: %s", vm.vm_id, exc)
             if self.metrics is not None:
                 self.metrics.pool_recycled(vm.label)
             if vm.was_ready:

@@ -251,5 +251,11 @@ class ProcessSpawner:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def release_keeper(self, vm_id: str) -> None:
+        child = self._keepers.pop(vm_id, None)
+        if child is not None:
+            child.poll()
+        self.keeper_pidfile(vm_id).unlink(missing_ok=True)
+
     def attach(self, job_id: str, pids: Sequence[int]) -> None:
         """No cgroups here: the keeper kills the VM when the job's process is gone."""

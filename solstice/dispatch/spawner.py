@@ -112,6 +112,10 @@ class Spawner(Protocol):
         """Ask a keeper to end (its VM with it); do not wait."""
         ...
 
+    def release_keeper(self, vm_id: str) -> None:
+        """Forget an ended keeper (systemctl reset-failed; its pid file)."""
+        ...
+
     def attach(self, job_id: str, pids: Sequence[int]) -> None:
         """Move processes (a taken warm VM's QEMU) into the job's unit, under its limits and its
         cleanup; a no-op where there are no units."""

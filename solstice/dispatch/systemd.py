@@ -459,6 +459,10 @@ class SystemdSpawner:
     def stop_keeper(self, vm_id: str) -> None:
         self._run(["systemctl", "stop", "--no-block", keeper_unit(vm_id)], timeout=30)
 
+    def release_keeper(self, vm_id: str) -> None:
+        # A keeper that failed (an unhealthy VM, a boot that timed out) stays loaded until reset.
+        self._run(["systemctl", "reset-failed", keeper_unit(vm_id)], check=False, timeout=30)
+
     def attach(self, job_id: str, pids: Sequence[int]) -> None:
         """AttachProcessesToUnit (systemd 238+; root may move any process): the warm VM's QEMU
         joins the job's cgroup, so the job's limits hold it and stopping the job's unit kills it."""

@@ -57,8 +57,9 @@ log = logging.getLogger("solstice.pool")
 SOCKET = "handover.sock"
 #: Seconds a taker has to send its request once connected.
 REQUEST_TIMEOUT = 5.0
-#: Exit status of a keeper that gave its VM up unused (too old); 0: its VM served a job.
-EXIT_RECYCLED = 10
+#: Exit status of a keeper that gave its VM up unused (too old, stopped): a normal end, as when its
+#: VM served a job (a transient unit that exits 0 is unloaded at once).
+EXIT_RECYCLED = 0
 #: Exit status of a keeper whose VM failed a health check or did not boot.
 EXIT_UNHEALTHY = 11
 
@@ -183,7 +184,8 @@ class Keeper:
 
     def run(self) -> int:
         """Boot, wait to be taken, serve the taker; the exit status says how it ended (0: a job
-        took and ended it, EXIT_RECYCLED, EXIT_UNHEALTHY)."""
+        took and ended it, or it was given up unused; EXIT_UNHEALTHY: it never got ready or
+        failed a health check)."""
         image = Catalog.from_config(self.cfg).get(self.label)
         image.check()
         plan = plan_machine(Size(), image, self.cfg.vm)

@@ -10,6 +10,8 @@ The installation is test_pipeline's (its module fixture, set up again for this m
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from test_pipeline import (  # type: ignore[import-not-found]
@@ -55,7 +57,24 @@ def restart_dispatcher(pipeline: Pipeline, extra: str) -> None:
     assert done.returncode == 0, done.stderr + pipeline.explain()
 
 
-def test_a_job_takes_a_warm_vm_whose_qemu_joins_the_jobs_unit(pipeline: Pipeline) -> None:
+#: The dispatcher runs with SOLSTICE_VM_BOOT_TIMEOUT=5 (test_pipeline's drop-in, for its deadline
+#: test) and passes it on to every unit it starts; the keepers boot with the real one, as the job
+#: units do (their drop-in).
+POOL_DROPIN = "/run/systemd/system/solstice-pool@.service.d/pipeline-test.conf"
+
+
+@pytest.fixture
+def boot_timeout(pipeline: Pipeline) -> Iterator[None]:  # noqa: F811
+    pipeline.testbed.write(POOL_DROPIN, "[Service]\nEnvironment=SOLSTICE_VM_BOOT_TIMEOUT=400\n")
+    pipeline.testbed.run("systemctl", "daemon-reload")
+    yield
+    pipeline.testbed.run("rm", "-rf", str(Path(POOL_DROPIN).parent))
+    pipeline.testbed.run("systemctl", "daemon-reload")
+
+
+def test_a_job_takes_a_warm_vm_whose_qemu_joins_the_jobs_unit(
+    pipeline: Pipeline, boot_timeout: None
+) -> None:  # noqa: F811
     testbed = pipeline.testbed
     restart_dispatcher(pipeline, POOL)
 
@@ -102,4 +121,8 @@ def test_a_job_takes_a_warm_vm_whose_qemu_joins_the_jobs_unit(pipeline: Pipeline
     )
     restart_dispatcher(pipeline, "")
     wait_until("no keeper left", lambda: not keeper_units(pipeline), 60)
+    loaded = testbed.run(
+        "systemctl", "list-units", "--all", "--plain", "--no-legend", "solstice-pool@*"
+    ).stdout
+    assert "failed" not in loaded, loaded
     wait_until("no pool QEMU left", lambda: not testbed.processes("qemu-system"), 30)

@@ -65,6 +65,7 @@ class Keepers:
         self.runtime_dir = runtime_dir
         self.running: dict[str, str] = {}  # vm id -> label
         self.stopped: list[str] = []
+        self.released: list[str] = []
         self.attached: list[tuple[str, list[int]]] = []
 
     def start_keeper(self, vm_id: str, label: str, plan: MachinePlan) -> None:
@@ -77,6 +78,9 @@ class Keepers:
     def stop_keeper(self, vm_id: str) -> None:
         self.running.pop(vm_id, None)
         self.stopped.append(vm_id)
+
+    def release_keeper(self, vm_id: str) -> None:
+        self.released.append(vm_id)
 
     def attach(self, job_id: str, pids: Sequence[int]) -> None:
         self.attached.append((job_id, list(pids)))
@@ -174,6 +178,7 @@ def test_ended_keepers_are_replaced_and_old_ready_vms_recycled(tmp_path: Path) -
     pool.vms[dead].started -= 60  # past the start grace
     pool.round(free=2, labels=["debian-12"])
     assert dead not in pool.vms and len(keepers.running) == 2
+    assert keepers.released == [dead]  # a failed keeper unit does not stay loaded
     assert not warm.state_file(keepers.runtime_dir, dead).exists()
     old = next(iter(keepers.running))
     write(
