@@ -536,8 +536,8 @@ class Dispatcher:
         return True
 
     def _start(self, t: Tracked, request: JobRequest) -> None:
-        deadline = runtime_max(request, self.cfg)
         try:
+            deadline = runtime_max(request, self.cfg, self.catalog.get(request.label))
             plan = plan_machine(request.size, self.catalog.get(request.label), self.cfg.vm)
             self.spawner.start(request, request_file(self.runtime_dir, t.job_id), deadline, plan)
         except (SolsticeError, OSError) as exc:
