@@ -194,7 +194,8 @@ class DispatcherConfig:
     memory_overhead: str = "512M"
     #: TasksMax of a job's unit.
     tasks_max: int = 512
-    #: RuntimeMaxSec = the job's timeout-minutes + [vm] boot_timeout + this margin (seconds).
+    #: RuntimeMaxSec = the job's timeout-minutes + the boot timeout ([vm] boot_timeout or the
+    #: profile's, when larger) + this margin (seconds).
     runtime_margin: float = 600.0
     #: Seconds between two looks at the running jobs (and the longest wait for broker events).
     poll_interval: float = 1.0

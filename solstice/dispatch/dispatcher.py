@@ -567,8 +567,8 @@ class Dispatcher:
         return True
 
     def _start(self, t: Tracked, request: JobRequest) -> None:
-        deadline = runtime_max(request, self.cfg)
         try:
+            deadline = runtime_max(request, self.cfg, self.catalog.get(request.label))
             plan = plan_machine(request.size, self.catalog.get(request.label), self.cfg.vm)
             canon = self.catalog.canonical(request.label) or request.label
             t.warm_vm = self.pool.take(canon, plan)

@@ -57,7 +57,7 @@ from solstice.dispatch.contract import (
 )
 from solstice.dispatch.spawner import ENDED, GONE, MAIN_CODES, RUNNING, UnitStatus, parse_exit_record
 from solstice.errors import ConfigError
-from solstice.images import MachinePlan
+from solstice.images import Image, MachinePlan, boot_timeout
 from solstice.images.warm import pool_dir
 from solstice.model import JobRequest, debugssh
 
@@ -146,12 +146,15 @@ def job_minutes(request: JobRequest) -> float:
     return minutes if minutes > 0 else DEFAULT_JOB_MINUTES
 
 
-def runtime_max(request: JobRequest, cfg: Config) -> float:
+def runtime_max(request: JobRequest, cfg: Config, image: Image) -> float:
     """RuntimeMaxSec: the job's timeout + the boot timeout + [dispatcher] runtime_margin, + [debug]
     ttl for a job that may keep its VM when it fails. The job ends itself at its timeout (and a
-    kept VM at its TTL); this is the backstop for a job process that hangs."""
+    kept VM at its TTL); this is the backstop for a job process that hangs. The boot timeout is the
+    one the job process waits (the label's profile may need more than [vm] boot_timeout), or a
+    slow-booting guest would be killed by systemd before its own timeout could report it."""
     debug = cfg.debug.ttl if debugssh.eligible(request, cfg.debug) else 0.0
-    return job_minutes(request) * 60 + cfg.vm.boot_timeout + cfg.dispatcher.runtime_margin + debug
+    boot = boot_timeout(image, cfg.vm)
+    return job_minutes(request) * 60 + boot + cfg.dispatcher.runtime_margin + debug
 
 
 def job_limits(plan: MachinePlan, runtime_max: float, dcfg: DispatcherConfig) -> dict[str, str]:

@@ -2,6 +2,6 @@
 and the machine plan (how big a job's VM is)."""
 
 from solstice.images.catalog import Catalog, Image
-from solstice.images.plan import MachinePlan, plan_machine, requested_size
+from solstice.images.plan import MachinePlan, boot_timeout, plan_machine, requested_size
 
-__all__ = ["Catalog", "Image", "MachinePlan", "plan_machine", "requested_size"]
+__all__ = ["Catalog", "Image", "MachinePlan", "boot_timeout", "plan_machine", "requested_size"]

@@ -1,6 +1,6 @@
-"""The one place that decides a job VM's size: the dispatcher sets the unit's cgroup limits from it
-and the job process boots QEMU with it, from the same inputs (the request, the label's image, the
-host's ``[vm]``), so the two cannot disagree."""
+"""The one place that decides a job VM's size and boot timeout: the dispatcher sets the unit's cgroup
+limits and RuntimeMaxSec from them and the job process boots QEMU with them, from the same inputs
+(the request, the label's image, the host's ``[vm]``), so the two cannot disagree."""
 
 from __future__ import annotations
 
@@ -53,3 +53,9 @@ def plan_machine(size: Size, image: Image | ImageConfig, vm: VMConfig) -> Machin
     cpus = size.cpus or default.cpus or vm.cpus
     memory = size.memory_mib or default.memory_mib or parse_size_mib(vm.memory)
     return MachinePlan(cpus=cpus, memory_mib=memory, disk_gib=size.disk_gib or default.disk_gib)
+
+
+def boot_timeout(image: Image, vm: VMConfig) -> float:
+    """How long the guest may take to answer SSH: ``[vm] boot_timeout``, or the image's profile's
+    when that is larger (an OS whose first boot is slow, e.g. FreeBSD's reboot after updating)."""
+    return max(vm.boot_timeout, image.profile.boot_timeout)

@@ -44,7 +44,7 @@ from solstice.config import Config
 from solstice.errors import SolsticeError, VMError
 from solstice.files import atomic_write
 from solstice.images.catalog import Catalog
-from solstice.images.plan import MachinePlan, plan_machine
+from solstice.images.plan import MachinePlan, boot_timeout, plan_machine
 from solstice.model import Size
 from solstice.notify import Notifier
 from solstice.vm import leftovers
@@ -202,7 +202,7 @@ class Keeper:
             cpus=plan.cpus,
             memory_mib=plan.memory_mib,
             disk_gib=plan.disk_gib,
-            boot_timeout=max(vm.boot_timeout, image.profile.boot_timeout),
+            boot_timeout=boot_timeout(image, vm),
             shutdown_timeout=vm.shutdown_timeout,
             qemu=vm.qemu,
             qemu_img=vm.qemu_img,

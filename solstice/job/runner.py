@@ -35,7 +35,7 @@ from solstice.errors import (
     VMError,
     WorkflowError,
 )
-from solstice.images import Image, MachinePlan, plan_machine, warm
+from solstice.images import Image, MachinePlan, boot_timeout, plan_machine, warm
 from solstice.job import checkout, filecmds, script
 from solstice.job.commands import Command, CommandState
 from solstice.job.events import Emitter, LineSplitter
@@ -167,8 +167,9 @@ class JobRun:
         self.notifier = notifier or Notifier()
         self.boot: Boot = boot or self._boot_vm
         self.host_log = host_log
-        #: [vm] boot_timeout, or the profile's when that is larger (a slow first boot).
-        self.boot_timeout = max(settings.vm.boot_timeout, image.profile.boot_timeout)
+        #: [vm] boot_timeout, or the profile's when that is larger (a slow first boot); the
+        #: dispatcher's RuntimeMaxSec counts the same (solstice.images.plan.boot_timeout).
+        self.boot_timeout = boot_timeout(image, settings.vm)
         self.liveness = Liveness(self.boot_timeout, settings.vm.shutdown_timeout)
         self.monitor: GuestMonitor | None = None
         self.guest: Guest | None = None

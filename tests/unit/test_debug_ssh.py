@@ -21,6 +21,7 @@ from solstice.config import Config, DebugConfig
 from solstice.dispatch.systemd import runtime_max
 from solstice.errors import ConfigError
 from solstice.forges.core.userkeys import KeysUnavailable, fetch_keys, parse_keys, with_debug_access
+from solstice.images import Catalog
 from solstice.model import DebugAccess, JobRequest, JobSpec, to_dict
 from solstice.model import debugssh as policy
 from solstice.queue import decode_request, encode_request
@@ -110,10 +111,11 @@ def test_the_request_field_round_trips_and_old_requests_still_decode() -> None:
 
 def test_a_debug_jobs_deadline_includes_the_ttl() -> None:
     cfg = Config(debug=DebugConfig(enabled=True, ttl=900))
-    plain = runtime_max(request(switch="", access=ACCESS), cfg)
-    assert runtime_max(request(access=ACCESS), cfg) == plain + 900
-    assert runtime_max(request(access=DebugAccess(user="mona")), cfg) == plain  # never kept: no keys
-    assert runtime_max(request(access=ACCESS), Config()) == plain  # disabled
+    image = Catalog({}, Path("/nonexistent")).get("debian-12")
+    plain = runtime_max(request(switch="", access=ACCESS), cfg, image)
+    assert runtime_max(request(access=ACCESS), cfg, image) == plain + 900
+    assert runtime_max(request(access=DebugAccess(user="mona")), cfg, image) == plain  # never kept: no keys
+    assert runtime_max(request(access=ACCESS), Config(), image) == plain  # disabled
 
 
 HOLDER = textwrap.dedent(

@@ -12,9 +12,9 @@ import pytest
 
 from solstice.config import Config, DispatcherConfig, ImageConfig, PathsConfig, VMConfig, load
 from solstice.dispatch.contract import job_argv
-from solstice.dispatch.systemd import SystemdSpawner, job_environment, job_limits
+from solstice.dispatch.systemd import SystemdSpawner, job_environment, job_limits, runtime_max
 from solstice.errors import ConfigError
-from solstice.images import Catalog, MachinePlan, plan_machine, requested_size
+from solstice.images import Catalog, MachinePlan, boot_timeout, plan_machine, requested_size
 from solstice.job.runner import JobRun, JobSettings
 from solstice.model import JobRequest, JobSpec, Size, from_dict, to_dict
 from solstice.queue import decode_request, encode_request
@@ -174,6 +174,23 @@ def test_the_job_process_boots_what_the_plan_says(tmp_path: Path) -> None:
     spec = run._machine_spec(plan_machine(request.size, image, settings.vm))
     assert (spec.cpus, spec.memory_mib, spec.accel) == (4, 6144, "tcg")
     assert spec.powerdown is False  # a job's VM is quit at once; shutdown_timeout is not waited for
+
+
+def test_runtime_max_counts_the_boot_timeout_the_job_process_waits(tmp_path: Path) -> None:
+    """A profile that needs a longer boot than [vm] boot_timeout (FreeBSD: 600 s) gets it in the
+    job process; the unit's RuntimeMaxSec must count the same, or systemd kills a slow first boot
+    before the job's own boot timeout can report it."""
+    slow = ImageConfig(label="slow", path="/images/slow.qcow2", profile="freebsd")
+    catalog = Catalog({"slow": slow, "plain": PLAIN}, tmp_path)
+    job = JobSpec("k", "n", ("slow",), (), timeout_minutes=10)
+    request = JobRequest(job_id="00000000-0000-0000-0000-000000000004", job=job, label="slow")
+    margin = DispatcherConfig().runtime_margin
+    for vm_boot, label, want in ((300.0, "slow", 600.0), (900.0, "slow", 900.0), (300.0, "plain", 300.0)):
+        cfg = Config(vm=VMConfig(boot_timeout=vm_boot))
+        image = catalog.get(label)
+        run = JobRun(request, image, JobSettings(vm=cfg.vm, runtime_dir=tmp_path), Recorder())  # type: ignore[arg-type]
+        assert boot_timeout(image, cfg.vm) == run.boot_timeout == want, (vm_boot, label)
+        assert runtime_max(request, cfg, image) == 600 + want + margin, (vm_boot, label)
 
 
 def test_a_template_whose_command_does_not_end_with_the_uuid_is_refused() -> None:

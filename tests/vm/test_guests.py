@@ -1,8 +1,7 @@
-"""The test guest through the operator's commands under TCG: ``solstice image selftest`` on the
-cloud-init guest, and ``solstice image prepare`` followed by a job that uses what the setup
-commands made. A non-default configuration file and state directory, as an operator has. (The
-metadata-agent guest, ``build-test-image --variant metadata``, does not boot to SSH under TCG yet;
-its self-test comes back here once it does.)
+"""Both test guests through the operator's commands under TCG: ``solstice image selftest`` on the
+cloud-init guest and on the metadata-agent guest (no cloud-init: root's key from an odc cpio disk,
+the OpenIndiana provisioner), and ``solstice image prepare`` followed by a job that uses what the
+setup commands made. A non-default configuration file and state directory, as an operator has.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from solstice.job.runner import JobSettings, run_job
 from solstice.model import EventKind, JobRequest, Result
 from solstice.workflow import parse_workflow
 from tests.fakes.jobsink import Collect
+from tests.testimage import build_test_image
 
 pytestmark = pytest.mark.vm
 
@@ -35,14 +35,20 @@ SETUP = [f"mkdir -p {os.path.dirname(MARKER)}", f"echo installed-by-prepare > {M
 
 
 @pytest.fixture(scope="module")
-def operator(test_image: Path) -> Iterator[Path]:
+def metadata_image(test_image: Path) -> Path:
+    return build_test_image(test_image.parent, variant="metadata")
+
+
+@pytest.fixture(scope="module")
+def operator(test_image: Path, metadata_image: Path) -> Iterator[Path]:
     """A configuration file whose state directory holds both test images (linked) and an image
     ``prep-test``: the cloud-init guest with setup commands."""
     state = Path(tempfile.mkdtemp(prefix="sol-state-", dir="/var/tmp"))
     runtime = Path(tempfile.mkdtemp(prefix="sol-", dir="/tmp"))
     images = state / "images"
     images.mkdir()
-    (images / test_image.name).symlink_to(test_image)
+    for image in (test_image, metadata_image):
+        (images / image.name).symlink_to(image)
     cmdline = (test_image / "cmdline").read_text().strip()
     cfg = state / "solstice.toml"
     cfg.write_text(
@@ -104,6 +110,18 @@ def test_selftest_passes_on_the_cloud_init_guest(operator: Path, test_image: Pat
     proc, doc = selftest(operator, "debian-12", test_image.parent)
     assert "privilege tool (sudo)" in [c["name"] for c in doc["checks"]]
     assert "::group::Boot console" in proc.stdout and "::endgroup::" in proc.stdout
+
+
+def test_selftest_passes_on_the_metadata_agent_guest(operator: Path, metadata_image: Path) -> None:
+    """No cloud-init in this guest: root's key came from the odc cpio archive at LBA 0 of the
+    metadata disk, read by the guest's boot script the way the illumos metadata-agent reads it."""
+    proc, doc = selftest(operator, "debian-12-metadata", metadata_image.parent)
+    assert "privilege tool (none)" in [c["name"] for c in doc["checks"]]
+    # The boot console (streamed into the job's log) shows the agent at work.
+    assert "solstice-metadata: metadata from the odc cpio archive on /dev/vdb" in proc.stdout
+    assert "solstice-metadata: installed root's authorized_keys" in proc.stdout
+    assert "solstice-metadata: DHCP on " in proc.stdout
+    assert "cloud-init" not in proc.stdout.lower()
 
 
 def test_prepare_then_a_job_uses_what_setup_made(operator: Path) -> None:

@@ -1,7 +1,9 @@
 """The job process end to end in a real guest under TCG.
 
-One VM boot runs a job whose steps cover most behaviours (streaming, checkout, runner files, masking,
-continue-on-error, timeouts, conditions); the tests below each assert on its event stream.
+One VM boot per test guest runs a job whose steps cover most behaviours (streaming, checkout, runner
+files, masking, continue-on-error, timeouts, conditions); the tests below each assert on its event
+stream. The guests: the cloud-init test image and the metadata-agent one (no cloud-init, root's key
+from an odc cpio disk, root login without sudo: the OpenIndiana provisioner end to end).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from solstice.model import EventKind, JobEvent, JobRequest, Outcome, Result, Siz
 from solstice.vm.qmp import qmp_command
 from solstice.workflow import parse_workflow
 from tests.fakes.jobsink import Collect
+from tests.testimage import build_test_image
 
 pytestmark = pytest.mark.vm
 
@@ -81,6 +84,8 @@ WORKFLOW = textwrap.dedent(
               echo "masked: hunter2-masked-value"
               echo "secret via env: $MYSECRET"
               echo "secret inline: ${{ secrets.MYSECRET }}"
+          - name: login user
+            run: echo "user=$(id -un)"
           - name: standard variables
             run: |
               test "$CI" = true
@@ -162,19 +167,21 @@ def checkout_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["debian-12"])
+@pytest.fixture(scope="module", params=["debian-12", "debian-12-metadata"])
 def behaviours(
     request: pytest.FixtureRequest,
     test_image: Path,
     checkout_tree: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Result, list[JobEvent], Path]]:
-    """The scenario on the cloud-init test guest. (On the metadata-agent guest too once it boots
-    to SSH under TCG: see the issue's closing note; today it does not.)"""
+    """The scenario on the cloud-init test guest, then on the metadata-agent one (root, no sudo:
+    the OpenIndiana provisioner end to end). One boot each."""
     runtime = short_dir()
     wf = parse_workflow(WORKFLOW, "behaviours.yml")
     (job,) = wf.jobs
     catalog = Catalog({}, test_image.parent)
+    if request.param == "debian-12-metadata":
+        build_test_image(test_image.parent, variant="metadata")
     image = catalog.get(request.param)
     job_request = JobRequest(
         job_id=str(uuid.uuid4()),
@@ -263,6 +270,18 @@ def test_secret_and_add_mask_are_masked_everywhere(behaviours: tuple[Result, lis
     for e in events:
         blob = e.text + e.message + "".join(e.outputs.values())
         assert SECRET not in blob and MASKED not in blob
+
+
+def test_the_job_runs_as_the_profiles_user(
+    behaviours: tuple[Result, list[JobEvent], Path], request: pytest.FixtureRequest
+) -> None:
+    """The metadata-agent guest has no user but root (its key from the cpio disk); the cloud-init
+    guest has the user cloud-init made with our key."""
+    _, events, _ = behaviours
+    profile = Catalog({}, Path("/nonexistent")).get(request.node.callspec.params["behaviours"]).profile
+    fin, logs = step_events(events, "login user")
+    assert fin.outcome is Outcome.SUCCESS and texts(logs) == [f"user={profile.user}"], texts(logs)
+    assert (profile.user == "root") == (profile.name == "metadata-agent-test")
 
 
 def test_standard_variables_and_shells(behaviours: tuple[Result, list[JobEvent], Path]) -> None:
