@@ -176,7 +176,7 @@ def bare_boot(image_name: str, images: Path, accel: str, work: Path, cpus: int, 
     from solstice.vm.disk import create_overlay
     from solstice.vm.keys import generate_keypair
     from solstice.vm.ports import allocate_port
-    from solstice.vm.seed import meta_data, write_seed
+    from solstice.vm.provision import FirstBoot, for_profile
 
     image = Catalog({}, images).get(image_name)
     keys = generate_keypair()
@@ -184,9 +184,12 @@ def bare_boot(image_name: str, images: Path, accel: str, work: Path, cpus: int, 
     fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(keys.private_openssh())
-    overlay, seed = work / "bare.qcow2", work / "bare-seed.iso"
+    overlay = work / "bare.qcow2"
     create_overlay(image.base_image, overlay, image.image_format)
-    write_seed(seed, image.profile.user_data(keys.public_line, "bare"), meta_data(str(uuid.uuid4()), "bare"))
+    # The seed a job's VM gets, from the image's own provisioner.
+    provisioner = for_profile(image.profile)
+    written = provisioner.write(work, image.profile, FirstBoot(keys.public_line, str(uuid.uuid4()), "bare"))
+    seed = written.path
     with allocate_port(work / "ports") as lease:
         argv = qemu_argv(
             QemuArgs(
@@ -196,7 +199,11 @@ def bare_boot(image_name: str, images: Path, accel: str, work: Path, cpus: int, 
                 memory_mib=memory,
                 disk=overlay,
                 seed=seed,
-                seed_bus=image.profile.seed_bus,
+                seed_bus=written.bus,
+                disk_bus=image.profile.disk_bus,
+                machine=image.profile.machine,
+                nic=image.profile.nic,
+                extra=(*provisioner.qemu_args(image.profile), *image.profile.qemu_args),
                 ssh_port=lease.port,
                 qmp_socket=work / "bare-qmp.sock",
                 console_log=work / "bare-console.log",
