@@ -85,9 +85,12 @@ def test_a_job_takes_a_warm_vm_whose_qemu_joins_the_jobs_unit(
     vm_id = str(vm["vm_id"])
     keeper = f"solstice-pool@{vm_id}.service"
     assert keeper_units(pipeline) == [keeper]
-    shown = testbed.show(keeper, "MemoryMax", "User", "LoadCredential", "RuntimeMaxUSec", "Description")
+    shown = testbed.show(keeper, "MemoryMax", "User", "RuntimeMaxUSec", "Description")
     assert shown["MemoryMax"] == str((VM_MEMORY_MIB + MEMORY_OVERHEAD_MIB) * 1024 * 1024), shown
-    assert shown["User"] == "solstice" and shown["LoadCredential"] == "", shown  # no secrets key
+    assert shown["User"] == "solstice", shown
+    # None of the job units' credentials (their transient unit file has them: checked below).
+    keeper_file = testbed.run("systemctl", "cat", keeper).stdout
+    assert "LoadCredential" not in keeper_file and "secrets-key" not in keeper_file, keeper_file
     assert shown["RuntimeMaxUSec"] == "infinity", shown
     assert shown["Description"] == f"Solstice CI warm VM {vm_id} (debian-12)", shown
     qemu = int(str(vm["qemu_pid"]))
@@ -104,6 +107,7 @@ def test_a_job_takes_a_warm_vm_whose_qemu_joins_the_jobs_unit(
         return unit in testbed.run("cat", f"/proc/{qemu}/cgroup", check=False).stdout
 
     wait_until("the VM's QEMU to join the job's unit", in_job_unit, 20)
+    assert "LoadCredential=secrets-key" in testbed.run("systemctl", "cat", unit).stdout
     status = testbed.run("systemctl", "status", "--no-pager", "--full", "--lines=0", unit).stdout
     assert "qemu-system-x86_64" in status and f"solstice-{vm_id}" in status, status
 
