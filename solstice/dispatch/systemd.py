@@ -49,6 +49,7 @@ from solstice.config import ENV_PREFIX, Config, DispatcherConfig, parse_size_mib
 from solstice.dispatch.contract import (
     CREDENTIAL,
     UNIT_SUFFIX,
+    canonical_job_id,
     child_environment,
     exit_record,
     job_argv,
@@ -267,6 +268,10 @@ class SystemdSpawner:
         # the dispatcher is root without CAP_DAC_OVERRIDE and reads it as "other".
         script = f'umask 022; env | grep -E "^(SERVICE_RESULT|EXIT_CODE|EXIT_STATUS)=" > {record}'
         properties += [f"{key}={value}" for key, value in limits.items()]
+        if warm_vm:
+            # systemd moves a process into a unit (the warm VM's QEMU, attach()) only when the unit
+            # is delegated; ProtectControlGroups= keeps cgroupfs read-only for the job all the same.
+            properties.append("Delegate=yes")
         properties += [
             f"LoadCredential={CREDENTIAL}:{request_file}",
             f"ExecStopPost=/bin/sh -c '{script}'",
@@ -394,7 +399,7 @@ class SystemdSpawner:
         (no secrets key, no broker: nothing of any job reaches a VM before a job takes it). No
         RuntimeMaxSec=: the keeper gives an unused VM up at max_age itself, and a taken VM lives
         as long as its job's unit allows."""
-        if not _SAFE_PATH.fullmatch(vm_id) or not _SAFE_PATH.fullmatch(label):
+        if canonical_job_id(vm_id) is None or not _SAFE_PATH.fullmatch(label) or ".." in label:
             raise ConfigError(f"warm VM {vm_id!r} of {label!r}: not a name that can go into a unit")
         properties, exec_start = transient_properties(self.template, vm_id)
         kept = []
@@ -467,15 +472,14 @@ class SystemdSpawner:
         self._run(["systemctl", "reset-failed", keeper_unit(vm_id)], check=False, timeout=30)
 
     def attach(self, job_id: str, pids: Sequence[int]) -> None:
-        """AttachProcessesToUnit (systemd 238+; root may move any process): the warm VM's QEMU
-        joins the job's cgroup, so the job's limits hold it and stopping the job's unit kills it."""
+        """AttachProcessesToUnit (systemd 238+; root may move any process into a delegated unit:
+        warm jobs' units are, see argv): the warm VM's QEMU joins the job's cgroup, so the job's
+        limits hold it and stopping the job's unit kills it. Needs the system bus (dbus)."""
         if not pids:
             return
         self._run(
             [
-                "busctl",
-                # systemd's own socket, as systemctl uses as root: no D-Bus daemon needed.
-                "--address=unix:path=/run/systemd/private",
+                "busctl",  # on the system bus (D-Bus): systemd's private socket refuses this call
                 "call",
                 "org.freedesktop.systemd1",
                 "/org/freedesktop/systemd1",

@@ -3,6 +3,7 @@ command line and environment the dispatcher gives job units, and the teardown's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -12,7 +13,13 @@ import pytest
 
 from solstice.config import Config, DispatcherConfig, ImageConfig, PathsConfig, VMConfig, load
 from solstice.dispatch.contract import job_argv
-from solstice.dispatch.systemd import SystemdSpawner, job_environment, job_limits, runtime_max
+from solstice.dispatch.systemd import (
+    SystemdSpawner,
+    default_template,
+    job_environment,
+    job_limits,
+    runtime_max,
+)
 from solstice.errors import ConfigError
 from solstice.images import Catalog, MachinePlan, boot_timeout, plan_machine, requested_size
 from solstice.job.runner import JobRun, JobSettings
@@ -217,3 +224,30 @@ def test_a_job_vm_is_quit_at_once_and_a_powerdown_only_when_asked(
     qemu = FakeQemu().proc
     qmp.stop_qemu(qemu, tmp_path / "qmp.sock", 0.2, quit_timeout=0.2)
     assert sent == ["system_powerdown", "quit"] and qemu.returncode is not None
+
+
+def test_a_warm_job_and_a_keeper_as_transient_units(tmp_path: Path) -> None:
+    """A job given a warm VM: --warm-vm and a delegated unit (systemd moves QEMU only into one). A
+    keeper: the template's sandbox and user, its own RuntimeDirectory, the plan's limits without a
+    deadline, and none of the job units' credentials."""
+    run = Recorder()
+    cfg = dataclasses.replace(Config(), path=Path("/etc/solstice/other.toml"))
+    spawner = SystemdSpawner(cfg, template=default_template().read_text(), run=run, environ={})
+    job = "00000000-0000-0000-0000-000000000004"
+    request = JobRequest(job_id=job, job=JobSpec("k", "n", ("big",), ()), label="big")
+    vm_id = "11111111-2222-3333-4444-555555555555"
+    argv = spawner.argv(request, Path("/run/solstice/requests/x.json"), {}, warm_vm=vm_id)
+    assert argv[argv.index("--") + 1 :][-3:] == ["--warm-vm", vm_id, job]
+    assert "--property=Delegate=yes" in argv
+    assert "--property=Delegate=yes" not in spawner.argv(request, Path("/run/solstice/requests/x.json"), {})
+    keeper = spawner.keeper_argv(vm_id, "big", MachinePlan(4, 6144, None))
+    assert f"--unit=solstice-pool@{vm_id}.service" in keeper
+    assert keeper[keeper.index("--") + 1 :] == [
+        "/usr/bin/solstice", "--config", "/etc/solstice/other.toml", "pool", "keep", "--label", "big", vm_id,
+    ]  # fmt: skip
+    props = [a.removeprefix("--property=") for a in keeper if a.startswith("--property=")]
+    assert f"RuntimeDirectory=solstice/pool/{vm_id}" in props and "MemoryMax=6656M" in props
+    assert not [p for p in props if p.startswith(("LoadCredential", "RuntimeMaxSec", "ExecStopPost"))], props
+    assert "User=solstice" in props and "ProtectSystem=strict" in props
+    with pytest.raises(ConfigError):
+        spawner.keeper_argv("../etc", "big", MachinePlan(1, 512, None))
