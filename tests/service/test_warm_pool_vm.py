@@ -33,6 +33,7 @@ from solstice.config import BrokerConfig
 from solstice.forges.forgejo.translate import job_uuid
 from solstice.images import warm
 from tests.fakes.forgejo import FakeForgejo, FakeTask
+from tests.scrape import free_port, scrape, value
 
 pytestmark = pytest.mark.vm
 
@@ -40,13 +41,16 @@ SECRET = "canary-5d1e-warm-pool-secret"
 REPOSITORY = "alice/warm"
 BOOT = 400.0  # seconds a TCG boot may take here, with the other tests' load
 
-POOL = """
+METRICS = free_port()
+POOL = f"""
 [pool]
 memory = "2G"
 health_interval = 5
 [pool.debian-12]
 size = 1
 max_age = 3600
+[metrics]
+dispatcher = "127.0.0.1:{METRICS}"
 """
 
 
@@ -125,6 +129,17 @@ def test_the_pool_fills_with_a_vm_that_holds_nothing_of_a_job(env: Env) -> None:
     keeper = Path(f"/proc/{vm.keeper_pid}")
     held = (keeper / "cmdline").read_bytes() + (keeper / "environ").read_bytes()
     assert SECRET.encode() not in held and b"job run" not in held
+    # The dispatcher's metrics show it (a real Prometheus text parser reads them).
+    found = wait_until(
+        "the pool gauge",
+        lambda: (
+            (m := scrape(METRICS))
+            and value(m, "solstice_pool_vms", label="debian-12", state="ready") == 1
+            and m
+        ),
+        10,
+    )
+    assert value(found, "solstice_pool_vms", label="debian-12", state="booting") == 0
 
 
 WORKFLOW = """
@@ -197,6 +212,7 @@ def test_a_ready_vm_whose_qemu_dies_is_replaced(env: Env) -> None:
     )
     assert len(replacement) == 1
     assert "ended unused; the pool replaces it" in env.dispatcher.output()
+    assert value(scrape(METRICS), "solstice_pool_recycled_total", label="debian-12") >= 1
     env.seen[vm.vm_id] = b""
 
 
