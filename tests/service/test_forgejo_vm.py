@@ -9,6 +9,10 @@ One pipeline (module scope) serves the scenarios, which run one after another:
 * a cancel in the forge while a step runs: cancelled, and the VM gone within 10 s;
 * the runner killed mid-job and restarted, then the forge down for two minutes while the job ends:
   the log in the forge is complete, each line once and in order, and the result reported.
+
+The last two scenarios' jobs are enqueued together (by the cancel scenario) and boot side by side;
+the outage job counts long enough that the outage scenario still finds it mid-step, and it checks
+that it does.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class Env:
     runner: RunnerProcess
     first: str  # the commit the jobs check out
     second: str  # a later commit: must not be what they get
+    #: the outage scenario's task, enqueued early by the cancel scenario (its boot overlaps)
+    steady: FakeTask | None = None
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +183,7 @@ jobs:
 
 def test_cancel_in_the_forge_mid_step_stops_the_vm_within_10s(env: Env) -> None:
     (task,) = enqueue(env, CANCEL)
+    (env.steady,) = enqueue(env, OUTAGE)  # the next scenario's job: boots beside this one
     job_id = job_uuid(env.forge.url, task.id)
     wait_until("the step to run", lambda: "long-step-started" in task.lines(), 600, 0.2)
     assert qemu_of(job_id)
@@ -191,7 +198,9 @@ def test_cancel_in_the_forge_mid_step_stops_the_vm_within_10s(env: Env) -> None:
     assert not (env.pipeline.runtime_dir / "jobs" / job_id).exists()
 
 
-COUNT = 45
+# Long enough that the job is still counting when the cancel scenario (whose job boots beside it)
+# is done, and the outage scenario kills the runner.
+COUNT = 75
 OUTAGE = f"""
 name: steady
 on: push
@@ -207,17 +216,23 @@ jobs:
 
 
 def test_runner_restart_and_a_two_minute_forge_outage_lose_no_log_line(env: Env) -> None:
-    (task,) = enqueue(env, OUTAGE)
+    if env.steady is not None:  # enqueued by the cancel scenario
+        task, env.steady = env.steady, None
+    else:  # this scenario alone (-k)
+        (task,) = enqueue(env, OUTAGE)
     job_id = job_uuid(env.forge.url, task.id)
 
     def counted() -> list[int]:
         return [int(x.split()[1]) for x in task.lines() if re.fullmatch(r"line \d+", x)]
 
     wait_until("the count to start", lambda: len(counted()) >= 3, 600, 0.2)
+    at_kill = len(counted())
+    assert at_kill < COUNT - 30, f"the count was at {at_kill} already: no mid-step kill (raise COUNT)"
     env.runner.kill()  # SIGKILL mid-step: no chance to save anything more
     time.sleep(3)
     env.runner.start()
-    wait_until("the count to go on after the restart", lambda: len(counted()) >= 12, 120, 0.2)
+    wait_until("the count to go on after the restart", lambda: len(counted()) >= at_kill + 9, 120, 0.2)
+    assert qemu_of(job_id), "the job ended before the forge went down"
     env.forge.down()
     down_at = time.monotonic()
     wait_until("the job to end while the forge is down", lambda: not qemu_of(job_id), DOWN_FOR, 0.5)
