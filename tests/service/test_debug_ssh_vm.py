@@ -1,7 +1,6 @@
 """Debug SSH with real guests: the fake Forgejo (serving the user's public key) -> ``solstice
 forgejo-runner`` -> RabbitMQ -> a dispatcher (process spawner, capacity 1) -> ``solstice job run``
-in TCG guests. Four boots in two scenarios: the first's one at a time (its dispatcher has
-capacity 1), the second's two side by side (one vCPU each; nothing there is about capacity):
+in TCG guests. Four boots, one at a time, in two scenarios:
 
 * two failing opt-in jobs of alice/widgets are enqueued together. The first to run (X) is kept:
   the forge shows it failed and has the log line (``ssh -p PORT solstice@127.0.0.2`` and the
@@ -198,9 +197,7 @@ def test_a_failed_opt_in_job_is_kept_for_its_user_reported_at_once_and_dies_with
 def test_a_kept_vm_goes_at_its_ttl_and_a_job_without_the_switch_is_never_kept(env: Env) -> None:
     config = env.pipeline.config_file
     config.write_text(config.read_text().replace(f"ttl = {TTL}\n", f"ttl = {SHORT_TTL}\n"))
-    # The first dispatcher was killed. Capacity 2: Z and W boot side by side (their outcomes do
-    # not depend on each other; the capacity rule for kept VMs is the first scenario's).
-    env.dispatcher = env.pipeline.dispatcher(capacity=2)
+    env.dispatcher = env.pipeline.dispatcher(capacity=1)  # the first one was killed
     z, w = enqueue(env), enqueue(env, repository="carol/gadgets", switch="")
     task = finished(env, z)
     port, expiry = connect_line(task)
