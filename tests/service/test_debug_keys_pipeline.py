@@ -5,18 +5,16 @@ request and carries nothing. The VM side is test_debug_ssh_vm.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-from helpers.forgejo import RunnerProcess, forgejo_config, wait_done
+from helpers.forgejo import RunnerProcess, wait_done
 from helpers.forgejo import register as register_forgejo
-from helpers.github import github_config, runner, wait_completed
 from helpers.github import register as register_github
-from helpers.pipeline import Pipeline, runner_pipeline, wait_until
+from helpers.github import runner, wait_completed
+from helpers.pipeline import Pipeline, wait_until
+from helpers.runner_fixtures import forgejo_pipeline as forgejo_pipeline  # noqa: F401  (fixture)
+from helpers.runner_fixtures import github_pipeline as github_pipeline  # noqa: F401  (fixture)
 from store_fixtures import database_url as database_url  # noqa: F401  (fixture)
 from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
-from solstice.config import BrokerConfig
 from tests.fakes.forgejo import FakeForgejo
 from tests.fakes.github import FakeGitHub
 
@@ -29,16 +27,6 @@ def workflow(runs_on: str, *, switch: bool) -> str:
         f"name: ci\non: push\njobs:\n  build:\n    runs-on: {runs_on}\n"
         f"    env:\n      FAKE: access\n{env}    steps:\n      - run: echo one\n"
     )
-
-
-@pytest.fixture
-def forgejo_pipeline(broker_cfg: BrokerConfig, database_url: str) -> Iterator[Pipeline]:
-    yield from runner_pipeline(broker_cfg, database_url, lambda key: forgejo_config(key))
-
-
-@pytest.fixture
-def github_pipeline(broker_cfg: BrokerConfig, database_url: str) -> Iterator[Pipeline]:
-    yield from runner_pipeline(broker_cfg, database_url, lambda key: github_config(key))
 
 
 def test_forgejo_runner_carries_the_triggering_users_keys_only_for_opt_in_jobs(

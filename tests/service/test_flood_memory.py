@@ -7,19 +7,19 @@ process with a real guest's output."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from helpers.forgejo import RunnerProcess, forgejo_config, wait_done
+from helpers.forgejo import RunnerProcess, wait_done
 from helpers.forgejo import register as register_forgejo
-from helpers.github import github_config, runner, wait_completed
 from helpers.github import register as register_github
-from helpers.pipeline import Pipeline, runner_pipeline, wait_until
+from helpers.github import runner, wait_completed
+from helpers.pipeline import Pipeline, wait_until
+from helpers.runner_fixtures import forgejo_pipeline as forgejo_pipeline  # noqa: F401  (fixture)
+from helpers.runner_fixtures import github_pipeline as github_pipeline  # noqa: F401  (fixture)
 from store_fixtures import database_url as database_url  # noqa: F401  (fixture)
 from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
-from solstice.config import BrokerConfig
 from tests.fakes.forgejo import FakeForgejo
 from tests.fakes.github import FakeGitHub
 
@@ -72,16 +72,6 @@ def _peaks(
     print(f"peak RSS (MiB), {MEGABYTES} MiB of {LINE}-character lines: {peaks}")
     assert all(peaks.values()), peaks  # each process was seen
     return peaks
-
-
-@pytest.fixture
-def forgejo_pipeline(broker_cfg: BrokerConfig, database_url: str) -> Iterator[Pipeline]:
-    yield from runner_pipeline(broker_cfg, database_url, lambda key: forgejo_config(key))
-
-
-@pytest.fixture
-def github_pipeline(broker_cfg: BrokerConfig, database_url: str) -> Iterator[Pipeline]:
-    yield from runner_pipeline(broker_cfg, database_url, lambda key: github_config(key))
 
 
 def test_forgejo_flood_keeps_every_process_bounded_and_every_line(forgejo_pipeline: Pipeline) -> None:

@@ -18,12 +18,18 @@ journal when journald runs, and every event that left the job (the terminal, the
 The one place the canary may be during the job is the guest's own disk: the overlay file, 0600 in
 the job's run directory and deleted with it (checked after the job), which the guest writes as it
 pleases (the step's environment file goes there before it is removed).
+
+The pipeline's guest boots while the local scenario runs (the local fixture starts it): its job
+first waits at a gate, a host port the guest tries (bash's /dev/tcp to the user network's host
+address) until the test listens on it, so its canary step runs only once the local scenario is
+done, and each scenario's samples see its own job's step.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -35,14 +41,14 @@ from pathlib import Path
 import pytest
 from helpers.forgejo import RunnerProcess, forgejo_config, register, wait_done
 from helpers.leaks import Hit, Scanner, new_canary, rabbitmq_dir, temp_roots, walk
-from helpers.pipeline import load_config, make_pipeline, qemu_of, wait_until
+from helpers.pipeline import Pipeline, load_config, make_pipeline, qemu_of, wait_until
 from store_fixtures import database_url as database_url  # noqa: F401  (fixture)
 from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
 from solstice.config import BrokerConfig
 from solstice.forges.forgejo.translate import job_uuid
 from solstice.secrets import write_new_key
-from tests.fakes.forgejo import FakeForgejo
+from tests.fakes.forgejo import FakeForgejo, FakeTask
 from tests.testimage import IMAGES, build_test_image
 
 pytestmark = pytest.mark.vm
@@ -80,6 +86,25 @@ jobs:
         id: leak
 {STEP}
 """
+
+
+# The pipeline job's first step: wait (at most 15 min) until the test opens the gate.
+GATE_STEP = """
+      - name: Wait for the gate
+        run: |
+          for i in $(seq 1800); do
+            if (exec 3<>/dev/tcp/10.0.2.2/{port}) 2>/dev/null; then echo gate-open; exit 0; fi
+            sleep 0.5
+          done
+          echo "the gate never opened"; exit 1
+"""
+
+
+def gated_workflow(port: int) -> str:
+    """WORKFLOW with GATE_STEP before its canary step."""
+    head, steps, tail = WORKFLOW.partition("    steps:\n")
+    assert steps, WORKFLOW
+    return head + steps + GATE_STEP.format(port=port).lstrip("\n") + tail
 
 
 @dataclass
@@ -155,7 +180,8 @@ def scan_during(
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Observed:
+def local(tmp_path_factory: pytest.TempPathFactory, pipeline_started: Started) -> Observed:
+    """``pipeline_started``: the pipeline's guest boots meanwhile (its job waits at the gate)."""
     build_test_image()
     canary = new_canary()
     obs = Observed(canary)
@@ -247,10 +273,27 @@ def test_local_nothing_left_after_the_job(local: Observed) -> None:
 # --- the Forgejo pipeline --------------------------------------------------------------------------
 
 
+@dataclass
+class Started:
+    """The pipeline scenario up to its gate: the job taken, its guest booting or waiting."""
+
+    obs: Observed
+    scanner: Scanner
+    canary_only: Scanner
+    pipeline: Pipeline
+    forge: FakeForgejo
+    runner: RunnerProcess
+    gate: socket.socket  # bound, not listening: the guest's tries are refused until listen()
+    task: FakeTask
+    job_id: str
+    state: Path
+    started: float
+
+
 @pytest.fixture(scope="module")
-def pipeline_run(
+def pipeline_started(
     module_broker_cfg: BrokerConfig, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Observed]:
+) -> Iterator[Started]:
     build_test_image()
     canary = new_canary()
     obs = Observed(canary)
@@ -261,7 +304,9 @@ def pipeline_run(
     pipeline = next(made)
     forge = FakeForgejo().start()
     runner = RunnerProcess(pipeline)
+    gate = socket.socket()
     try:
+        gate.bind(("127.0.0.1", 0))
         key = pipeline.runtime_dir / "secrets.key"
         write_new_key(key)
         state = own_state(pipeline.runtime_dir / "state")
@@ -276,46 +321,64 @@ def pipeline_run(
         pipeline.dispatcher(capacity=1)
         runner.start()
         started = time.time()
-        (job,) = forge.enqueue(WORKFLOW, repository="alice/leaks", secrets={"CANARY": canary})
+        workflow = gated_workflow(gate.getsockname()[1])
+        (job,) = forge.enqueue(workflow, repository="alice/leaks", secrets={"CANARY": canary})
         task = wait_until("the runner to take the task", lambda: forge.task_of(job), 60, 0.2)
         job_id = job_uuid(forge.url, task.id)
-        wait_until("the step to run", lambda: MARKER in task.lines(), 600, 0.2)
-        overlays = list(pipeline.runtime_dir.rglob("*.qcow2"))
-        obs.extra["overlays"] = overlays
-        # a run directory of the job, 0700, holding no key file
-        jobdir = pipeline.runtime_dir / "jobs" / job_id
-        obs.extra["jobdir_mode"] = oct(jobdir.stat().st_mode & 0o777) if jobdir.is_dir() else None
-        scan_during(
-            scanner,
-            canary_only,
-            run_roots=[pipeline.runtime_dir],
-            overlays=overlays,
-            state_dir=state,
-            started=started,
-            skip_pids=[],  # the fake forge is this process: its memory, not its environment
-            caller=None,
-            obs=obs,
-        )
-        done = wait_done(forge, task.id, 300, runner)
-        wait_until("the VM to be gone", lambda: not qemu_of(job_id), 60)
-        obs.extra["status"] = done.status
-        obs.extra["lines"] = done.lines()
-        obs.extra["outputs"] = dict(done.outputs)
-        with forge.lock:
-            obs.output = json.dumps([body for _, _, body in forge.requests]) + "\n".join(done.lines())
-        obs.after += scanner.files([pipeline.runtime_dir])  # the state directory is in it
-        obs.after += canary_only.files(temp_roots())
-        obs.after += scanner.database(database_url)
-        obs.after += canary_only.files([rabbitmq_dir()])
-        journald, hits = scanner.journal(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)))
-        obs.extra["journald"] = journald
-        obs.after += hits
-        obs.left = [str(p) for p in (pipeline.runtime_dir / "jobs").rglob("*")]
-        yield obs
+        yield Started(obs, scanner, canary_only, pipeline, forge, runner, gate, task, job_id, state, started)
     finally:
+        gate.close()
         runner.kill()
         forge.stop()
         made.close()
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(pipeline_started: Started, database_url: str) -> Observed:
+    s = pipeline_started
+    obs, scanner, canary_only, pipeline, task, job_id = (
+        s.obs,
+        s.scanner,
+        s.canary_only,
+        s.pipeline,
+        s.task,
+        s.job_id,
+    )
+    assert MARKER not in task.lines(), "the canary step ran before the gate opened"
+    s.gate.listen()
+    wait_until("the step to run", lambda: MARKER in task.lines(), 600, 0.2)
+    overlays = list(pipeline.runtime_dir.rglob("*.qcow2"))
+    obs.extra["overlays"] = overlays
+    # a run directory of the job, 0700, holding no key file
+    jobdir = pipeline.runtime_dir / "jobs" / job_id
+    obs.extra["jobdir_mode"] = oct(jobdir.stat().st_mode & 0o777) if jobdir.is_dir() else None
+    scan_during(
+        scanner,
+        canary_only,
+        run_roots=[pipeline.runtime_dir],
+        overlays=overlays,
+        state_dir=s.state,
+        started=s.started,
+        skip_pids=[],  # the fake forge is this process: its memory, not its environment
+        caller=None,
+        obs=obs,
+    )
+    done = wait_done(s.forge, task.id, 300, s.runner)
+    wait_until("the VM to be gone", lambda: not qemu_of(job_id), 60)
+    obs.extra["status"] = done.status
+    obs.extra["lines"] = done.lines()
+    obs.extra["outputs"] = dict(done.outputs)
+    with s.forge.lock:
+        obs.output = json.dumps([body for _, _, body in s.forge.requests]) + "\n".join(done.lines())
+    obs.after += scanner.files([pipeline.runtime_dir])  # the state directory is in it
+    obs.after += canary_only.files(temp_roots())
+    obs.after += scanner.database(database_url)
+    obs.after += canary_only.files([rabbitmq_dir()])
+    journald, hits = scanner.journal(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started)))
+    obs.extra["journald"] = journald
+    obs.after += hits
+    obs.left = [str(p) for p in (pipeline.runtime_dir / "jobs").rglob("*")]
+    return obs
 
 
 def test_pipeline_the_job_ran_and_the_forge_got_it_masked(pipeline_run: Observed) -> None:

@@ -1,4 +1,6 @@
-"""actions/checkout with ``fetch-depth: 0`` and ``submodules: true`` in a real guest (one boot).
+"""actions/checkout with ``fetch-depth: 0`` and ``submodules: true`` in a real guest: the
+session's shared guest (tests/vm/sharedguest.py; test_machine.py's), given to the job through
+JobRun's ``boot`` hook, so this module boots nothing of its own (run_job's boot is test_job.py's).
 
 Local mode, from a repository made in tmp_path: two tagged commits and a submodule; the job runs
 ``git describe --tags`` and ``git log`` in the guest (the test image has git, as real images do).
@@ -14,11 +16,12 @@ import pytest
 from solstice.cli.common import Origin, checkout_origin, local_request
 from solstice.images import Catalog
 from solstice.job import checkout
-from solstice.job.runner import run_job
+from solstice.job.runner import JobRun
 from solstice.model import EventKind, Result, Size
 from solstice.workflow import parse_workflow
 from tests.fakes.gitrepo import add_submodule, git, make_repo
 from tests.fakes.jobsink import Collect
+from tests.vm.sharedguest import SharedGuest
 from tests.vm.test_job import settings, short_dir
 
 pytestmark = pytest.mark.vm
@@ -46,7 +49,9 @@ jobs:
 """
 
 
-def test_fetch_depth_0_and_submodules_reach_the_guest(test_image: Path, tmp_path: Path) -> None:
+def test_fetch_depth_0_and_submodules_reach_the_guest(
+    test_image: Path, shared_guest: SharedGuest, tmp_path: Path
+) -> None:
     sub = tmp_path / "sub"
     make_repo(sub, "from the submodule\n", name="lib.txt")
     repo = tmp_path / "repo"
@@ -69,8 +74,10 @@ def test_fetch_depth_0_and_submodules_reach_the_guest(test_image: Path, tmp_path
     image = catalog.get(label)
     runtime = short_dir()
     sink = Collect()
+    guest = shared_guest.booted().guest
     try:
-        result = run_job(request, image, settings(runtime), sink)
+        # the guest is the session's: the job's ExitStack does not own it (nothing to register)
+        result = JobRun(request, image, settings(runtime), sink, boot=lambda stack: guest).run()
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
     lines = [e.text for e in sink.events if e.kind is EventKind.LOG]

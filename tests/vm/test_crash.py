@@ -1,6 +1,7 @@
 """Crashes around a real guest: `solstice run` SIGKILLed mid-step leaves no QEMU running, and the
 next Solstice command sweeps its work directory and port lock; QEMU killed mid-step ends the job
-as `error` saying so first. Two guests (one per test), both booted through `solstice run`."""
+as `error` saying so first. Two guests (one per test), both booted through `solstice run`, at
+the same time (one vCPU each: the build machine's two cores boot both in about the time of one)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class Run:
         self.runtime = runtime
         self.config = tmp / "solstice.toml"
         self.config.write_text(
-            f'[vm]\naccel = "{os.environ.get("SOLSTICE_VM_ACCEL", "tcg")}"\nboot_timeout = 400\n'
+            f'[vm]\naccel = "{os.environ.get("SOLSTICE_VM_ACCEL", "tcg")}"\ncpus = 1\nboot_timeout = 400\n'
             f'[paths]\nruntime_dir = "{runtime}"\nstate_dir = "{tmp}/state"\n'
         )
         self.workflow = tmp / "crash.yml"
@@ -102,16 +103,27 @@ class Run:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def run(test_image: Path, tmp_path: Path) -> Iterator[Run]:
-    runtime = Path(tempfile.mkdtemp(prefix="sol-", dir="/tmp"))  # short: the QMP socket path
-    r = Run(tmp_path, runtime, test_image)
-    yield r
-    r.kill()
-    shutil.rmtree(runtime, ignore_errors=True)
+SCENARIOS = ("sigkilled", "qemu-killed")
 
 
-def test_solstice_run_sigkilled_mid_step_leaves_nothing(run: Run) -> None:
+@pytest.fixture(scope="module")
+def runs(test_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
+    """One `solstice run` per test, all started at once so their guests boot side by side; each
+    has its own runtime directory (its jobs, ports and QEMU), so no test sees another's."""
+    started: dict[str, Run] = {}
+    try:
+        for name in SCENARIOS:
+            runtime = Path(tempfile.mkdtemp(prefix="sol-", dir="/tmp"))  # short: the QMP socket path
+            started[name] = Run(tmp_path_factory.mktemp(name), runtime, test_image)
+        yield started
+    finally:
+        for r in started.values():
+            r.kill()
+            shutil.rmtree(r.runtime, ignore_errors=True)
+
+
+def test_solstice_run_sigkilled_mid_step_leaves_nothing(runs: dict[str, Run]) -> None:
+    run = runs["sigkilled"]
     qemu = run.wait_for_step()
     jobs = list((run.runtime / "jobs").iterdir())
     locks = list((run.runtime / "ports").glob("*.lock"))
@@ -138,7 +150,8 @@ def test_solstice_run_sigkilled_mid_step_leaves_nothing(run: Run) -> None:
     assert list((run.runtime / "ports").glob("*.lock")) == []
 
 
-def test_qemu_killed_mid_step_is_named_first(run: Run) -> None:
+def test_qemu_killed_mid_step_is_named_first(runs: dict[str, Run]) -> None:
+    run = runs["qemu-killed"]
     qemu = run.wait_for_step()
     os.kill(qemu, signal.SIGKILL)
     assert run.proc.wait(timeout=120) == 1, run.text()

@@ -1,7 +1,8 @@
 """The VM lifecycle with a real Debian guest under TCG.
 
-One boot is shared by the tests of this module (``guest`` fixture); a second one never boots. The
-last test checks that unwinding the shared boot's ExitStack left nothing behind.
+One boot is shared by the tests of this module (``booted`` fixture: the session's shared guest,
+tests/vm/sharedguest.py, which tests/vm/test_checkout.py runs a job in too); a second one never
+boots. The last test checks that unwinding the shared boot's ExitStack left nothing behind.
 """
 
 from __future__ import annotations
@@ -15,46 +16,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from solstice.errors import BootTimeout, GuestConnectionLost
 from solstice.model.core import Phase
-from solstice.vm import BootMode, Guest, MachineSpec, get_profile, machine, start_machine
+from solstice.vm import BootMode, Guest, machine, start_machine
 from solstice.vm.ports import PortLease, allocate_port, try_lease
 from solstice.vm.qmp import qmp_command
+from tests.vm.sharedguest import BOOT_TIMEOUT, Booted, SharedGuest, spec_for
 
 pytestmark = pytest.mark.vm
-
-BOOT_TIMEOUT = 240.0
-
-
-def spec_for(image: Path, **kw: object) -> MachineSpec:
-    spec = MachineSpec(
-        base_image=image / "base.qcow2",
-        image_format="qcow2",
-        boot=BootMode.KERNEL,
-        kernel=image / "vmlinuz",
-        initrd=image / "initrd.img",
-        cmdline=(image / "cmdline").read_text().strip() if (image / "cmdline").exists() else "",
-        profile=get_profile("debian"),
-        accel="tcg",
-        cpus=2,
-        memory_mib=1024,
-        disk_gib=None,
-        boot_timeout=BOOT_TIMEOUT,
-        shutdown_timeout=5.0,
-        qemu="qemu-system-x86_64",
-        qemu_img="qemu-img",
-        ovmf_code="/usr/share/OVMF/OVMF_CODE_4M.fd",
-        ovmf_vars="/usr/share/OVMF/OVMF_VARS_4M.fd",
-        instance_id="test-machine",
-        hostname="solstice-test",
-    )
-    return replace(spec, **kw)  # type: ignore[arg-type]
 
 
 def qemu_pids(name: str) -> list[int]:
@@ -72,25 +46,9 @@ def qemu_pids(name: str) -> list[int]:
     return pids
 
 
-@dataclass
-class Booted:
-    guest: Guest
-    workdir: Path
-    ports_dir: Path
-    phases: list[Phase]
-    boot_seconds: float
-    stack: contextlib.ExitStack
-
-
 @pytest.fixture(scope="module")
-def booted(test_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
-    root = tmp_path_factory.mktemp("machine")
-    workdir, ports_dir = root / "work", root / "ports"
-    phases: list[Phase] = []
-    with contextlib.ExitStack() as stack:
-        start = time.monotonic()
-        guest = start_machine(spec_for(test_image), workdir, ports_dir, stack, on_phase=phases.append)
-        yield Booted(guest, workdir, ports_dir, phases, time.monotonic() - start, stack)
+def booted(shared_guest: SharedGuest) -> Booted:
+    return shared_guest.booted()
 
 
 def run(guest: Guest, command: str, stdin: bytes | None = None) -> tuple[int | None, bytes, bytes]:
@@ -210,6 +168,7 @@ def test_probe_needs_running_vcpus_and_disconnect_ends_a_waiting_command(booted:
     """The guest monitor's two tools (solstice.job.liveness). Last before the unwind: it drops
     the connection."""
     g = booted.guest
+    booted.spent = True  # the connection goes: whoever comes after gets a fresh guest
     qmp = booted.workdir / "qmp.sock"
     g.probe()  # answered at once while the guest runs
     answered = threading.Event()
@@ -248,6 +207,7 @@ def test_nothing_left_after_unwind(booted: Booted) -> None:
     assert qemu_pids("solstice-test-machine")
     assert try_lease(booted.ports_dir, port) is None  # held while the VM runs
     start = time.monotonic()
+    booted.spent = True
     booted.stack.close()
     teardown = time.monotonic() - start
     print(f"teardown: {teardown:.1f} s")
