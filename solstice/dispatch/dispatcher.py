@@ -216,8 +216,7 @@ class Dispatcher:
             status,
         )
         self.check_labels()
-        if self.pool.enabled or self.pool.vms:
-            self.pool.adopt()
+        self.pool.adopt()  # also without a pool now: a previous one's keepers are stopped
         self.consumer.consume_jobs(
             self.labels, self._on_job, prefetch=self.free(), active=self.takes_labels()
         )

@@ -285,3 +285,13 @@ def test_keepers_that_never_get_ready_back_off(tmp_path: Path) -> None:
     write(keepers.runtime_dir, second, "debian-12", pool.plans["debian-12"], warm.VMState.READY)
     pool.round(free=2, labels=["debian-12"])
     assert pool.failures == {}  # a VM that got ready ends the streak
+
+
+def test_a_dispatcher_without_a_pool_stops_the_keepers_a_previous_one_left(tmp_path: Path) -> None:
+    pool, keepers, cfg = make_pool(tmp_path, "")
+    assert not pool.enabled
+    plan = MachinePlan(2, 2048, None)
+    keepers.running["left"] = "debian-12"
+    write(keepers.runtime_dir, "left", "debian-12", plan, warm.VMState.READY)
+    pool.adopt()
+    assert keepers.stopped == ["left"] and pool.vms == {}
