@@ -295,3 +295,24 @@ def test_a_dispatcher_without_a_pool_stops_the_keepers_a_previous_one_left(tmp_p
     write(keepers.runtime_dir, "left", "debian-12", plan, warm.VMState.READY)
     pool.adopt()
     assert keepers.stopped == ["left"] and pool.vms == {}
+
+
+def test_pool_list_shows_each_vm_with_its_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from solstice.cli.main import main
+
+    cfg = load(tmp_path, "")
+    run = Path(cfg.paths.runtime_dir)
+    assert main(["--config", str(tmp_path / "solstice.toml"), "pool", "list"]) == 0
+    assert "no warm VMs on this host" in capsys.readouterr().out
+    write(
+        run,
+        "a" * 8 + "-0000-0000-0000-000000000000",
+        "debian-12",
+        MachinePlan(2, 2048, None),
+        warm.VMState.READY,
+    )
+    assert main(["--config", str(tmp_path / "solstice.toml"), "pool", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "aaaaaaaa-0000-0000-0000-000000000000  debian-12" in out and "ready" in out, out
+    assert "2 CPUs, 2048 MiB" in out, out
+    assert main(["--config", str(tmp_path / "solstice.toml"), "pool", "keep", "--label", "x", "../x"]) == 2
