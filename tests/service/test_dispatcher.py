@@ -102,8 +102,9 @@ def test_systemd_spawner_starts_a_transient_unit_from_the_template(tmp_path: Pat
     spawner = SystemdSpawner(cfg, template=TEMPLATE, run=run)
     request = make_request("ok", timeout_minutes=30)
     path = request_file(cfg.paths.runtime_dir, request.job_id)
-    plan = plan_machine(request.size, Catalog.from_config(cfg).get(LABEL), cfg.vm)
-    spawner.start(request, path, runtime_max(request, cfg), plan)
+    image = Catalog.from_config(cfg).get(LABEL)
+    plan = plan_machine(request.size, image, cfg.vm)
+    spawner.start(request, path, runtime_max(request, cfg, image), plan)
     (argv,) = run.calls
     job = request.job_id
     assert argv[:4] == ["systemd-run", "--quiet", "--no-block", f"--unit=solstice-job@{job}.service"]
@@ -127,7 +128,7 @@ def test_systemd_spawner_starts_a_transient_unit_from_the_template(tmp_path: Pat
     request = make_request("ok")
     spec = JobSpec("k", "n", (LABEL,), (), timeout_minutes="${{ 5 }}")
     request = dataclasses.replace(request, job=spec)
-    assert runtime_max(request, cfg) == 360 * 60 + 300 + 600
+    assert runtime_max(request, cfg, image) == 360 * 60 + 300 + 600
     argv = spawner.argv(request, Path("/run/solstice/requests/x.json"), {})
     assert argv[-4:] == ["/opt/x/solstice", "job", "run", request.job_id]
 
