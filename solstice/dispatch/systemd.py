@@ -12,7 +12,7 @@ the job's own limits, the request credential and the exit record; ``ExecStart=``
         --property=MemoryMax=2560M --property=CPUQuota=200% --property=TasksMax=512 \\
         --property=RuntimeMaxSec=22500 \\
         --property=LoadCredential=job-request:/run/solstice/requests/<uuid>.json \\
-        "--property=ExecStopPost=/bin/sh -c 'umask 022; env | grep -E
+        "--property=ExecStopPost=/bin/sh -c 'umask 022 && env | grep -E
             \\"^(SERVICE_RESULT|EXIT_CODE|EXIT_STATUS)=\\" > /run/solstice/exits/<uuid>.exit'" \\
         --setenv=SOLSTICE_PATHS_STATE_DIR=/var/lib/solstice ... (job_environment) \\
         -- /usr/bin/solstice job run [--config FILE] <uuid>
@@ -264,9 +264,10 @@ class SystemdSpawner:
         record = exit_record(self.runtime_dir, job_id)
         if not _SAFE_PATH.fullmatch(str(request_file)):
             raise ConfigError(f"request file path {str(request_file)!r} cannot go into a unit property")
-        # No "$" (systemd 252 re-reads an escaped one wrongly after a daemon-reload); umask 022:
+        # No "$" and no ";" (systemd 252 re-reads them escaped, wrongly, after a daemon-reload: "\;"
+        # reached the shell); umask 022:
         # the dispatcher is root without CAP_DAC_OVERRIDE and reads it as "other".
-        script = f'umask 022; env | grep -E "^(SERVICE_RESULT|EXIT_CODE|EXIT_STATUS)=" > {record}'
+        script = f'umask 022 && env | grep -E "^(SERVICE_RESULT|EXIT_CODE|EXIT_STATUS)=" > {record}'
         properties += [f"{key}={value}" for key, value in limits.items()]
         if warm_vm:
             # systemd moves a process into a unit (the warm VM's QEMU, attach()) only when the unit

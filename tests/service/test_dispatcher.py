@@ -121,6 +121,8 @@ def test_systemd_spawner_starts_a_transient_unit_from_the_template(tmp_path: Pat
     # No "+": systemd 252 saves that as ExecStopPostEx=, which a daemon-reload cannot read back.
     assert post.startswith("ExecStopPost=/bin/sh -c '")
     assert f"> /run/solstice/exits/{job}.exit" in post and "SERVICE_RESULT" in post and "$" not in post
+    # Nor ";": systemd 252 writes it as "\;" and, after a daemon-reload, hands the shell "022\;".
+    assert ";" not in post
     assert not [p for p in template_props if "%" in p]
 
     # job_command overrides the template's ExecStart; an expression timeout means the default.
