@@ -10,6 +10,7 @@ from solstice.config import ImageConfig, VMConfig, parse_size_gib, parse_size_mi
 from solstice.errors import ConfigError
 from solstice.images.catalog import Image
 from solstice.model import Size
+from solstice.vm.machine import MachineSpec
 
 
 @dataclass(frozen=True)
@@ -59,3 +60,32 @@ def boot_timeout(image: Image, vm: VMConfig) -> float:
     """How long the guest may take to answer SSH: ``[vm] boot_timeout``, or the image's profile's
     when that is larger (an OS whose first boot is slow, e.g. FreeBSD's reboot after updating)."""
     return max(vm.boot_timeout, image.profile.boot_timeout)
+
+
+def machine_spec(
+    image: Image, plan: MachinePlan, vm: VMConfig, instance_id: str, *, powerdown: bool = False
+) -> MachineSpec:
+    """The VM to boot for ``image`` at ``plan``: a job's (``instance_id`` its uuid) or a warm pool
+    VM's (its own id). The id is cloud-init's instance id and, shortened, the guest's host name."""
+    return MachineSpec(
+        base_image=image.base_image,
+        image_format=image.image_format,
+        boot=image.boot,
+        kernel=image.kernel,
+        initrd=image.initrd,
+        cmdline=image.cmdline,
+        profile=image.profile,
+        accel=vm.accel,
+        cpus=plan.cpus,
+        memory_mib=plan.memory_mib,
+        disk_gib=plan.disk_gib,
+        boot_timeout=boot_timeout(image, vm),
+        shutdown_timeout=vm.shutdown_timeout,
+        qemu=vm.qemu,
+        qemu_img=vm.qemu_img,
+        ovmf_code=vm.ovmf_code,
+        ovmf_vars=vm.ovmf_vars,
+        instance_id=instance_id,
+        hostname="solstice-" + instance_id[:8],
+        powerdown=powerdown,
+    )

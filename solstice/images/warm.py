@@ -44,12 +44,12 @@ from solstice.config import Config
 from solstice.errors import SolsticeError, VMError
 from solstice.files import atomic_write
 from solstice.images.catalog import Catalog
-from solstice.images.plan import MachinePlan, boot_timeout, plan_machine
+from solstice.images.plan import MachinePlan, machine_spec, plan_machine
 from solstice.model import Size
 from solstice.notify import Notifier
 from solstice.vm import leftovers
 from solstice.vm.keys import load_keypair
-from solstice.vm.machine import Guest, MachineSpec, attach_machine, start_machine
+from solstice.vm.machine import Guest, attach_machine, start_machine
 from solstice.vm.remote import RemoteQemu, read_line, send_json
 
 log = logging.getLogger("solstice.pool")
@@ -189,29 +189,8 @@ class Keeper:
         image = Catalog.from_config(self.cfg).get(self.label)
         image.check()
         plan = plan_machine(Size(), image, self.cfg.vm)
-        vm = self.cfg.vm
-        spec = MachineSpec(
-            base_image=image.base_image,
-            image_format=image.image_format,
-            boot=image.boot,
-            kernel=image.kernel,
-            initrd=image.initrd,
-            cmdline=image.cmdline,
-            profile=image.profile,
-            accel=vm.accel,
-            cpus=plan.cpus,
-            memory_mib=plan.memory_mib,
-            disk_gib=plan.disk_gib,
-            boot_timeout=boot_timeout(image, vm),
-            shutdown_timeout=vm.shutdown_timeout,
-            qemu=vm.qemu,
-            qemu_img=vm.qemu_img,
-            ovmf_code=vm.ovmf_code,
-            ovmf_vars=vm.ovmf_vars,
-            # The VM's own id, never a job's: nothing of a job is in the guest before it takes it.
-            instance_id=self.vm_id,
-            hostname="solstice-" + self.vm_id[:8],
-        )
+        # The VM's own id, never a job's: nothing of a job is in the guest before it takes it.
+        spec = machine_spec(image, plan, self.cfg.vm, self.vm_id)
         pool_dir(self.runtime_dir).mkdir(parents=True, exist_ok=True)
         self.notifier.ready(f"warm VM {self.vm_id} ({self.label}): booting")
         self.notifier.start_watchdog()

@@ -36,6 +36,7 @@ from solstice.errors import (
     WorkflowError,
 )
 from solstice.images import Image, MachinePlan, boot_timeout, plan_machine, warm
+from solstice.images.plan import machine_spec
 from solstice.job import checkout, filecmds, script
 from solstice.job.commands import Command, CommandState
 from solstice.job.events import Emitter, LineSplitter
@@ -252,29 +253,8 @@ class JobRun:
         return workdir
 
     def _machine_spec(self, plan: MachinePlan) -> MachineSpec:
-        img = self.image
-        vm = self.settings.vm
-        return MachineSpec(
-            base_image=img.base_image,
-            image_format=img.image_format,
-            boot=img.boot,
-            kernel=img.kernel,
-            initrd=img.initrd,
-            cmdline=img.cmdline,
-            profile=img.profile,
-            accel=vm.accel,
-            cpus=plan.cpus,
-            memory_mib=plan.memory_mib,
-            disk_gib=plan.disk_gib,
-            boot_timeout=self.boot_timeout,
-            shutdown_timeout=vm.shutdown_timeout,
-            qemu=vm.qemu,
-            qemu_img=vm.qemu_img,
-            ovmf_code=vm.ovmf_code,
-            ovmf_vars=vm.ovmf_vars,
-            instance_id=self.request.job_id,
-            hostname="solstice-" + self.request.job_id[:8],
-            powerdown=self.settings.powerdown,
+        return machine_spec(
+            self.image, plan, self.settings.vm, self.request.job_id, powerdown=self.settings.powerdown
         )
 
     def _phase(self, phase: Phase) -> None:
