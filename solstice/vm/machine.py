@@ -490,27 +490,9 @@ def start_machine(
         ) from None
     if spec.powerdown:
         shutdown.powerdown_timeout = spec.shutdown_timeout  # up now: it can power down politely
-    guest = Guest(
-        transport,
-        port,
-        console,
-        spec.profile,
-        keypair,
-        shutdown,
-        qemu=qemu,
-        stop=lambda: _stop(qemu, qmp_path, shutdown),
-        disk=overlay,
-        qmp_path=qmp_path,
+    guest = _open_guest(
+        transport, port, console, spec.profile, keypair, shutdown, qemu, qmp_path, overlay, stack
     )
-    stack.callback(guest.close)
-    try:
-        guest.open_files()
-    except GuestConnectionLost as exc:
-        raise VMError(
-            f"the guest answered SSH but its SFTP subsystem did not start ({exc})",
-            hint="Solstice moves step scripts and files with SFTP: the image's sshd_config needs a "
-            "'Subsystem sftp' line",
-        ) from None
     log.info("guest ready on 127.0.0.1:%d after %.1f s", port, time.monotonic() - started)
     phase(Phase.READY)
     return guest
@@ -542,6 +524,23 @@ def attach_machine(
             f"the warm VM did not answer SSH on 127.0.0.1:{port} within {timeout:.0f} s "
             f"(last error: {exc.last_error})"
         ) from None
+    return _open_guest(transport, port, console, profile, keypair, shutdown, qemu, qmp_path, disk, stack)
+
+
+def _open_guest(
+    transport: paramiko.Transport,
+    port: int,
+    console: Path,
+    profile: GuestProfile,
+    keypair: KeyPair,
+    shutdown: ShutdownPolicy,
+    qemu: QemuProcess,
+    qmp_path: Path,
+    disk: Path | None,
+    stack: contextlib.ExitStack,
+) -> Guest:
+    """The Guest of a VM whose SSH answered (booted here or handed over), its SFTP session open;
+    closed when ``stack`` unwinds."""
     guest = Guest(
         transport,
         port,
@@ -558,5 +557,9 @@ def attach_machine(
     try:
         guest.open_files()
     except GuestConnectionLost as exc:
-        raise VMError(f"the warm VM answered SSH but its SFTP subsystem did not start ({exc})") from None
+        raise VMError(
+            f"the guest answered SSH but its SFTP subsystem did not start ({exc})",
+            hint="Solstice moves step scripts and files with SFTP: the image's sshd_config needs a "
+            "'Subsystem sftp' line",
+        ) from None
     return guest
