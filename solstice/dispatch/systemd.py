@@ -34,7 +34,6 @@ are tested without systemd; tests/systemd runs them for real.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -291,23 +290,23 @@ class SystemdSpawner:
 
     def _exits_dir(self) -> None:
         """``<runtime_dir>/exits``, writable by the job's user (tmpfiles makes it on a packaged host)."""
-        exits = exit_record(self.runtime_dir, "-").parent
-        if exits.is_dir():
+        self._drop_box(
+            exit_record(self.runtime_dir, "-").parent, "job units of that group cannot record how they end"
+        )
+
+    def _drop_box(self, path: Path, without_group: str) -> None:
+        """Make ``path`` when missing as root:<job group> 0730: the units write their records there,
+        the dispatcher (root without capabilities: plain owner permissions) reads and removes them."""
+        if path.is_dir():
             return
-        exits.mkdir(parents=True, exist_ok=True)
-        # root:<job group> 0730: the job units write their records, the dispatcher (root without
-        # capabilities: plain owner permissions) reads and removes them.
-        os.chmod(exits, 0o730)
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o730)
         group = dict(p.split("=", 1) for p in transient_properties(self.template, "-")[0]).get("Group")
         if group and os.geteuid() == 0:
             try:
-                shutil.chown(exits, group=group)
+                shutil.chown(path, group=group)
             except LookupError:
-                log.warning(
-                    "%s: no group %r; job units of that group cannot record how they end",
-                    exits,
-                    group,
-                )
+                log.warning("%s: no group %r; %s", path, group, without_group)
 
     def start(
         self,
@@ -436,21 +435,9 @@ class SystemdSpawner:
             vm_id,
         ]
 
-    def _pool_dir(self) -> None:
-        """``<runtime_dir>/pool``: keepers write their records there, the dispatcher reads them
-        (root:<job group> 0730, as exits/)."""
-        path = pool_dir(self.runtime_dir)
-        if path.is_dir():
-            return
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o730)
-        group = dict(p.split("=", 1) for p in transient_properties(self.template, "-")[0]).get("Group")
-        if group and os.geteuid() == 0:
-            with contextlib.suppress(LookupError):
-                shutil.chown(path, group=group)
-
     def start_keeper(self, vm_id: str, label: str, plan: MachinePlan) -> None:
-        self._pool_dir()
+        # Keepers write their records there (as exits/), the dispatcher reads them.
+        self._drop_box(pool_dir(self.runtime_dir), "keepers of that group cannot record their VMs")
         self._run(self.keeper_argv(vm_id, label, plan), timeout=60)
 
     def keepers(self) -> list[str]:
