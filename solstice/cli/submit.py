@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import signal
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from solstice import config as configmod
 from solstice.errors import ConfigError, ImageError, WorkflowError
@@ -115,6 +116,30 @@ class Submitted:
         return self.skipped or self.result is not None
 
 
+class CtrlC:
+    """Ctrl-C while following. The first only counts: the loop reads it between two rounds of the
+    broker connection, because a KeyboardInterrupt raised inside pika's frame handling or an event
+    handler can leave the connection or the event sequence half-updated, and the cancellation
+    would then never go out. The second raises KeyboardInterrupt, to stop waiting at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: Any = None
+
+    def install(self) -> None:
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+
+
 def main(args: argparse.Namespace) -> int:
     from solstice.images import Catalog
     from solstice.queue import ACK, Connection, Consumer, EventSequencer, Names, Publisher, is_synthetic
@@ -178,13 +203,25 @@ def main(args: argparse.Namespace) -> int:
     consumer = Consumer(conn)
     publisher = Publisher(conn)
     cancelled = False
+
+    def cancel_all() -> None:
+        print("\nsolstice: cancelling the submitted jobs (Ctrl-C again to stop waiting)", file=sys.stderr)
+        for job in jobs:
+            if job.request is not None and not job.done:
+                publisher.publish_cancel(job.request.job_id, "cancelled by solstice submit (Ctrl-C)")
+
+    ctrl_c = CtrlC()
     try:
         if address:
             consumer.consume_event_batches(address, on_events, prefetch=50, expires=QUEUE_EXPIRES)
             conn.connect()
             consumer.process_events(0)  # declares our events queue before any job can publish to it
+        ctrl_c.install()
         while not all(j.done for j in jobs):
             try:
+                if ctrl_c.count and not cancelled:
+                    cancelled = True
+                    cancel_all()
                 for job in jobs:
                     if job.done or job.request is not None:
                         continue
@@ -235,22 +272,16 @@ def main(args: argparse.Namespace) -> int:
                                 f"(solstice status {job.request.job_id})",
                                 flush=True,
                             )
-            except KeyboardInterrupt:
-                if cancelled:
-                    print(
-                        "\nsolstice: not waiting any more; the jobs end on their own "
-                        "(solstice status shows them)",
-                        file=sys.stderr,
-                    )
-                    return 130
-                cancelled = True
+            except KeyboardInterrupt:  # the second Ctrl-C
+                if not cancelled:
+                    cancelled = True
+                    cancel_all()
                 print(
-                    "\nsolstice: cancelling the submitted jobs (Ctrl-C again to stop waiting)",
+                    "\nsolstice: not waiting any more; the jobs end on their own "
+                    "(solstice status shows them)",
                     file=sys.stderr,
                 )
-                for job in jobs:
-                    if job.request is not None and not job.done:
-                        publisher.publish_cancel(job.request.job_id, "cancelled by solstice submit (Ctrl-C)")
+                return 130
         unexplained = [j for j in jobs if j.result is Result.CANCELLED and not j.verdict]
         if address and not cancelled and unexplained:
             # Cancelled without our asking: its unit was stopped by systemd or an operator. The
@@ -259,7 +290,9 @@ def main(args: argparse.Namespace) -> int:
             names = ", ".join(j.spec.name for j in unexplained)
             print(f"{names}: stopped from outside; waiting for the dispatcher's verdict", flush=True)
             deadline = time.monotonic() + SUPERSEDE_WAIT
-            while time.monotonic() < deadline and not all(j.verdict for j in unexplained):
+            while (
+                time.monotonic() < deadline and not all(j.verdict for j in unexplained) and not ctrl_c.count
+            ):
                 consumer.process_events(0.2)
         if not address:
             print(
@@ -268,6 +301,7 @@ def main(args: argparse.Namespace) -> int:
             )
             return 0
     finally:
+        ctrl_c.restore()
         if address:
             _delete_queue(conn, Names(cfg.broker).events_queue(address))
         consumer.close()

@@ -167,6 +167,36 @@ def test_ctrl_c_cancels_the_submitted_jobs(pipeline: Pipeline, db: Store, tmp_pa
     assert wait_state(db, job_id, {"cancelled"}, 10).result is Result.CANCELLED
 
 
+def test_a_second_ctrl_c_stops_waiting_and_the_job_is_still_cancelled(
+    pipeline: Pipeline, db: Store, tmp_path: Path
+) -> None:
+    """The dispatcher is held, so the job cannot be cancelled yet: the second Ctrl-C ends the
+    command at once; the cancellation it sent waits on the broker and takes effect later."""
+    d = pipeline.dispatcher(capacity=2)
+    workflow = tmp_path / "wf.yml"
+    workflow.write_text(WORKFLOW.split("  second:")[0].replace('FAKE: "ok"', 'FAKE: "sleep:30"'))
+    proc = submit(pipeline, str(workflow))
+    assert proc.stdout is not None and d.proc is not None
+    seen: list[str] = []
+    while not any("tick 2" in line for line in seen):
+        line = proc.stdout.readline()
+        assert line, "".join(seen)
+        seen.append(line)
+    job_id = next(w for line in seen for w in line.split() if len(w) == 36 and w.count("-") == 4)
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1)
+        assert proc.poll() is None  # the first only cancels, and waits for the job's end
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    assert proc.returncode == 130, "".join(seen) + out
+    assert "cancelling the submitted jobs" in out and "not waiting any more" in out, out
+    assert wait_state(db, job_id, {"cancelled"}, 20).result is Result.CANCELLED
+
+
 def test_submit_shows_the_dispatchers_verdict_of_a_job_stopped_from_outside(
     pipeline: Pipeline, db: Store, tmp_path: Path
 ) -> None:

@@ -53,6 +53,7 @@ GUEST_FAULTS = ("kill-qemu", "guest-hang", "ssh-drop", "output-flood", "kill-job
 #: is immediate; a QEMU with many threads takes a moment to go).
 QEMU_GRACE = 10.0
 MARKER = "chaos-step-running"
+JOB_EXIT_GRACE = 15.0  # s after the last report for the job processes to have exited
 STATE_SIZE = "4m"  # the state directory's tmpfs: small enough to fill at once
 
 
@@ -316,6 +317,22 @@ class Chaos:
                 pids.append(int(entry.name))
         return pids
 
+    def settled_job_processes(self, grace: float = JOB_EXIT_GRACE) -> list[int]:
+        """The job processes still there ``grace`` s after every task was reported: a job process
+        sends its final event, then closes its connections and exits, and its supervisor writes the
+        exit record, which on a loaded host can trail the forge's report by a second or two."""
+        pids = self.job_processes()
+        if pids:
+            self.log(f"  job processes after the last report: {pids}; waiting up to {grace:.0f} s")
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = self.job_processes()
+        for pid in pids:
+            argv = _cmdline(pid).replace(b"\0", b" ").decode(errors="replace")
+            self.log(f"  job process {pid} left behind: {argv}")
+        return pids
+
     # --- accounting ----------------------------------------------------------------------------------
 
     def final_results(self) -> dict[int, list[str]]:
@@ -358,7 +375,7 @@ class Chaos:
         )
         row.overlays = len(list(self.runtime.rglob("*.qcow2")))
         row.ports = self.held_ports()
-        row.units = len(self.job_processes())
+        row.units = len(self.settled_job_processes())
         return row
 
     def findings(self) -> Counter[str]:
