@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ class FakeReport:
         self.result = result
         self.lines: list[str] = []
         self.reported = False
+        self.rows = 0  # LOG events fed since the last report
 
     @property
     def finished(self) -> bool:
@@ -42,7 +44,7 @@ class FakeReport:
 
     @property
     def buffered_rows(self) -> int:
-        return 0
+        return self.rows
 
     @property
     def buffered_bytes(self) -> int:
@@ -50,6 +52,7 @@ class FakeReport:
 
     def feed(self, event: JobEvent) -> None:
         self.last_seq = max(self.last_seq, event.seq)
+        self.rows += event.kind is EventKind.LOG
         if event.kind is EventKind.JOB_FINISHED and event.result is not None:
             self.result = event.result.value
 
@@ -77,10 +80,15 @@ class FakeBackend:
     url: str = "https://forge.invalid"
     labels: tuple[str, ...] = ("self-hosted",)  # generic only: no queue to check for backlog
     address: str = "fake-runner"
+    report_interval: float = 0.2
+    reports: list[float] = field(default_factory=list)  # the clock at each report
+    clock: Callable[[], float] = time.monotonic
 
     @property
     def settings(self) -> PollerSettings:
-        return PollerSettings(capacity=self.capacity, fetch_interval=0.5, report_interval=0.2, max_backoff=5)
+        return PollerSettings(
+            capacity=self.capacity, fetch_interval=0.5, report_interval=self.report_interval, max_backoff=5
+        )
 
     def declare(self) -> None:
         self.declares += 1
@@ -100,6 +108,8 @@ class FakeBackend:
         return Admission(task, Verdict.JOB, FakeReport(), request=request)
 
     def report(self, report: Any, *, alive: Callable[[], None]) -> bool:
+        self.reports.append(self.clock())
+        report.rows = 0
         if report.finished:
             report.reported = True
         return self.cancel
@@ -203,6 +213,33 @@ def test_events_are_acked_only_after_a_checkpoint_covers_them(tmp_path: Path) ->
         poller.round()
     assert poller.tasks == {} and not list((tmp_path / "tasks").glob("*.json"))
     assert consumer.acked[-1][0] == 13
+
+
+def test_new_log_lines_are_reported_after_half_the_interval_a_quiet_task_after_all_of_it(
+    tmp_path: Path,
+) -> None:
+    backend = FakeBackend(tmp_path, queued=["3"], report_interval=1.0)
+    poller, _, _, clock = make(tmp_path, backend)
+    backend.clock = clock
+    poller.round()  # takes task 3
+    poller.round()  # and reports it at once (its first line)
+    start = clock.now
+    assert backend.reports == [start]
+
+    def run(seconds: float) -> None:
+        for _ in range(round(seconds / 0.1)):
+            clock.now = round(clock.now + 0.1, 1)
+            poller.round()
+
+    run(2.0)  # quiet: one report per interval
+    assert backend.reports == [start, start + 1.0, start + 2.0]
+    clock.now = round(clock.now + 0.1, 1)
+    poller._on_events(delivery("job-3", 1, tag=1))  # a line, 0.1 s after the last report
+    run(1.0)
+    # reported at half the interval, then the quiet cadence again from there
+    assert backend.reports[3:] == [start + 2.5], backend.reports
+    run(1.0)
+    assert backend.reports[3:] == [start + 2.5, start + 3.5], backend.reports
 
 
 def test_a_cancel_unconfirmed_within_the_grace_ends_the_task(tmp_path: Path) -> None:

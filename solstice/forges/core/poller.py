@@ -9,8 +9,9 @@ short); the forge itself is a ``Backend`` (backend.py)::
     loop (every ~0.2 s):
         events -> each task's Report          (in process_events, by _on_events)
         publish the requests not yet out      a task is saved *before* its request is published
-        report each task (report_interval)    backend.report: one round of log and state; a
-                                              cancel read from the forge goes to the dispatchers
+        report each task (report_interval;    backend.report: one round of log and state; a
+          half of it when new log lines   cancel read from the forge goes to the dispatchers
+          wait, so they show sooner)
         save checkpoints, then ack the events they cover
         backend.fetch (fetch_interval)        only with free capacity and no backlog in the
                                               label queues; else backend.declare as keepalive
@@ -92,6 +93,8 @@ class Active:
     saved_seq: int = -1  # Report.last_seq in the stored checkpoint
     dirty: bool = True
     next_report: float = 0.0
+    last_report: float = float("-inf")
+    fresh_rows: bool = False  # log lines fed since the last report
     next_publish: float = 0.0
     refusals: int = 0
     cancel_at: float | None = None
@@ -229,7 +232,9 @@ class Poller:
         for a in list(self.tasks.values()):
             if self.clock() < self.forge_retry_at:
                 break
-            if now >= a.next_report:
+            if now >= a.next_report or (
+                a.fresh_rows and now >= a.last_report + self.settings.report_interval / 2
+            ):
                 self._report(a, now)
         for a in list(self.tasks.values()):
             self._cancel_fallback(a, now)
@@ -436,10 +441,12 @@ class Poller:
             # A job whose task is fully reported (a late synthetic event), or not this runner's.
             log.debug("events of job %s, which no task of this runner waits for", events[0].job_id)
             return ACK
+        rows = a.report.buffered_rows
         for event in events:
             if event.kind is EventKind.PHASE and event.seq > a.report.last_seq:  # not a repeat
                 self._phase(a, event)
             a.report.feed(event)
+        a.fresh_rows = a.fresh_rows or a.report.buffered_rows > rows
         # Kept only to be acknowledged: without its events, which the report has now (up to
         # EVENT_PREFETCH deliveries of long lines would otherwise stay in memory twice).
         a.deliveries.append((max(e.seq for e in events), dataclasses.replace(delivery, message=())))
@@ -463,6 +470,7 @@ class Poller:
 
     def _report(self, a: Active, now: float) -> None:
         a.next_report = now + self.settings.report_interval
+        a.last_report, a.fresh_rows = now, False
         try:
             cancel = self.backend.report(a.report, alive=lambda: self.notify("WATCHDOG=1"))
         except ForgeUnavailable as exc:
