@@ -47,7 +47,24 @@ def _sigterm_to_exit(signum: int, frame: types.FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+def chosen_verb(argv: Sequence[str]) -> str | None:
+    """The verb of a command line, if it names one (after the global options), else None."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            next(args, None)
+        elif arg in VERBS:
+            return arg
+        elif not arg.startswith("-"):
+            return None
+    return None
+
+
+def build_parser(
+    only: str | None = None,
+) -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    """The parser of every verb, or of ``only``: importing a verb's module is what costs (``job``
+    loads paramiko, qemu.qmp and pycdlib), and a daemon should not carry the others' libraries."""
     parser = argparse.ArgumentParser(
         prog="solstice",
         description="Run GitHub/Forgejo Actions jobs in a fresh QEMU virtual machine per job.",
@@ -61,6 +78,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
     for verb, modname in VERBS.items():
+        if only is not None and verb != only:
+            continue
         mod = import_module(f"solstice.cli.{modname}")
         p = sub.add_parser(
             verb, help=mod.__doc__.splitlines()[0] if mod.__doc__ else None, allow_abbrev=False
@@ -80,7 +99,8 @@ def _sweep_leftovers(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, handlers = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, handlers = build_parser(chosen_verb(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,

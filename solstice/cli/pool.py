@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from solstice import config as configmod
-from solstice.images import warm
+from solstice.images import poolstate, warm
 from solstice.model.jobcontract import canonical_job_id
 
 
@@ -32,14 +32,14 @@ def _age(seconds: float) -> str:
 
 
 def _list(runtime_dir: Path) -> int:
-    vms = warm.list_states(runtime_dir)
+    vms = poolstate.list_states(runtime_dir)
     if not vms:
         print("no warm VMs on this host (set [pool.<label>] size in the dispatcher's configuration)")
         return 0
     now = time.time()
     print(f"{'VM':36}  {'LABEL':20}  {'STATE':7}  {'AGE':>7}  {'READY FOR':>9}  PLAN")
     for vm in vms:
-        ready = _age(now - vm.ready_at) if vm.ready_at and vm.state is warm.VMState.READY else "-"
+        ready = _age(now - vm.ready_at) if vm.ready_at and vm.state is poolstate.VMState.READY else "-"
         state = vm.state.value + (f" by {vm.job_id}" if vm.job_id else "")
         print(
             f"{vm.vm_id:36}  {vm.label[:20]:20}  {state:7}  {_age(now - vm.created):>7}  {ready:>9}  "

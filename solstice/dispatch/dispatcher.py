@@ -51,8 +51,8 @@ from solstice.dispatch.spawner import RUNNING, Spawner, Verdict, judge
 from solstice.dispatch.systemd import runtime_max
 from solstice.errors import CommandError, SolsticeError
 from solstice.images import Catalog, plan_machine
+from solstice.images.poolstate import read_state
 from solstice.images.state import Readiness, readiness
-from solstice.images.warm import read_state
 from solstice.metrics import DispatcherMetrics
 from solstice.model import JobRequest, JobSpec, Result, debugssh
 from solstice.queue import (

@@ -24,7 +24,7 @@ from solstice.config import Config, parse_size_mib
 from solstice.dispatch.spawner import Spawner
 from solstice.errors import CommandError, SolsticeError
 from solstice.images import Catalog, MachinePlan, plan_machine
-from solstice.images.warm import VMState, new_vm_id, read_state, state_file
+from solstice.images.poolstate import VMState, new_vm_id, read_state, state_file
 from solstice.metrics import DispatcherMetrics
 from solstice.model import Size
 

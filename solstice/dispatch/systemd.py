@@ -58,7 +58,7 @@ from solstice.dispatch.contract import (
 from solstice.dispatch.spawner import ENDED, GONE, MAIN_CODES, RUNNING, UnitStatus, parse_exit_record
 from solstice.errors import ConfigError
 from solstice.images import Image, MachinePlan, boot_timeout
-from solstice.images.warm import pool_dir
+from solstice.images.poolstate import pool_dir
 from solstice.model import JobRequest, debugssh
 
 log = logging.getLogger("solstice.dispatcher")

@@ -19,7 +19,7 @@ from solstice.errors import ConfigError, ImageError
 from solstice.images import catalog_files
 from solstice.images.prepared import find_prepared
 from solstice.model.labels import match
-from solstice.vm.machine import BootMode
+from solstice.vm.argv import BootMode
 from solstice.vm.profiles import PROFILES, GuestProfile, get_profile
 
 TEST_IMAGE_LABEL = "debian-12"

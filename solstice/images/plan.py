@@ -5,12 +5,15 @@ limits and RuntimeMaxSec from them and the job process boots QEMU with them, fro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from solstice.config import ImageConfig, VMConfig, parse_size_gib, parse_size_mib
 from solstice.errors import ConfigError
 from solstice.images.catalog import Image
 from solstice.model import Size
-from solstice.vm.machine import MachineSpec
+
+if TYPE_CHECKING:  # the machine module loads paramiko and qemu.qmp: the dispatcher needs neither
+    from solstice.vm.machine import MachineSpec
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ def machine_spec(
 ) -> MachineSpec:
     """The VM to boot for ``image`` at ``plan``: a job's (``instance_id`` its uuid) or a warm pool
     VM's (its own id). The id is cloud-init's instance id and, shortened, the guest's host name."""
+    from solstice.vm.machine import MachineSpec
+
     return MachineSpec(
         base_image=image.base_image,
         image_format=image.image_format,

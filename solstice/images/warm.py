@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import json
 import logging
 import os
@@ -34,7 +33,6 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +43,13 @@ from solstice.errors import SolsticeError, VMError
 from solstice.files import atomic_write
 from solstice.images.catalog import Catalog
 from solstice.images.plan import MachinePlan, machine_spec, plan_machine
+from solstice.images.poolstate import (
+    PoolVM,
+    VMState,
+    pool_dir,
+    state_file,
+    vm_dir,
+)
 from solstice.model import Size
 from solstice.notify import Notifier
 from solstice.vm import leftovers
@@ -66,82 +71,6 @@ EXIT_UNHEALTHY = 11
 
 class WarmError(VMError):
     """A warm VM could not be taken (gone, unhealthy, taken already, another plan)."""
-
-
-class VMState(enum.StrEnum):
-    BOOTING = "booting"
-    READY = "ready"
-    TAKEN = "taken"
-
-
-@dataclass(frozen=True)
-class PoolVM:
-    """A warm VM's record, ``<runtime_dir>/pool/<vm-id>.json`` (written by its keeper)."""
-
-    vm_id: str
-    label: str
-    state: VMState
-    keeper_pid: int
-    cpus: int
-    memory_mib: int
-    disk_gib: int | None
-    created: float  # wall clock: the keeper started
-    ready_at: float | None = None  # wall clock: SSH answered
-    boot_seconds: float | None = None
-    qemu_pid: int | None = None
-    port: int | None = None
-    job_id: str = ""  # who took it (host side only; never given to the guest)
-
-    @property
-    def plan(self) -> MachinePlan:
-        return MachinePlan(self.cpus, self.memory_mib, self.disk_gib)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> PoolVM:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("not an object")
-        names = {f.name for f in dataclasses.fields(cls)}
-        data = {k: v for k, v in data.items() if k in names}
-        data["state"] = VMState(data["state"])
-        return cls(**data)
-
-
-def new_vm_id() -> str:
-    return str(uuid.uuid4())
-
-
-def pool_dir(runtime_dir: str | Path) -> Path:
-    return Path(runtime_dir) / "pool"
-
-
-def vm_dir(runtime_dir: str | Path, vm_id: str) -> Path:
-    return pool_dir(runtime_dir) / vm_id
-
-
-def state_file(runtime_dir: str | Path, vm_id: str) -> Path:
-    return pool_dir(runtime_dir) / f"{vm_id}.json"
-
-
-def read_state(runtime_dir: str | Path, vm_id: str) -> PoolVM | None:
-    try:
-        return PoolVM.from_json(state_file(runtime_dir, vm_id).read_text())
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def list_states(runtime_dir: str | Path) -> list[PoolVM]:
-    """Every warm VM record of this host, oldest first."""
-    out = []
-    with contextlib.suppress(OSError):
-        for path in pool_dir(runtime_dir).glob("*.json"):
-            vm = read_state(runtime_dir, path.stem)
-            if vm is not None:
-                out.append(vm)
-    return sorted(out, key=lambda v: v.created)
 
 
 def plan_of(cfg: Config, label: str) -> MachinePlan:

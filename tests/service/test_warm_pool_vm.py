@@ -31,7 +31,7 @@ from store_fixtures import pg_databases as pg_databases  # noqa: F401  (fixture)
 
 from solstice.config import BrokerConfig
 from solstice.forges.forgejo.translate import job_uuid
-from solstice.images import warm
+from solstice.images import poolstate
 from tests.fakes.forgejo import FakeForgejo, FakeTask
 from tests.scrape import free_port, scrape, value
 
@@ -85,17 +85,17 @@ def env(module_broker_cfg: BrokerConfig, database_url: str) -> Iterator[Env]:  #
 seen_ids: set[str] = set()
 
 
-def states(env: Env) -> list[warm.PoolVM]:
-    return warm.list_states(env.pipeline.runtime_dir)
+def states(env: Env) -> list[poolstate.PoolVM]:
+    return poolstate.list_states(env.pipeline.runtime_dir)
 
 
-def ready_vm(env: Env, other_than: set[str] = frozenset(), timeout: float = BOOT) -> warm.PoolVM:  # type: ignore[assignment]
-    def probe() -> warm.PoolVM | None:
+def ready_vm(env: Env, other_than: set[str] = frozenset(), timeout: float = BOOT) -> poolstate.PoolVM:  # type: ignore[assignment]
+    def probe() -> poolstate.PoolVM | None:
         if env.dispatcher.proc is not None and env.dispatcher.proc.poll() is not None:
             raise AssertionError(f"the dispatcher exited:\n{env.dispatcher.output()[-3000:]}")
         for vm in states(env):
             seen_ids.add(vm.vm_id)
-            if vm.state is warm.VMState.READY and vm.vm_id not in other_than:
+            if vm.state is poolstate.VMState.READY and vm.vm_id not in other_than:
                 return vm
         return None
 
@@ -107,9 +107,9 @@ def ready_vm(env: Env, other_than: set[str] = frozenset(), timeout: float = BOOT
         ) from None
 
 
-def snapshot(env: Env, vm: warm.PoolVM) -> bytes:
+def snapshot(env: Env, vm: poolstate.PoolVM) -> bytes:
     """What the guest got from the host before any job: its seed, and its console so far."""
-    vm_dir = warm.vm_dir(env.pipeline.runtime_dir, vm.vm_id)
+    vm_dir = poolstate.vm_dir(env.pipeline.runtime_dir, vm.vm_id)
     data = b""
     for path in sorted(vm_dir.iterdir()):
         if path.name.startswith(("seed", "cidata", "console")) or path.suffix in (".iso", ".img"):
@@ -192,9 +192,9 @@ def test_a_job_takes_the_ready_vm_and_the_pool_boots_another(env: Env) -> None:
     # The VM served that job only and is gone with it; the pool has a new one.
     wait_until("the taken VM to be gone", lambda: not qemu_of(vm.vm_id), 30)
     wait_until(
-        "its record to be gone", lambda: warm.read_state(env.pipeline.runtime_dir, vm.vm_id) is None, 30
+        "its record to be gone", lambda: poolstate.read_state(env.pipeline.runtime_dir, vm.vm_id) is None, 30
     )
-    assert not warm.vm_dir(env.pipeline.runtime_dir, vm.vm_id).exists()
+    assert not poolstate.vm_dir(env.pipeline.runtime_dir, vm.vm_id).exists()
     fresh = wait_until("a replacement", lambda: [v for v in states(env) if v.vm_id != vm.vm_id] or None, 30)
     assert len(fresh) == 1
     seen_ids.update(v.vm_id for v in fresh)
@@ -205,7 +205,9 @@ def test_a_ready_vm_whose_qemu_dies_is_replaced(env: Env) -> None:
     os.kill(vm.qemu_pid or 0, signal.SIGKILL)
     # The keeper's health check (every 5 s) finds it dead and ends; the dispatcher boots another.
     wait_until(
-        "the dead VM's record to go", lambda: warm.read_state(env.pipeline.runtime_dir, vm.vm_id) is None, 60
+        "the dead VM's record to go",
+        lambda: poolstate.read_state(env.pipeline.runtime_dir, vm.vm_id) is None,
+        60,
     )
     replacement = wait_until(
         "a replacement", lambda: [v for v in states(env) if v.vm_id != vm.vm_id] or None, 30
@@ -220,7 +222,7 @@ def test_a_restarted_dispatcher_adopts_the_ready_vm_then_recycles_it_at_max_age(
     vm = ready_vm(env, other_than=set(env.seen))
     env.dispatcher.kill()
     time.sleep(2)
-    assert warm.read_state(env.pipeline.runtime_dir, vm.vm_id) is not None  # the VM outlived it
+    assert poolstate.read_state(env.pipeline.runtime_dir, vm.vm_id) is not None  # the VM outlived it
     short = env.pipeline.runtime_dir / "short-max-age.toml"
     short.write_text(env.pipeline.config_file.read_text().replace("max_age = 3600", "max_age = 30"))
     env.dispatcher = env.pipeline.dispatcher(capacity=2, env={"SOLSTICE_CONFIG": str(short)})
@@ -231,7 +233,7 @@ def test_a_restarted_dispatcher_adopts_the_ready_vm_then_recycles_it_at_max_age(
     )
     assert [v.vm_id for v in states(env)] == [vm.vm_id]  # adopted, not booted again
     # Ready for more than 30 s now or soon: recycled unused, and a fresh one boots.
-    wait_until("the recycling", lambda: warm.read_state(env.pipeline.runtime_dir, vm.vm_id) is None, 90)
+    wait_until("the recycling", lambda: poolstate.read_state(env.pipeline.runtime_dir, vm.vm_id) is None, 90)
     assert "recycled" in env.dispatcher.output()
     wait_until("the recycled VM's QEMU to be gone", lambda: not qemu_of(vm.vm_id), 30)
     fresh = wait_until("a fresh one", lambda: [v for v in states(env) if v.vm_id != vm.vm_id] or None, 30)

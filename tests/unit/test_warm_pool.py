@@ -19,7 +19,7 @@ from solstice.config import Config
 from solstice.dispatch.pool import Pool
 from solstice.errors import ConfigError
 from solstice.files import atomic_write
-from solstice.images import Catalog, MachinePlan, warm
+from solstice.images import Catalog, MachinePlan, poolstate, warm
 from solstice.metrics import DispatcherMetrics
 from solstice.vm.remote import RemoteQemu, read_line, send_json
 
@@ -70,7 +70,7 @@ class Keepers:
 
     def start_keeper(self, vm_id: str, label: str, plan: MachinePlan) -> None:
         self.running[vm_id] = label
-        write(self.runtime_dir, vm_id, label, plan, warm.VMState.BOOTING)
+        write(self.runtime_dir, vm_id, label, plan, poolstate.VMState.BOOTING)
 
     def keepers(self) -> list[str]:
         return sorted(self.running)
@@ -91,11 +91,11 @@ def write(
     vm_id: str,
     label: str,
     plan: MachinePlan,
-    state: warm.VMState,
+    state: poolstate.VMState,
     ready_at: float | None = None,
 ) -> None:
-    warm.pool_dir(runtime_dir).mkdir(parents=True, exist_ok=True)
-    record = warm.PoolVM(
+    poolstate.pool_dir(runtime_dir).mkdir(parents=True, exist_ok=True)
+    record = poolstate.PoolVM(
         vm_id=vm_id,
         label=label,
         state=state,
@@ -106,10 +106,10 @@ def write(
         created=time.time(),
         ready_at=ready_at
         if ready_at is not None
-        else (time.time() if state is warm.VMState.READY else None),
-        qemu_pid=4242 if state is not warm.VMState.BOOTING else None,
+        else (time.time() if state is poolstate.VMState.READY else None),
+        qemu_pid=4242 if state is not poolstate.VMState.BOOTING else None,
     )
-    atomic_write(warm.state_file(runtime_dir, vm_id), record.to_json(), mode=0o644)
+    atomic_write(poolstate.state_file(runtime_dir, vm_id), record.to_json(), mode=0o644)
 
 
 def make_pool(tmp_path: Path, text: str = POOL) -> tuple[Pool, Keepers, Config]:
@@ -121,7 +121,7 @@ def make_pool(tmp_path: Path, text: str = POOL) -> tuple[Pool, Keepers, Config]:
 
 def ready_all(pool: Pool, keepers: Keepers) -> None:
     for vm_id, label in keepers.running.items():
-        write(keepers.runtime_dir, vm_id, label, pool.plans[label], warm.VMState.READY)
+        write(keepers.runtime_dir, vm_id, label, pool.plans[label], poolstate.VMState.READY)
 
 
 def test_the_pool_fills_to_size_within_capacity_and_memory(tmp_path: Path) -> None:
@@ -162,7 +162,7 @@ def test_make_room_destroys_booting_and_other_labels_first(tmp_path: Path) -> No
     pool, keepers, _ = make_pool(tmp_path)
     pool.round(free=2, labels=["debian-12"])
     ids = sorted(pool.vms, key=lambda v: pool.vms[v].started)
-    write(keepers.runtime_dir, ids[0], "debian-12", pool.plans["debian-12"], warm.VMState.READY)
+    write(keepers.runtime_dir, ids[0], "debian-12", pool.plans["debian-12"], poolstate.VMState.READY)
     pool.make_room(1, "debian-12")
     assert keepers.stopped == [ids[1]]  # the booting one went, the ready one stays
     assert list(pool.vms) == [ids[0]]
@@ -172,17 +172,22 @@ def test_ended_keepers_are_replaced_and_old_ready_vms_recycled(tmp_path: Path) -
     pool, keepers, _ = make_pool(tmp_path)
     pool.round(free=2, labels=["debian-12"])
     dead = next(iter(keepers.running))
-    write(keepers.runtime_dir, dead, "debian-12", pool.plans["debian-12"], warm.VMState.READY)
+    write(keepers.runtime_dir, dead, "debian-12", pool.plans["debian-12"], poolstate.VMState.READY)
     pool.round(free=0, labels=["debian-12"])  # seen ready
     keepers.running.pop(dead)  # then its keeper ended (unhealthy VM, killed)
     pool.vms[dead].started -= 60  # past the start grace
     pool.round(free=2, labels=["debian-12"])
     assert dead not in pool.vms and len(keepers.running) == 2
     assert keepers.released == [dead]  # a failed keeper unit does not stay loaded
-    assert not warm.state_file(keepers.runtime_dir, dead).exists()
+    assert not poolstate.state_file(keepers.runtime_dir, dead).exists()
     old = next(iter(keepers.running))
     write(
-        keepers.runtime_dir, old, "debian-12", pool.plans["debian-12"], warm.VMState.READY, time.time() - 61
+        keepers.runtime_dir,
+        old,
+        "debian-12",
+        pool.plans["debian-12"],
+        poolstate.VMState.READY,
+        time.time() - 61,
     )
     pool.round(free=2, labels=["debian-12"])
     assert old in keepers.stopped and old not in pool.vms and len(keepers.running) == 2
@@ -195,11 +200,16 @@ def test_a_restarted_dispatcher_adopts_what_it_still_wants(tmp_path: Path) -> No
     plan = pool.plans["debian-12"]
     run = keepers.runtime_dir
     for vm_id, label, p, state in [
-        ("a", "debian-12", plan, warm.VMState.READY),
-        ("b", "debian-12", dataclasses.replace(plan, cpus=plan.cpus + 3), warm.VMState.READY),  # old size
-        ("c", "debian-12", plan, warm.VMState.TAKEN),  # a job's
-        ("d", "debian-12", plan, warm.VMState.BOOTING),
-        ("e", "debian-12", plan, warm.VMState.READY),  # one more than size
+        ("a", "debian-12", plan, poolstate.VMState.READY),
+        (
+            "b",
+            "debian-12",
+            dataclasses.replace(plan, cpus=plan.cpus + 3),
+            poolstate.VMState.READY,
+        ),  # old size
+        ("c", "debian-12", plan, poolstate.VMState.TAKEN),  # a job's
+        ("d", "debian-12", plan, poolstate.VMState.BOOTING),
+        ("e", "debian-12", plan, poolstate.VMState.READY),  # one more than size
     ]:
         keepers.running[vm_id] = label
         write(run, vm_id, label, p, state)
@@ -214,9 +224,9 @@ def test_the_handover_protocol_and_remote_qemu(tmp_path: Path) -> None:
     # A keeper's socket that refuses another plan, then hands over; the taker's RemoteQemu sees the
     # exit status the keeper reports.
     run = tmp_path / "run"
-    warm.vm_dir(run, "vm1").mkdir(parents=True)
+    poolstate.vm_dir(run, "vm1").mkdir(parents=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(warm.vm_dir(run, "vm1") / warm.SOCKET))
+    server.bind(str(poolstate.vm_dir(run, "vm1") / warm.SOCKET))
     server.listen(2)
     plan = MachinePlan(2, 2048, None)
     seen: list[dict[str, object]] = []
@@ -282,7 +292,7 @@ def test_keepers_that_never_get_ready_back_off(tmp_path: Path) -> None:
     pool.retry_at["debian-12"] = 0.0  # the wait is over
     pool.round(free=2, labels=["debian-12"])
     (second,) = keepers.running
-    write(keepers.runtime_dir, second, "debian-12", pool.plans["debian-12"], warm.VMState.READY)
+    write(keepers.runtime_dir, second, "debian-12", pool.plans["debian-12"], poolstate.VMState.READY)
     pool.round(free=2, labels=["debian-12"])
     assert pool.failures == {}  # a VM that got ready ends the streak
 
@@ -292,7 +302,7 @@ def test_a_dispatcher_without_a_pool_stops_the_keepers_a_previous_one_left(tmp_p
     assert not pool.enabled
     plan = MachinePlan(2, 2048, None)
     keepers.running["left"] = "debian-12"
-    write(keepers.runtime_dir, "left", "debian-12", plan, warm.VMState.READY)
+    write(keepers.runtime_dir, "left", "debian-12", plan, poolstate.VMState.READY)
     pool.adopt()
     assert keepers.stopped == ["left"] and pool.vms == {}
 
@@ -309,7 +319,7 @@ def test_pool_list_shows_each_vm_with_its_state(tmp_path: Path, capsys: pytest.C
         "a" * 8 + "-0000-0000-0000-000000000000",
         "debian-12",
         MachinePlan(2, 2048, None),
-        warm.VMState.READY,
+        poolstate.VMState.READY,
     )
     assert main(["--config", str(tmp_path / "solstice.toml"), "pool", "list"]) == 0
     out = capsys.readouterr().out
