@@ -83,6 +83,7 @@ class FakeBackend:
     report_interval: float = 0.2
     reports: list[float] = field(default_factory=list)  # the clock at each report
     clock: Callable[[], float] = time.monotonic
+    take_final: bool = True  # False: the forge does not take a final state (yet)
 
     @property
     def settings(self) -> PollerSettings:
@@ -110,7 +111,7 @@ class FakeBackend:
     def report(self, report: Any, *, alive: Callable[[], None]) -> bool:
         self.reports.append(self.clock())
         report.rows = 0
-        if report.finished:
+        if report.finished and self.take_final:
             report.reported = True
         return self.cancel
 
@@ -213,6 +214,22 @@ def test_events_are_acked_only_after_a_checkpoint_covers_them(tmp_path: Path) ->
         poller.round()
     assert poller.tasks == {} and not list((tmp_path / "tasks").glob("*.json"))
     assert consumer.acked[-1][0] == 13
+
+
+def test_a_slot_is_free_once_the_forge_has_the_final_state_not_when_the_job_ended(tmp_path: Path) -> None:
+    backend = FakeBackend(tmp_path, queued=["1", "2"], capacity=1, take_final=False)
+    poller, publisher, _, clock = make(tmp_path, backend)
+    poller.round()
+    poller._on_events(delivery("job-1", 1, tag=1, kind=EventKind.JOB_FINISHED))
+    for _ in range(5):
+        clock.now += 1.0
+        poller.round()
+    assert sorted(poller.tasks) == ["1"] and publisher.jobs == ["job-1"]  # the forge shows 1 running
+    backend.take_final = True
+    for _ in range(3):
+        clock.now += 1.0
+        poller.round()
+    assert sorted(poller.tasks) == ["2"] and publisher.jobs == ["job-1", "job-2"]
 
 
 def test_new_log_lines_are_reported_after_half_the_interval_a_quiet_task_after_all_of_it(

@@ -248,6 +248,11 @@ class Poller:
     def running(self) -> int:
         return sum(1 for a in self.tasks.values() if not a.report.finished)
 
+    def held(self) -> int:
+        """Tasks that take a slot of the capacity: a job's slot is free once the forge has its final
+        state, not when the job ended (the forge would show one task more running than allowed)."""
+        return sum(1 for a in self.tasks.values() if not a.report.done)
+
     def _status(self) -> None:
         forge = (
             "ok"
@@ -297,7 +302,7 @@ class Poller:
         now = self.clock()
         interval = self.settings.fetch_interval
         self.next_fetch = now + interval
-        if self.running() >= self.settings.capacity or not self._pipeline_has_room():
+        if self.held() >= self.settings.capacity or not self._pipeline_has_room():
             if now - self.last_contact >= CONTACT_AT_LEAST - interval:
                 self._keepalive()
             return
