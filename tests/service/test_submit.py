@@ -59,6 +59,17 @@ def submit(pipeline: Pipeline, *args: str, **kwargs: object) -> subprocess.Popen
     )
 
 
+def until_running(proc: subprocess.Popen[str]) -> tuple[list[str], str]:
+    """The submit command's lines until its job's step printed "tick 2", and the job's uuid."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    while not any("tick 2" in line for line in seen):
+        line = proc.stdout.readline()
+        assert line, "".join(seen)
+        seen.append(line)
+    return seen, next(w for line in seen for w in line.split() if len(w) == 36 and w.count("-") == 4)
+
+
 def queue_exists(broker: BrokerConfig, queue: str) -> bool:
     conn = pika.BlockingConnection(pika.URLParameters(broker.url))
     try:
@@ -154,12 +165,7 @@ def test_ctrl_c_cancels_the_submitted_jobs(pipeline: Pipeline, db: Store, tmp_pa
     workflow.write_text(WORKFLOW.split("  second:")[0].replace('FAKE: "ok"', 'FAKE: "sleep:30"'))
     proc = submit(pipeline, str(workflow))
     assert proc.stdout is not None
-    seen: list[str] = []
-    while not any("tick 2" in line for line in seen):
-        line = proc.stdout.readline()
-        assert line, "".join(seen)
-        seen.append(line)
-    job_id = next(w for line in seen for w in line.split() if len(w) == 36 and w.count("-") == 4)
+    seen, job_id = until_running(proc)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, "".join(seen) + out
@@ -177,12 +183,7 @@ def test_a_second_ctrl_c_stops_waiting_and_the_job_is_still_cancelled(
     workflow.write_text(WORKFLOW.split("  second:")[0].replace('FAKE: "ok"', 'FAKE: "sleep:30"'))
     proc = submit(pipeline, str(workflow))
     assert proc.stdout is not None and d.proc is not None
-    seen: list[str] = []
-    while not any("tick 2" in line for line in seen):
-        line = proc.stdout.readline()
-        assert line, "".join(seen)
-        seen.append(line)
-    job_id = next(w for line in seen for w in line.split() if len(w) == 36 and w.count("-") == 4)
+    seen, job_id = until_running(proc)
     d.proc.send_signal(signal.SIGSTOP)
     try:
         proc.send_signal(signal.SIGINT)
@@ -207,12 +208,7 @@ def test_submit_shows_the_dispatchers_verdict_of_a_job_stopped_from_outside(
     workflow.write_text(WORKFLOW.split("  second:")[0].replace('FAKE: "ok"', 'FAKE: "sleep:60"'))
     proc = submit(pipeline, str(workflow))
     assert proc.stdout is not None and d.proc is not None
-    seen: list[str] = []
-    while not any("tick 2" in line for line in seen):
-        line = proc.stdout.readline()
-        assert line, "".join(seen)
-        seen.append(line)
-    job_id = next(w for line in seen for w in line.split() if len(w) == 36 and w.count("-") == 4)
+    seen, job_id = until_running(proc)
     supervisor = json.loads((pipeline.runtime_dir / "processes" / "host-a" / f"{job_id}.pid").read_text())
     d.proc.send_signal(signal.SIGSTOP)
     try:

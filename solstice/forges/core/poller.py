@@ -93,7 +93,6 @@ class Active:
     saved_seq: int = -1  # Report.last_seq in the stored checkpoint
     dirty: bool = True
     next_report: float = 0.0
-    last_report: float = float("-inf")
     fresh_rows: bool = False  # log lines fed since the last report
     next_publish: float = 0.0
     refusals: int = 0
@@ -232,8 +231,9 @@ class Poller:
         for a in list(self.tasks.values()):
             if self.clock() < self.forge_retry_at:
                 break
+            # New log lines go out half an interval after the last report, not a whole one.
             if now >= a.next_report or (
-                a.fresh_rows and now >= a.last_report + self.settings.report_interval / 2
+                a.fresh_rows and now >= a.next_report - self.settings.report_interval / 2
             ):
                 self._report(a, now)
         for a in list(self.tasks.values()):
@@ -475,7 +475,7 @@ class Poller:
 
     def _report(self, a: Active, now: float) -> None:
         a.next_report = now + self.settings.report_interval
-        a.last_report, a.fresh_rows = now, False
+        a.fresh_rows = False
         try:
             cancel = self.backend.report(a.report, alive=lambda: self.notify("WATCHDOG=1"))
         except ForgeUnavailable as exc:
