@@ -9,8 +9,8 @@ short); the forge itself is a ``Backend`` (backend.py)::
     loop (every ~0.2 s):
         events -> each task's Report          (in process_events, by _on_events)
         publish the requests not yet out      a task is saved *before* its request is published
-        report each task (report_interval;    backend.report: one round of log and state; a
-          half of it when new log lines   cancel read from the forge goes to the dispatchers
+        report each task (report_interval,    backend.report: one round of log and state; a
+          half of it while new log lines      cancel read from the forge goes to the dispatchers
           wait, so they show sooner)
         save checkpoints, then ack the events they cover
         backend.fetch (fetch_interval)        only with free capacity and no backlog in the
